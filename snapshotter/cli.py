@@ -1,0 +1,444 @@
+"""The ``snapshotter`` command: argparse over the library; ``main(argv) -> int``.
+
+Stdout carries data only (tables, JSON, digests); progress and errors go to stderr.
+Exit status: 0 success, 1 error, 2 usage, 3 a check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import InUse, InvalidReference, NotFound, SnapshotterError
+from .oci import Platform
+from .reference import Reference, familiar_repository, split_name
+from .store import ImageRecord, State, Store, check_not_in_use, default_root, in_use
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CHECK = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"snapshotter: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="snapshotter",
+        description=(
+            "Container images as plain directories. Layers are unpacked once into a "
+            "content-addressed store of snapshots; images are kept by manifest digest and "
+            "named like docker's."
+        ),
+        epilog="Run 'snapshotter COMMAND --help' for a command's options.",
+    )
+    parser.add_argument(
+        "--root",
+        type=Path,
+        help="store directory (default: $SNAPSHOTTER_ROOT, else /var/lib/snapshotter as root, "
+        "$XDG_DATA_HOME/snapshotter otherwise)",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"snapshotter {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser(
+        "pull",
+        help="import an image into the store",
+        description=(
+            "Import an image: every layer is verified (blob digest and size, diff_id) and "
+            "unpacked once into a snapshot; the image is then registered atomically. "
+            "SOURCE uses skopeo's transports: oci:DIR[:TAG], oci-archive:FILE[:TAG], "
+            "docker-archive:FILE[:NAME:TAG|:@N]."
+        ),
+    )
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("--name", help="name the image in the store (default: the source's tag)")
+    p.add_argument(
+        "--platform",
+        help="OS/ARCH[/VARIANT] to pick from an image index (default: the host's)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--jobs", type=int, help="layers to unpack at once (default: cores)")
+
+    p = sub.add_parser(
+        "images",
+        help="list images in the store",
+        description="List images: one row per name; images without a name show as <none>.",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON document, an object per image")
+    p.add_argument("--digests", action="store_true", help="show manifest digests")
+    p.add_argument("-q", "--quiet", action="store_true", help="only image ids")
+    p.add_argument("--no-trunc", action="store_true", help="do not shorten ids")
+    p.add_argument(
+        "-f",
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dangling=true|false, reference=PATTERN (glob, as docker's)",
+    )
+
+    p = sub.add_parser("tag", help="give an image another name")
+    p.add_argument("source_name", metavar="SOURCE_NAME", help="name, digest or id prefix")
+    p.add_argument("new_name", metavar="NEW_NAME")
+
+    p = sub.add_parser(
+        "rmi",
+        help="remove image names, and images with their last name",
+        description=(
+            "Remove names; an image goes with its last name, and then its snapshots and blobs "
+            "if nothing else uses them. An image mounted by a live mount is refused unless "
+            "--force; the mount keeps working either way."
+        ),
+    )
+    p.add_argument("images", nargs="+", metavar="NAME|DIGEST")
+    p.add_argument("-f", "--force", action="store_true", help="remove even if mounted or multi-named")
+
+    p = sub.add_parser(
+        "prune",
+        help="remove unused images, snapshots and blobs",
+        description=(
+            "Remove dangling images (no name), or with -a every image no live mount uses; then "
+            "remove snapshots and blobs nothing references."
+        ),
+    )
+    p.add_argument("-a", "--all", action="store_true", help="remove every image not in use")
+    p.add_argument("--json", action="store_true", help="print what was removed as JSON")
+
+    p = sub.add_parser("inspect", help="show an image's record as JSON")
+    p.add_argument("image", metavar="IMAGE")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    store = Store(args.root or default_root())
+    try:
+        handler = _HANDLERS[args.command]
+        return handler(store, args)
+    except SnapshotterError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"snapshotter: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("snapshotter: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"snapshotter: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def entry_point() -> None:
+    raise SystemExit(main())
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def cmd_pull(store: Store, args: argparse.Namespace) -> int:
+    import trio
+
+    from .progress import for_stream
+    from .pull import pull
+
+    platform = Platform.parse(args.platform) if args.platform else None
+    name = Reference.parse(args.name).name() if args.name else None
+    progress = for_stream(sys.stderr, quiet=args.quiet)
+    try:
+        result = trio.run(
+            lambda: pull(
+                store, args.source, name=name, platform=platform, progress=progress, jobs=args.jobs
+            )
+        )
+    finally:
+        progress.close()
+    if args.json:
+        _print_json(
+            {
+                "digest": result.digest,
+                "id": result.config,
+                "names": result.names,
+                "moved": result.moved,
+                "platform": result.platform,
+                "layers": result.layers,
+                "unpacked": result.unpacked,
+                "reused": result.reused,
+                "size": result.size,
+                "diff_ids": result.diff_ids,
+            }
+        )
+    else:
+        print(result.digest)
+    shown = ", ".join(result.names) or "<none>"
+    progress.finish(
+        f"pulled {shown} ({result.platform}, {result.layers} layers: {result.unpacked} unpacked, "
+        f"{result.reused} already stored; {_human_size(result.size)})"
+    )
+    return EXIT_OK
+
+
+def _image_rows(state: State, digest: str) -> list[tuple[str, str]]:
+    names = state.names_of(digest)
+    if not names:
+        return [("<none>", "<none>")]
+    return [(familiar_repository(split_name(n)[0]), split_name(n)[1]) for n in names]
+
+
+def _glob_to_re(pattern: str) -> re.Pattern[str]:
+    """docker's reference filter uses path.Match: '*' does not cross '/'."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            end = pattern.find("]", i + 1)
+            if end < 0:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1 : end]
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append(f"[{body}]")
+                i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def _filter_images(state: State, filters: list[str]) -> list[ImageRecord]:
+    images = sorted(state.images.values(), key=lambda r: r.pulled, reverse=True)
+    for text in filters:
+        key, sep, value = text.partition("=")
+        if not sep:
+            raise InvalidReference(f"filter {text!r}: expected KEY=VALUE")
+        if key == "dangling":
+            if value not in ("true", "false", "1", "0"):
+                raise InvalidReference(f"filter {text!r}: dangling takes true or false")
+            want = value in ("true", "1")
+            images = [r for r in images if (not state.names_of(r.digest)) == want]
+        elif key == "reference":
+            rx = _glob_to_re(value)
+
+            def matches(name: str, rx: re.Pattern[str] = rx) -> bool:
+                repo, tag = split_name(name)
+                short = familiar_repository(repo)
+                return any(
+                    rx.match(s) for s in (short, f"{short}:{tag}", repo, f"{repo}:{tag}")
+                )
+
+            images = [r for r in images if any(matches(n) for n in state.names_of(r.digest))]
+        else:
+            raise InvalidReference(f"filter {text!r}: unknown key {key!r} (dangling, reference)")
+    return images
+
+
+def cmd_images(store: Store, args: argparse.Namespace) -> int:
+    state = store.read_state()
+    images = _filter_images(state, args.filter)
+    mounted = in_use(store) if args.json else {}
+    if args.json:
+        _print_json(
+            [
+                {
+                    "names": state.names_of(r.digest),
+                    "digest": r.digest,
+                    "id": r.config,
+                    "platform": r.platform,
+                    "layers": len(r.layers),
+                    "size": r.size,
+                    "created": r.created,
+                    "pulled": r.pulled,
+                    "dangling": not state.names_of(r.digest),
+                    "mounts": mounted.get(r.digest, []),
+                }
+                for r in images
+            ]
+        )
+        return EXIT_OK
+    if args.quiet:
+        seen = set()
+        for r in images:
+            ident = r.config if args.no_trunc else r.config.removeprefix("sha256:")[:12]
+            if ident not in seen:
+                seen.add(ident)
+                print(ident)
+        return EXIT_OK
+    header = ["REPOSITORY", "TAG"] + (["DIGEST"] if args.digests else [])
+    header += ["IMAGE ID", "PLATFORM", "LAYERS", "CREATED", "SIZE"]
+    rows = [header]
+    for r in images:
+        ident = r.config if args.no_trunc else r.config.removeprefix("sha256:")[:12]
+        for repo, tag in _image_rows(state, r.digest):
+            row = [repo, tag] + ([r.digest] if args.digests else [])
+            row += [ident, r.platform, str(len(r.layers)), _ago(r.created), _human_size(r.size)]
+            rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def cmd_tag(store: Store, args: argparse.Namespace) -> int:
+    new_name = Reference.parse(args.new_name).name()
+    with store.locked() as state:
+        digest = store.resolve(state, args.source_name)
+        state.names[new_name] = digest
+        store.save(state)
+    return EXIT_OK
+
+
+def cmd_rmi(store: Store, args: argparse.Namespace) -> int:
+    failed = False
+    with store.locked() as state:
+        for text in args.images:
+            try:
+                _rmi_one(store, state, text, args.force)
+            except (NotFound, InUse, InvalidReference) as exc:
+                print(f"snapshotter: error: {exc}", file=sys.stderr)
+                failed = True
+        report = store.collect_garbage(state)
+    if report.freed:
+        print(f"Freed {_human_size(report.freed)}", file=sys.stderr)
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def _rmi_one(store: Store, state: State, text: str, force: bool) -> None:
+    name = next((n for n in store.names_for(text) if n in state.names), None)
+    if name is not None and "@" not in text:
+        digest = state.names[name]
+        if len(state.names_of(digest)) == 1 and not force:
+            check_not_in_use(store, digest, text)
+        lost = store.untag(state, name)
+        print(f"Untagged: {name}")
+        if lost:
+            store.remove_image(state, lost)
+            print(f"Deleted: {lost}")
+        return
+    digest = store.resolve(state, text)
+    names = state.names_of(digest)
+    if len(names) > 1 and not force:
+        raise InUse(
+            f"image {text!r} has {len(names)} names ({', '.join(names)}); "
+            "remove them by name, or use --force"
+        )
+    if not force:
+        check_not_in_use(store, digest, text)
+    for n in names:
+        print(f"Untagged: {n}")
+    store.remove_image(state, digest)
+    print(f"Deleted: {digest}")
+
+
+def cmd_prune(store: Store, args: argparse.Namespace) -> int:
+    with store.locked() as state:
+        busy = in_use(store)
+        removed = []
+        for digest in list(state.images):
+            if digest in busy:
+                continue
+            if args.all or not state.names_of(digest):
+                store.remove_image(state, digest)
+                removed.append(digest)
+        report = store.collect_garbage(state)
+    if args.json:
+        _print_json(
+            {
+                "images": removed,
+                "snapshots": report.snapshots,
+                "blobs": report.blobs,
+                "freed": report.freed,
+            }
+        )
+    else:
+        for digest in removed:
+            print(f"Deleted: {digest}")
+        print(
+            f"Removed {len(removed)} images, {len(report.snapshots)} snapshots, "
+            f"{len(report.blobs)} blobs; total reclaimed space: {_human_size(report.freed)}"
+        )
+    return EXIT_OK
+
+
+def cmd_inspect(store: Store, args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    state = store.read_state()
+    digest = store.resolve(state, args.image)
+    record = state.images[digest]
+    doc = asdict(record)
+    doc["names"] = state.names_of(digest)
+    doc["size"] = record.size
+    _print_json(doc)
+    return EXIT_OK
+
+
+_HANDLERS = {
+    "pull": cmd_pull,
+    "images": cmd_images,
+    "tag": cmd_tag,
+    "rmi": cmd_rmi,
+    "prune": cmd_prune,
+    "inspect": cmd_inspect,
+}
+
+
+# -- formatting ----------------------------------------------------------------------------
+
+
+def _print_json(doc: object) -> None:
+    json.dump(doc, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def _human_size(n: int) -> str:
+    """docker's SI sizes: 1kB = 1000 bytes."""
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.3g}{unit}"
+        size /= 1000
+    return f"{n}B"
+
+
+def _ago(created: str) -> str:
+    if not created:
+        return "N/A"
+    try:
+        when = datetime.datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return created
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    seconds = (datetime.datetime.now(datetime.UTC) - when).total_seconds()
+    for unit, span in (("years", 31536000), ("months", 2592000), ("weeks", 604800),
+                       ("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * span:
+            return f"{int(seconds // span)} {unit} ago"
+    return "Less than a minute ago" if seconds >= 0 else created
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,537 @@
+"""The content-addressed store: blobs, snapshots by diff_id, images by manifest digest.
+
+Layout under the store root (docs/store.md has the long form)::
+
+    state.json                    images, names -> manifest digest, layer digest -> diff_id
+    lock                          flock: held exclusively while state changes
+    journal.json                  present only while a commit is under way
+    blobs/sha256/<hex>            manifests and configs, verbatim
+    snapshots/sha256/<hex>/       one per diff_id: toc.json.zst + data/
+    mounts/<id>.json              live mounts; each flocked by its daemon while it lives
+    tmp/<id>.lock, tmp/<id>/      staging; an entry whose lock is free belongs to the dead
+
+Atomicity: everything a pull makes is staged under ``tmp/`` first.  The commit takes the
+lock, writes a journal naming what it is about to add, renames staged snapshots and blobs
+into place, then replaces ``state.json`` (the commit point) and drops the journal.  Whoever
+takes the lock next and finds a journal removes what it names that ``state.json`` does not
+reference, so a pull killed at any instant leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .digest import Digest
+from .errors import InUse, InvalidReference, NotFound, StoreCorrupt
+from .reference import Reference
+from .toc import TOC_NAME
+
+STATE_VERSION = 1
+
+
+def default_root() -> Path:
+    env = os.environ.get("SNAPSHOTTER_ROOT")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/snapshotter")
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(data_home) / "snapshotter"
+
+
+@dataclass(slots=True)
+class LayerRecord:
+    digest: str  # the blob as stored (compressed)
+    diff_id: str  # the uncompressed tar; names the snapshot
+    media_type: str
+    size: int  # bytes of the blob
+    unpacked_size: int  # bytes of content in the snapshot
+
+
+@dataclass(slots=True)
+class ImageRecord:
+    digest: str  # manifest digest: the image's identity in the store
+    config: str  # config digest: docker's "image id"
+    media_type: str
+    platform: str
+    layers: list[LayerRecord]  # base first
+    created: str
+    pulled: str
+    source: str
+
+    @property
+    def size(self) -> int:
+        return sum(layer.unpacked_size for layer in self.layers)
+
+    @property
+    def diff_ids(self) -> list[str]:
+        return [layer.diff_id for layer in self.layers]
+
+    @classmethod
+    def from_json(cls, obj: dict[str, object]) -> ImageRecord:
+        layers = [LayerRecord(**layer) for layer in obj["layers"]]  # type: ignore[arg-type, attr-defined]
+        fields = {k: v for k, v in obj.items() if k != "layers"}
+        return cls(layers=layers, **fields)  # type: ignore[arg-type]
+
+
+@dataclass(slots=True)
+class State:
+    images: dict[str, ImageRecord] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)  # full name -> manifest digest
+    layers: dict[str, str] = field(default_factory=dict)  # layer digest -> diff_id
+
+    def names_of(self, digest: str) -> list[str]:
+        return sorted(n for n, d in self.names.items() if d == digest)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "version": STATE_VERSION,
+            "images": {d: asdict(r) for d, r in sorted(self.images.items())},
+            "names": dict(sorted(self.names.items())),
+            "layers": dict(sorted(self.layers.items())),
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, object]) -> State:
+        if obj.get("version") != STATE_VERSION:
+            raise StoreCorrupt(f"state.json: unknown version {obj.get('version')!r}")
+        images = {d: ImageRecord.from_json(r) for d, r in obj["images"].items()}  # type: ignore[attr-defined]
+        return cls(images, dict(obj["names"]), dict(obj["layers"]))  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True, slots=True)
+class MountRecord:
+    path: Path
+    image: str
+    diff_ids: tuple[str, ...]
+    mountpoint: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class PruneReport:
+    images: list[str]
+    snapshots: list[str]
+    blobs: list[str]
+    freed: int
+
+
+class Staging:
+    """A private directory under tmp/, removed on exit unless its contents were moved."""
+
+    def __init__(self, store: Store):
+        store.tmp.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_hex(8)
+        self.lock_path = store.tmp / f"{token}.lock"
+        self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self.path = store.tmp / token
+        self.path.mkdir()
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.lock_path.unlink()
+        os.close(self._lock_fd)
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Store:
+    """One store root.  Methods that change state take the lock themselves."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.blobs = root / "blobs"
+        self.snapshots = root / "snapshots"
+        self.mounts = root / "mounts"
+        self.tmp = root / "tmp"
+        self.state_path = root / "state.json"
+        self.journal_path = root / "journal.json"
+
+    # -- paths ---------------------------------------------------------------------------
+
+    def blob_path(self, digest: Digest) -> Path:
+        return self.blobs / digest.algorithm / digest.hex
+
+    def snapshot_path(self, diff_id: Digest) -> Path:
+        return self.snapshots / diff_id.algorithm / diff_id.hex
+
+    def has_snapshot(self, diff_id: Digest) -> bool:
+        return (self.snapshot_path(diff_id) / TOC_NAME).is_file()
+
+    def read_blob(self, digest: Digest) -> bytes:
+        return self.blob_path(digest).read_bytes()
+
+    # -- state ---------------------------------------------------------------------------
+
+    def ensure(self) -> None:
+        for d in (self.root, self.blobs, self.snapshots, self.mounts, self.tmp):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700 if d == self.root else 0o755)
+
+    def read_state(self) -> State:
+        """A consistent snapshot of state.json (it is only ever replaced by rename)."""
+        try:
+            raw = self.state_path.read_bytes()
+        except FileNotFoundError:
+            return State()
+        try:
+            return State.from_json(json.loads(raw))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreCorrupt(f"{self.state_path}: unreadable ({exc})") from exc
+
+    def _write_state(self, state: State) -> None:
+        tmp = self.root / f"state.json.{secrets.token_hex(4)}"
+        data = json.dumps(state.to_json(), indent=1).encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, self.state_path)
+        _fsync_dir(self.root)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[State]:
+        """Hold the store lock; recover from any dead commit first; yield the state.
+
+        The caller mutates the yielded state and calls ``save``; nothing is written
+        implicitly.
+        """
+        self.ensure()
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            state = self.read_state()
+            self._recover(state)
+            yield state
+        finally:
+            os.close(fd)
+
+    def save(self, state: State) -> None:
+        """Replace state.json; call only inside ``locked``."""
+        self._write_state(state)
+
+    def _recover(self, state: State) -> None:
+        """Undo what a dead commit added beyond the committed state; sweep dead staging."""
+        if self.journal_path.exists():
+            try:
+                added = json.loads(self.journal_path.read_bytes())["added"]
+            except (ValueError, KeyError, OSError):
+                added = []
+            referenced = self._referenced_paths(state)
+            for rel in added:
+                path = self.root / rel
+                if rel in referenced or not _inside(path, self.root):
+                    continue
+                self._discard(path)
+            self.journal_path.unlink()
+            _fsync_dir(self.root)
+        self.sweep_tmp()
+
+    def sweep_tmp(self) -> None:
+        if not self.tmp.is_dir():
+            return
+        for entry in self.tmp.iterdir():
+            if entry.suffix == ".lock":
+                fd = os.open(entry, os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # its owner is alive
+                finally:
+                    pass
+                try:
+                    shutil.rmtree(entry.with_suffix(""), ignore_errors=True)
+                    entry.unlink(missing_ok=True)
+                finally:
+                    os.close(fd)
+            elif entry.is_dir() and not entry.with_suffix(".lock").exists():
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def _referenced_paths(self, state: State) -> set[str]:
+        refs: set[str] = set()
+        for image in state.images.values():
+            for d in (image.digest, image.config):
+                dig = Digest.parse(d)
+                refs.add(f"blobs/{dig.algorithm}/{dig.hex}")
+            for layer in image.layers:
+                dig = Digest.parse(layer.diff_id)
+                refs.add(f"snapshots/{dig.algorithm}/{dig.hex}")
+        return refs
+
+    def _discard(self, path: Path) -> None:
+        """Remove a snapshot or blob: first out of sight (rename), then from disk."""
+        if not path.exists():
+            return
+        if path.is_dir():
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            trash = self.tmp / f"trash-{secrets.token_hex(8)}"
+            os.rename(path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            path.unlink()
+
+    # -- commit --------------------------------------------------------------------------
+
+    def staging(self) -> Staging:
+        self.ensure()
+        return Staging(self)
+
+    def commit_image(
+        self,
+        record: ImageRecord,
+        names: Iterable[str],
+        staged_snapshots: dict[str, Path],
+        blobs: dict[str, bytes],
+        layer_map: dict[str, str],
+    ) -> list[str]:
+        """Atomically add an image and point ``names`` at it.
+
+        ``staged_snapshots`` maps diff_id -> a staged snapshot dir (moved into place unless
+        the store already has that snapshot); every other diff_id of the image must already
+        be in the store.  Returns the names that moved away from another image.
+        """
+        with self.locked() as state:
+            for diff_id in record.diff_ids:
+                if diff_id not in staged_snapshots and not self.has_snapshot(Digest.parse(diff_id)):
+                    raise NotFound(
+                        f"snapshot {diff_id} was removed while the pull ran "
+                        "(a concurrent prune?); pull again"
+                    )
+            moves: list[tuple[Path, Path]] = []
+            for diff_id, staged in staged_snapshots.items():
+                target = self.snapshot_path(Digest.parse(diff_id))
+                if not target.exists():
+                    moves.append((staged, target))
+            writes: list[tuple[Path, bytes]] = []
+            for digest, data in blobs.items():
+                target = self.blob_path(Digest.parse(digest))
+                if not target.exists():
+                    writes.append((target, data))
+            added = [str(t.relative_to(self.root)) for _, t in moves] + [
+                str(t.relative_to(self.root)) for t, _ in writes
+            ]
+            _write_synced(self.journal_path, json.dumps({"added": added}).encode())
+            for staged, target in moves:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(staged, target)
+            for target, data in writes:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
+                _write_synced(tmp, data)
+                os.rename(tmp, target)
+            moved = [n for n in names if state.names.get(n) not in (None, record.digest)]
+            existing = state.images.get(record.digest)
+            if existing is not None:
+                record.pulled = existing.pulled
+            state.images[record.digest] = record
+            for name in names:
+                state.names[name] = record.digest
+            state.layers.update(layer_map)
+            self._write_state(state)
+            self.journal_path.unlink()
+            return moved
+
+    # -- lookups -------------------------------------------------------------------------
+
+    def resolve(self, state: State, text: str) -> str:
+        """NAME, NAME@DIGEST, a digest, or a unique id/digest prefix -> manifest digest."""
+        if "@" in text:
+            _, _, digest_text = text.rpartition("@")
+            digest = str(Digest.parse(digest_text))
+            if digest in state.images:
+                return digest
+            raise NotFound(f"image {text!r}: no image with digest {digest} in the store")
+        for name in _candidate_names(text):
+            if name in state.names:
+                return state.names[name]
+        prefix = text.removeprefix("sha256:")
+        if re.fullmatch(r"[0-9a-f]{3,64}", prefix):
+            hits = {
+                d
+                for d, r in state.images.items()
+                if Digest.parse(d).hex.startswith(prefix) or Digest.parse(r.config).hex.startswith(prefix)
+            }
+            if len(hits) == 1:
+                return hits.pop()
+            if len(hits) > 1:
+                raise InvalidReference(f"image {text!r}: prefix matches {len(hits)} images")
+        raise NotFound(f"image {text!r}: not in the store (see 'snapshotter images')")
+
+    def names_for(self, text: str) -> list[str]:
+        return _candidate_names(text)
+
+    # -- live mounts -----------------------------------------------------------------------
+
+    def live_mounts(self) -> list[MountRecord]:
+        out: list[MountRecord] = []
+        if not self.mounts.is_dir():
+            return out
+        for path in self.mounts.glob("*.json"):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                        raise
+                    # Held by a live daemon: it is a mount.
+                    doc = json.loads(os.pread(fd, 1 << 20, 0) or b"{}")
+                    out.append(
+                        MountRecord(
+                            path,
+                            str(doc.get("image", "")),
+                            tuple(doc.get("diff_ids", ())),
+                            str(doc.get("mountpoint", "")),
+                            int(doc.get("pid", 0)),
+                        )
+                    )
+                else:
+                    path.unlink(missing_ok=True)  # its daemon is gone
+            except ValueError:
+                continue
+            finally:
+                os.close(fd)
+        return out
+
+    # -- removal ---------------------------------------------------------------------------
+
+    def untag(self, state: State, name: str) -> str | None:
+        """Drop a name; return the digest of an image that lost its last name, if any."""
+        digest = state.names.pop(name)
+        return digest if not state.names_of(digest) else None
+
+    def remove_image(self, state: State, digest: str) -> None:
+        for name in state.names_of(digest):
+            del state.names[name]
+        state.images.pop(digest, None)
+
+    def collect_garbage(self, state: State) -> PruneReport:
+        """Remove snapshots and blobs that no image and no live mount references.
+
+        Call inside ``locked``, after changing ``state``; writes the state first, so a crash
+        leaves garbage (removable later), never a dangling reference.
+        """
+        self._write_state(state)
+        keep_snapshots = {d for image in state.images.values() for d in image.diff_ids}
+        keep_blobs = {d for image in state.images.values() for d in (image.digest, image.config)}
+        for mount in self.live_mounts():
+            keep_snapshots.update(mount.diff_ids)
+        removed_snapshots: list[str] = []
+        removed_blobs: list[str] = []
+        freed = 0
+        for algorithm_dir in _subdirs(self.snapshots):
+            for snap in _subdirs(algorithm_dir):
+                digest = f"{algorithm_dir.name}:{snap.name}"
+                if digest not in keep_snapshots:
+                    freed += _disk_usage(snap)
+                    self._discard(snap)
+                    removed_snapshots.append(digest)
+        for algorithm_dir in _subdirs(self.blobs):
+            for blob in algorithm_dir.iterdir():
+                digest = f"{algorithm_dir.name}:{blob.name}"
+                if digest not in keep_blobs:
+                    freed += blob.stat().st_size
+                    blob.unlink()
+                    removed_blobs.append(digest)
+        live = {d for d in keep_snapshots if self.has_snapshot(Digest.parse(d))}
+        state.layers = {k: v for k, v in state.layers.items() if v in live}
+        self._write_state(state)
+        return PruneReport([], removed_snapshots, removed_blobs, freed)
+
+
+def in_use(store: Store) -> dict[str, list[str]]:
+    """manifest digest -> mountpoints of live mounts of it."""
+    out: dict[str, list[str]] = {}
+    for mount in store.live_mounts():
+        out.setdefault(mount.image, []).append(mount.mountpoint)
+    return out
+
+
+def check_not_in_use(store: Store, digest: str, text: str) -> None:
+    mounts = in_use(store).get(digest)
+    if mounts:
+        raise InUse(
+            f"image {text!r} is in use by the mount at {', '.join(mounts)} "
+            "(unmount it, or use --force)"
+        )
+
+
+def _candidate_names(text: str) -> list[str]:
+    out = []
+    try:
+        out.append(Reference.parse(text).name())
+    except InvalidReference:
+        pass
+    if "/" not in text.split(":")[0] or not any(c in text.split("/")[0] for c in ".:"):
+        try:
+            out.append(Reference.parse(f"localhost/{text}").name())
+        except InvalidReference:
+            pass
+    return out
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _subdirs(path: Path) -> list[Path]:
+    if not path.is_dir():
+        return []
+    return [p for p in path.iterdir() if p.is_dir()]
+
+
+def _disk_usage(path: Path) -> int:
+    total = 0
+    for dirpath, _dirnames, filenames in os.walk(path):
+        for name in filenames:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total

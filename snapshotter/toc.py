@@ -1,0 +1,167 @@
+"""The per-layer table of contents (toc): what a layer says, entry by entry.
+
+A snapshot is a directory holding the toc and a ``data/`` folder with the contents of the
+layer's regular files, one file per inode.  The toc, not the host file system, is the truth
+about names, types, owners, modes, device numbers, xattrs and nanosecond mtimes, so an
+unprivileged store keeps everything the layer said.  Names from the layer never become host
+paths: data files are named by the toc's own inode numbers.
+
+Whiteouts (``.wh.NAME``) are entries of kind ``WHITEOUT`` at the path they hide; an opaque
+marker (``.wh..wh..opq``) sets ``opaque`` on its directory (image-spec layer.md#whiteouts).
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zstandard
+
+from .errors import StoreCorrupt
+
+TOC_NAME = "toc.json.zst"
+DATA_DIR = "data"
+TOC_VERSION = 1
+
+
+class EntryKind(enum.Enum):
+    """What an entry is; the value is the letter ``ls -l`` (and the toc file) uses."""
+
+    FILE = "-"
+    DIR = "d"
+    SYMLINK = "l"
+    CHAR = "c"
+    BLOCK = "b"
+    FIFO = "p"
+    WHITEOUT = "w"
+
+
+# Bits of TocEntry.flags
+FLAG_OPAQUE = 1  # directory hides all lower children (.wh..wh..opq, or re-created in-layer)
+FLAG_IMPLIED = 2  # directory not in the tar, only implied by a child's path
+
+
+@dataclass(frozen=True, slots=True)
+class TocEntry:
+    """One name in a layer, after the layer's own replacements were applied."""
+
+    path: str  # relative POSIX path inside the image; "" is the root directory
+    kind: EntryKind
+    mode: int  # permission bits, setuid/setgid/sticky included (07777)
+    uid: int
+    gid: int
+    size: int  # bytes of content (regular files), 0 otherwise
+    mtime_ns: int
+    inode: int  # per-layer inode number; hardlinks share it; names data/<inode:x>
+    link: str = ""  # symlink target, verbatim
+    rdev_major: int = 0
+    rdev_minor: int = 0
+    flags: int = 0
+    xattrs: tuple[tuple[str, bytes], ...] = field(default=())
+
+    @property
+    def opaque(self) -> bool:
+        return bool(self.flags & FLAG_OPAQUE)
+
+    @property
+    def implied(self) -> bool:
+        return bool(self.flags & FLAG_IMPLIED)
+
+    @property
+    def has_data(self) -> bool:
+        """Whether a data file holds this entry's content (empty files have none)."""
+        return self.kind is EntryKind.FILE and self.size > 0
+
+    def data_name(self) -> str:
+        return f"{self.inode:x}"
+
+    def to_row(self) -> list[object]:
+        return [
+            self.path,
+            self.kind.value,
+            self.mode,
+            self.uid,
+            self.gid,
+            self.size,
+            self.mtime_ns,
+            self.inode,
+            self.link,
+            self.rdev_major,
+            self.rdev_minor,
+            self.flags,
+            [[k, base64.b64encode(v).decode()] for k, v in self.xattrs] if self.xattrs else 0,
+        ]
+
+    @classmethod
+    def from_row(cls, row: list[object]) -> TocEntry:
+        (path, kind, mode, uid, gid, size, mtime_ns, inode, link, major, minor, flags, xattrs) = (
+            row
+        )
+        return cls(
+            path=str(path),
+            kind=EntryKind(kind),
+            mode=int(mode),  # type: ignore[call-overload]
+            uid=int(uid),  # type: ignore[call-overload]
+            gid=int(gid),  # type: ignore[call-overload]
+            size=int(size),  # type: ignore[call-overload]
+            mtime_ns=int(mtime_ns),  # type: ignore[call-overload]
+            inode=int(inode),  # type: ignore[call-overload]
+            link=str(link),
+            rdev_major=int(major),  # type: ignore[call-overload]
+            rdev_minor=int(minor),  # type: ignore[call-overload]
+            flags=int(flags),  # type: ignore[call-overload]
+            xattrs=tuple((str(k), base64.b64decode(str(v))) for k, v in xattrs)  # type: ignore[attr-defined]
+            if xattrs
+            else (),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Toc:
+    """All entries of one layer, sorted by path; the layer's diff_id names it."""
+
+    diff_id: str
+    entries: tuple[TocEntry, ...]
+
+    def __iter__(self) -> Iterator[TocEntry]:
+        return iter(self.entries)
+
+    def by_path(self) -> dict[str, TocEntry]:
+        return {e.path: e for e in self.entries}
+
+    @property
+    def size(self) -> int:
+        """Bytes of content, each hardlinked inode counted once."""
+        seen: dict[int, int] = {}
+        for e in self.entries:
+            if e.kind is EntryKind.FILE:
+                seen[e.inode] = e.size
+        return sum(seen.values())
+
+    def write(self, path: Path) -> None:
+        doc = {
+            "version": TOC_VERSION,
+            "diff_id": self.diff_id,
+            "entries": [e.to_row() for e in self.entries],
+        }
+        raw = json.dumps(doc, separators=(",", ":")).encode()
+        path.write_bytes(zstandard.ZstdCompressor(level=3).compress(raw))
+
+    @classmethod
+    def read(cls, path: Path) -> Toc:
+        try:
+            raw = zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())
+            doc = json.loads(raw)
+            if doc.get("version") != TOC_VERSION:
+                raise StoreCorrupt(f"toc {path}: unknown version {doc.get('version')!r}")
+            return cls(str(doc["diff_id"]), tuple(TocEntry.from_row(r) for r in doc["entries"]))
+        except (OSError, ValueError, KeyError, TypeError, zstandard.ZstdError) as exc:
+            raise StoreCorrupt(f"toc {path}: unreadable ({exc})") from exc
+
+
+def sorted_entries(entries: Iterable[TocEntry]) -> tuple[TocEntry, ...]:
+    return tuple(sorted(entries, key=lambda e: e.path))

@@ -1,0 +1,580 @@
+"""Image sources on disk, named with skopeo's transports.
+
+- ``oci:DIR[:TAG]``: an OCI image layout directory (image-layout.md).
+- ``oci-archive:FILE[:TAG]``: the same layout as a tar file.
+- ``docker-archive:FILE[:NAME:TAG|:@N]``: ``docker save`` output, both the classic layout
+  (``manifest.json`` + ``<id>/layer.tar``) and Docker 25+'s OCI-shaped one.
+- ``docker://REF`` is the registry transport (a later module); it is parsed here so the
+  error is clear.
+
+A transport resolves a reference to one image (picking the manifest for a platform from an
+index) and hands out blob readers; it never unpacks anything.  Archives are read in place:
+each blob is a byte range of the archive file, opened afresh per reader so layers can be
+read by several threads at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from .digest import Digest, verify_bytes
+from .errors import InvalidReference, NotFound, UnsupportedMedia
+from .oci import (
+    ANNOTATION_CONTAINERD_NAME,
+    CONFIG_TYPES,
+    FOREIGN_LAYER_TYPES,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    MAX_JSON_BLOB,
+    MT_DOCKER_CONFIG,
+    MT_DOCKER_MANIFEST,
+    Descriptor,
+    ImageConfig,
+    Index,
+    Manifest,
+    Platform,
+    layer_compression,
+    load_json,
+    select_platform,
+)
+from .reference import Reference, is_tag
+
+TRANSPORTS = ("oci", "oci-archive", "docker-archive", "docker")
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+Opener = Callable[[], BinaryIO]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    transport: str
+    path: str
+    ref: str  # tag, NAME:TAG, @N, or "" for none
+
+    @classmethod
+    def parse(cls, text: str) -> SourceRef:
+        transport, sep, rest = text.partition(":")
+        if not sep or transport not in TRANSPORTS:
+            raise InvalidReference(
+                f"source {text!r}: expected TRANSPORT:PATH with transport one of "
+                f"{', '.join(TRANSPORTS)} (a bare name or docker:// needs the registry support)"
+            )
+        if transport == "docker":
+            if not rest.startswith("//"):
+                raise InvalidReference(f"source {text!r}: expected docker://NAME")
+            return cls(transport, "", rest[2:])
+        path, _, ref = rest.partition(":")
+        if not path:
+            raise InvalidReference(f"source {text!r}: no path")
+        return cls(transport, path, ref)
+
+    def __str__(self) -> str:
+        return f"{self.transport}:{self.path}" + (f":{self.ref}" if self.ref else "")
+
+
+@dataclass(frozen=True, slots=True)
+class LayerSource:
+    """One layer to read: where its blob is and what it should hash to."""
+
+    index: int  # position in the manifest, base layer first
+    media_type: str
+    compression: str  # none | gzip | zstd
+    digest: Digest | None  # of the blob as stored; None when the source does not say
+    size: int | None
+    diff_id: Digest
+    open: Opener = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedImage:
+    """One image, resolved and verified up to (not including) its layers."""
+
+    source: str
+    manifest_bytes: bytes | None  # None: docker-archive, synthesized once layers are hashed
+    manifest_media_type: str
+    config_bytes: bytes
+    config_digest: Digest
+    config: ImageConfig
+    layers: tuple[LayerSource, ...]
+    names: tuple[str, ...]  # full names the source gives the image (may be empty)
+    platform: Platform
+
+
+# -- byte ranges of a file -------------------------------------------------------------
+
+
+class _Section:
+    """A read-only view of ``size`` bytes at ``offset`` of a file; owns its descriptor."""
+
+    def __init__(self, path: Path, offset: int, size: int):
+        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        self._file.seek(offset)
+        self._left = size
+
+    def read(self, n: int = -1, /) -> bytes:
+        if self._left <= 0:
+            return b""
+        if n is None or n < 0 or n > self._left:
+            n = self._left
+        chunk = self._file.read(n)
+        self._left -= len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> _Section:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Files:
+    """Read access to a layout's or archive's files by relative path."""
+
+    def opener(self, relpath: str, what: str) -> tuple[Opener, int]:
+        raise NotImplementedError
+
+    def exists(self, relpath: str) -> bool:
+        raise NotImplementedError
+
+    def read_small(self, relpath: str, what: str) -> bytes:
+        opener, size = self.opener(relpath, what)
+        if size > MAX_JSON_BLOB:
+            raise InvalidReference(f"{what}: {size} bytes is too large for a json document")
+        with opener() as f:  # type: ignore[attr-defined]
+            return f.read(size)  # type: ignore[no-any-return]
+
+
+class _DirFiles(_Files):
+    def __init__(self, root: Path):
+        self.root = root
+
+    def opener(self, relpath: str, what: str) -> tuple[Opener, int]:
+        path = self.root / relpath
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError as exc:
+            raise NotFound(f"{what}: {relpath} is missing from {self.root}") from exc
+        return (lambda: _Section(path, 0, size)), size  # type: ignore[return-value]
+
+    def exists(self, relpath: str) -> bool:
+        return (self.root / relpath).is_file()
+
+
+class _TarFiles(_Files):
+    """Members of an uncompressed tar archive, by cleaned name, read in place.
+
+    Member names are only keys here: nothing is extracted.  Symlink and hardlink members
+    (docker save writes ``<id>/layer.tar -> ../<other>/layer.tar``) resolve to other members
+    of the same archive, never to the host.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.members: dict[str, tarfile.TarInfo] = {}
+        try:
+            with tarfile.open(path, mode="r:") as tf:
+                for info in tf:
+                    self.members[_clean(info.name)] = info
+        except tarfile.TarError as exc:
+            raise InvalidReference(f"archive {path}: not a readable tar file ({exc})") from exc
+
+    def _resolve(self, relpath: str, what: str) -> tarfile.TarInfo:
+        name = _clean(relpath)
+        for _ in range(16):
+            info = self.members.get(name)
+            if info is None:
+                raise NotFound(f"{what}: {relpath} is missing from archive {self.path}")
+            if info.issym():
+                base = PurePosixPath(name).parent
+                name = _clean(str(base / info.linkname)) if not info.linkname.startswith("/") else _clean(info.linkname)
+            elif info.islnk():
+                name = _clean(info.linkname)
+            elif info.isreg():
+                return info
+            else:
+                raise NotFound(f"{what}: {relpath} in archive {self.path} is not a file")
+        raise NotFound(f"{what}: {relpath} in archive {self.path}: too many levels of links")
+
+    def opener(self, relpath: str, what: str) -> tuple[Opener, int]:
+        info = self._resolve(relpath, what)
+        offset, size = info.offset_data, info.size
+        return (lambda: _Section(self.path, offset, size)), size  # type: ignore[return-value]
+
+    def exists(self, relpath: str) -> bool:
+        try:
+            self._resolve(relpath, "")
+        except NotFound:
+            return False
+        return True
+
+
+def _clean(name: str) -> str:
+    parts = []
+    for p in name.split("/"):
+        if p in ("", "."):
+            continue
+        if p == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(p)
+    return "/".join(parts)
+
+
+def _blob_path(digest: Digest) -> str:
+    # Digest.parse guarantees hex is [0-9a-f]{64|128}: this cannot name anything else.
+    return f"blobs/{digest.algorithm}/{digest.hex}"
+
+
+def _read_blob(files: _Files, desc: Descriptor, what: str) -> bytes:
+    if desc.data is not None:
+        verify_bytes(desc.data, desc.digest, desc.size, what)
+        return desc.data
+    if desc.size > MAX_JSON_BLOB:
+        raise InvalidReference(f"{what} {desc.digest}: {desc.size} bytes is too large")
+    data = files.read_small(_blob_path(desc.digest), f"{what} {desc.digest}")
+    verify_bytes(data, desc.digest, desc.size, what)
+    return data
+
+
+def _sniff(opener: Opener) -> str:
+    with opener() as f:  # type: ignore[attr-defined]
+        head: bytes = f.read(4)
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    return "none"
+
+
+# -- OCI image layouts -------------------------------------------------------------------
+
+
+def _names_for(desc: Descriptor, default_repository: str) -> tuple[str, ...]:
+    """The names an index.json descriptor gives its image, fully qualified."""
+    full = desc.annotations.get(ANNOTATION_CONTAINERD_NAME)
+    if full:
+        try:
+            return (Reference.parse(full).name(),)
+        except InvalidReference:
+            pass
+    ref_name = desc.ref_name
+    if not ref_name:
+        return ()
+    try:
+        if "/" in ref_name or (":" in ref_name and not is_tag(ref_name)):
+            return (Reference.parse(ref_name).name(),)
+        if is_tag(ref_name):
+            return (Reference.parse(f"{default_repository}:{ref_name}").name(),)
+    except InvalidReference:
+        pass
+    return ()
+
+
+def _default_repository(path: str) -> str:
+    stem = Path(path.rstrip("/")).name
+    for suffix in (".tar", ".oci"):
+        stem = stem.removesuffix(suffix)
+    stem = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("._-") or "image"
+    return f"localhost/{stem}"
+
+
+def _resolve_layout(
+    files: _Files, tag: str, platform: Platform | None, source: str, repository: str
+) -> ResolvedImage:
+    what = f"{source}: index.json"
+    index = Index.parse(files.read_small("index.json", what), what)
+    images = [d for d in index.manifests if d.media_type in MANIFEST_TYPES | INDEX_TYPES]
+    if tag:
+        candidates = [d for d in images if d.ref_name == tag]
+        if not candidates:
+            tags = sorted({d.ref_name for d in images if d.ref_name})
+            raise NotFound(f"{source}: no image tagged {tag!r}; tags: {', '.join(tags) or 'none'}")
+    else:
+        candidates = images
+    if not candidates:
+        raise NotFound(f"{source}: the layout lists no images")
+    want = platform or Platform.host()
+    if len(candidates) == 1:
+        desc = candidates[0]
+    elif all(d.platform is not None and d.media_type in MANIFEST_TYPES for d in candidates):
+        desc = select_platform(Index(index.media_type, tuple(candidates)), want, source)
+    else:
+        tags = sorted({d.ref_name for d in candidates if d.ref_name})
+        raise NotFound(
+            f"{source}: the layout holds {len(candidates)} images; name one with :TAG "
+            f"(tags: {', '.join(tags) or 'none'})"
+        )
+    names = _names_for(desc, repository)
+    seen: set[Digest] = set()
+    while desc.media_type in INDEX_TYPES:
+        if desc.digest in seen or len(seen) > 8:
+            raise InvalidReference(f"{source}: image index {desc.digest} nests in a loop")
+        seen.add(desc.digest)
+        child = Index.parse(_read_blob(files, desc, "image index"), f"{source}: {desc.digest}")
+        desc = select_platform(child, want, f"{source}: index {desc.digest}")
+    manifest_bytes = _read_blob(files, desc, "manifest")
+    return _from_manifest(files, manifest_bytes, desc, names, platform, source)
+
+
+def _from_manifest(
+    files: _Files,
+    manifest_bytes: bytes,
+    desc: Descriptor,
+    names: tuple[str, ...],
+    platform: Platform | None,
+    source: str,
+) -> ResolvedImage:
+    what = f"{source}: manifest {desc.digest}"
+    manifest = Manifest.parse(manifest_bytes, what)
+    if manifest.config.media_type not in CONFIG_TYPES:
+        raise UnsupportedMedia(
+            f"{what}: an artifact (config type {manifest.config.media_type!r}), "
+            "not a container image"
+        )
+    config_bytes = _read_blob(files, manifest.config, "config")
+    config = ImageConfig.parse(config_bytes, f"{source}: config {manifest.config.digest}")
+    _check_platform(config, platform, source)
+    if len(config.diff_ids) != len(manifest.layers):
+        raise InvalidReference(
+            f"{what}: {len(manifest.layers)} layers but the config lists "
+            f"{len(config.diff_ids)} diff_ids"
+        )
+    layers = []
+    for i, (layer, diff_id) in enumerate(zip(manifest.layers, config.diff_ids, strict=True)):
+        compression = layer_compression(layer, f"{source}: layer {i + 1}")
+        opener, size = files.opener(_blob_path(layer.digest), f"{source}: layer {layer.digest}")
+        layers.append(
+            LayerSource(i, layer.media_type, compression, layer.digest, layer.size, diff_id, opener)
+        )
+    return ResolvedImage(
+        source=source,
+        manifest_bytes=manifest_bytes,
+        manifest_media_type=manifest.media_type,
+        config_bytes=config_bytes,
+        config_digest=manifest.config.digest,
+        config=config,
+        layers=tuple(layers),
+        names=names,
+        platform=config.platform,
+    )
+
+
+def _check_platform(config: ImageConfig, platform: Platform | None, source: str) -> None:
+    if platform is not None and config.platform.os and not config.platform.matches(platform):
+        raise NotFound(f"{source}: the image is for {config.platform}, not {platform}")
+
+
+# -- docker save archives ----------------------------------------------------------------
+
+_HEX_NAME = re.compile(r"(?:^|/)(?:sha256:)?([0-9a-f]{64})(?:\.json|\.tar(?:\.gz|\.zst)?)?$")
+
+
+def _resolve_docker_archive(
+    files: _TarFiles, ref: str, platform: Platform | None, source: str
+) -> ResolvedImage:
+    what = f"{source}: manifest.json"
+    try:
+        entries = json.loads(files.read_small("manifest.json", what))
+    except NotFound:
+        raise NotFound(
+            f"{source}: no manifest.json; not a docker-archive (try oci-archive:)"
+        ) from None
+    except ValueError as exc:
+        raise InvalidReference(f"{what}: not valid json ({exc})") from exc
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise InvalidReference(f"{what}: expected a list of objects")
+    if not entries:
+        raise NotFound(f"{source}: the archive holds no images")
+
+    def repo_tags(entry: dict[str, object]) -> list[str]:
+        tags = entry.get("RepoTags") or []
+        return [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+
+    if ref.startswith("@"):
+        try:
+            entry = entries[int(ref[1:])]
+        except (ValueError, IndexError):
+            raise NotFound(f"{source}: no image {ref} (the archive holds {len(entries)})") from None
+    elif ref:
+        want = Reference.parse(ref).name()
+        found = [e for e in entries if want in {_safe_name(t) for t in repo_tags(e)}]
+        if not found:
+            listed = sorted({t for e in entries for t in repo_tags(e)})
+            raise NotFound(f"{source}: no image named {ref!r}; names: {', '.join(listed) or 'none'}")
+        entry = found[0]
+    elif len(entries) == 1:
+        entry = entries[0]
+    else:
+        listed = sorted({t for e in entries for t in repo_tags(e)})
+        raise NotFound(
+            f"{source}: the archive holds {len(entries)} images; name one with :NAME:TAG "
+            f"or :@N (names: {', '.join(listed) or 'none'})"
+        )
+
+    config_path = entry.get("Config")
+    layer_paths = entry.get("Layers")
+    if not isinstance(config_path, str) or not isinstance(layer_paths, list):
+        raise InvalidReference(f"{what}: an entry lacks Config or Layers")
+    config_bytes = files.read_small(config_path, f"{source}: config")
+    config_digest = Digest.of_bytes(config_bytes)
+    claimed = _HEX_NAME.search(config_path)
+    if claimed and claimed.group(1) != config_digest.hex:
+        raise_mismatch = f"{source}: config {config_path!r} hashes to {config_digest}"
+        from .errors import DigestMismatch
+
+        raise DigestMismatch(raise_mismatch)
+    config = ImageConfig.parse(config_bytes, f"{source}: config {config_digest}")
+    _check_platform(config, platform, source)
+    names = tuple(n for n in (_safe_name(t) for t in repo_tags(entry)) if n)
+
+    # Docker 25+ archives also carry the real OCI manifest: prefer it, so the image keeps
+    # the manifest digest a registry would show.
+    if files.exists("index.json"):
+        real = _docker25_manifest(files, config_digest, platform, source)
+        if real is not None:
+            return real if real.names or not names else _with_names(real, names)
+
+    if len(config.diff_ids) != len(layer_paths):
+        raise InvalidReference(
+            f"{what}: {len(layer_paths)} layers but the config lists "
+            f"{len(config.diff_ids)} diff_ids"
+        )
+    foreign = _foreign_layers(entry)
+    layers = []
+    for i, (layer_path, diff_id) in enumerate(zip(layer_paths, config.diff_ids, strict=True)):
+        if not isinstance(layer_path, str):
+            raise InvalidReference(f"{what}: layer path {layer_path!r} is not a string")
+        if str(diff_id) in foreign:
+            raise UnsupportedMedia(
+                f"{source}: layer {i + 1} ({diff_id}) is a non-distributable (foreign) layer "
+                f"{foreign[str(diff_id)]!r}; it is not supported"
+            )
+        opener, size = files.opener(layer_path, f"{source}: layer {i + 1} ({diff_id})")
+        compression = _sniff(opener)
+        digest: Digest | None = None
+        if layer_path.startswith("blobs/"):
+            parts = layer_path.split("/")
+            if len(parts) == 3:
+                digest = Digest.parse(f"{parts[1]}:{parts[2]}")
+        if digest is None and compression == "none":
+            digest = diff_id  # the blob is the tar itself
+        media_type = {
+            "none": "application/vnd.docker.image.rootfs.diff.tar",
+            "gzip": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+        }[compression]
+        layers.append(LayerSource(i, media_type, compression, digest, size, diff_id, opener))
+    return ResolvedImage(
+        source=source,
+        manifest_bytes=None,
+        manifest_media_type=MT_DOCKER_MANIFEST,
+        config_bytes=config_bytes,
+        config_digest=config_digest,
+        config=config,
+        layers=tuple(layers),
+        names=names,
+        platform=config.platform,
+    )
+
+
+def _with_names(image: ResolvedImage, names: tuple[str, ...]) -> ResolvedImage:
+    from dataclasses import replace
+
+    return replace(image, names=names)
+
+
+def _safe_name(text: str) -> str:
+    try:
+        return Reference.parse(text).name()
+    except InvalidReference:
+        return ""
+
+
+def _foreign_layers(entry: dict[str, object]) -> dict[str, str]:
+    sources = entry.get("LayerSources")
+    out: dict[str, str] = {}
+    if isinstance(sources, dict):
+        for diff_id, desc in sources.items():
+            if isinstance(desc, dict) and desc.get("mediaType") in FOREIGN_LAYER_TYPES:
+                out[str(diff_id)] = str(desc.get("mediaType"))
+    return out
+
+
+def _docker25_manifest(
+    files: _TarFiles, config_digest: Digest, platform: Platform | None, source: str
+) -> ResolvedImage | None:
+    try:
+        index = Index.parse(files.read_small("index.json", source), f"{source}: index.json")
+    except (InvalidReference, NotFound):
+        return None
+    for desc in index.manifests:
+        if desc.media_type not in MANIFEST_TYPES or not files.exists(_blob_path(desc.digest)):
+            continue
+        data = _read_blob(files, desc, "manifest")
+        manifest = Manifest.parse(data, f"{source}: manifest {desc.digest}")
+        if manifest.config.digest == config_digest:
+            names = _names_for(desc, _default_repository(str(files.path)))
+            return _from_manifest(files, data, desc, names, platform, source)
+    return None
+
+
+def synthesize_manifest(image: ResolvedImage, layer_digests: list[tuple[Digest, int]]) -> bytes:
+    """A Docker schema2 manifest for a docker-archive image, once its layers are hashed."""
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": MT_DOCKER_MANIFEST,
+        "config": {
+            "mediaType": MT_DOCKER_CONFIG,
+            "size": len(image.config_bytes),
+            "digest": str(image.config_digest),
+        },
+        "layers": [
+            {"mediaType": layer.media_type, "size": size, "digest": str(digest)}
+            for layer, (digest, size) in zip(image.layers, layer_digests, strict=True)
+        ],
+    }
+    return json.dumps(doc, indent=3).encode()
+
+
+# -- entry point -------------------------------------------------------------------------
+
+
+def open_source(text: str, platform: Platform | None) -> ResolvedImage:
+    """Resolve SOURCE (skopeo syntax) to one image, verified up to its layers."""
+    src = SourceRef.parse(text)
+    if src.transport == "docker":
+        raise UnsupportedMedia(f"source {text!r}: pulling from registries is not supported yet")
+    path = Path(src.path)
+    if src.transport == "oci":
+        if not path.is_dir():
+            raise NotFound(f"source {text!r}: {path} is not a directory")
+        if not (path / "index.json").is_file():
+            raise NotFound(f"source {text!r}: {path} has no index.json; not an OCI image layout")
+        return _resolve_layout(
+            _DirFiles(path), src.ref, platform, str(src), _default_repository(src.path)
+        )
+    if not path.is_file():
+        raise NotFound(f"source {text!r}: {path} is not a file")
+    files = _TarFiles(path)
+    if src.transport == "oci-archive":
+        if not files.exists("index.json"):
+            raise NotFound(f"source {text!r}: no index.json in the archive; not an oci-archive")
+        return _resolve_layout(files, src.ref, platform, str(src), _default_repository(src.path))
+    return _resolve_docker_archive(files, src.ref, platform, str(src))
+
+
+def is_regular_file(path: Path) -> bool:
+    return os.path.isfile(path)

@@ -1,0 +1,532 @@
+"""One layer tar -> one snapshot directory (a toc plus content files).
+
+Layer tars come from strangers.  Python's ``tarfile`` extraction has had repeated bypasses
+(CVE-2025-4517 and later), so ``tarfile`` only *parses* headers here; nothing it names is
+ever created on the host.  Each entry is cleaned into a relative path (``..`` refused,
+leading ``/`` dropped, as containerd and GNU tar do) and recorded in an in-memory tree; the
+only host files created are content files ``data/<inode>`` made with ``O_EXCL|O_NOFOLLOW``
+relative to a directory descriptor of the snapshot being built.  So a symlink in the layer,
+a hardlink to ``/etc/shadow``, a whiteout named ``.wh...``: none of them can reach outside the
+snapshot, because no host path is ever derived from a layer's names.
+
+The layer's own replacements are applied while reading, in tar order (the last entry wins):
+a file replaces a directory and its subtree, a directory replaces a symlink, a hardlink takes
+its target's inode as it stands at that point.  Whiteouts follow the image spec
+(layer.md#whiteouts): they hide lower-layer entries only, never an entry of their own layer,
+whatever the tar order, so they are resolved after the whole layer has been read.
+
+Reading is a two-thread pipeline: a feeder thread reads the blob, hashes it (digest),
+decompresses it (ISA-L for gzip, zstandard for zstd; both release the GIL) and hashes the
+tar stream (diff_id); the calling thread parses headers and writes content.  Memory stays
+bounded by the queue between them, whatever the layer's size.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import tarfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from .digest import Digest, Readable, VerifyingReader
+from .errors import DigestMismatch, SnapshotterError, UnsafeArchive, UnsupportedMedia
+from .toc import (
+    DATA_DIR,
+    FLAG_IMPLIED,
+    FLAG_OPAQUE,
+    TOC_NAME,
+    EntryKind,
+    Toc,
+    TocEntry,
+    sorted_entries,
+)
+
+# image-spec layer.md#whiteouts
+WHITEOUT_PREFIX = ".wh."
+WHITEOUT_META_PREFIX = ".wh..wh."
+WHITEOUT_OPAQUE = ".wh..wh..opq"
+
+NAME_MAX = 255  # the longest name a Linux file system (and FUSE) can present
+CHUNK = 1 << 20
+QUEUE_DEPTH = 8  # chunks in flight between the feeder and the parser: bounds memory
+
+ROOT_INODE = 1
+
+
+class ProgressFn(Protocol):
+    def __call__(self, nbytes: int, /) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class UnpackResult:
+    layer_digest: Digest  # of the blob as read (compressed)
+    diff_id: Digest  # of the uncompressed tar, verified against the config
+    blob_size: int
+    toc: Toc
+
+
+def clean_path(name: str, what: str) -> str:
+    """The confined relative form of a tar member name; raises on ``..`` and long names.
+
+    Leading ``/`` and ``.`` components are dropped, so ``/etc/passwd`` and ``./etc/passwd``
+    both become ``etc/passwd`` (containerd cleans names the same way).  ``..`` is refused
+    outright rather than clamped: no honest layer has it.
+    """
+    parts: list[str] = []
+    for component in name.split("/"):
+        if component in ("", "."):
+            continue
+        if component == "..":
+            raise UnsafeArchive(f"{what}: path {name!r} escapes the layer root")
+        if len(os.fsencode(component)) > NAME_MAX:
+            raise UnsafeArchive(
+                f"{what}: name {component[:40]!r}... in {name[:80]!r} is longer than "
+                f"{NAME_MAX} bytes, which no linux file system can hold"
+            )
+        parts.append(component)
+    return "/".join(parts)
+
+
+def _parent(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+def mtime_ns(info: tarfile.TarInfo) -> int:
+    """Exact nanoseconds: the PAX ``mtime`` record is decimal text; never go through float."""
+    text = info.pax_headers.get("mtime")
+    if text:
+        negative = text.startswith("-")
+        whole, _, frac = text.lstrip("+-").partition(".")
+        try:
+            ns = int(whole or "0") * 1_000_000_000 + int((frac + "000000000")[:9] or "0")
+        except ValueError:
+            ns = int(info.mtime) * 1_000_000_000
+        else:
+            return -ns if negative else ns
+    return int(info.mtime) * 1_000_000_000
+
+
+def xattrs_of(info: tarfile.TarInfo) -> tuple[tuple[str, bytes], ...]:
+    """``SCHILY.xattr.NAME`` PAX records (GNU tar, Docker, containerd all write these).
+
+    tarfile decodes PAX values as UTF-8 with surrogateescape, so binary values (file
+    capabilities, ACLs) come back byte-exact through ``encode(..., 'surrogateescape')``.
+    """
+    out = []
+    for key, value in info.pax_headers.items():
+        if key.startswith("SCHILY.xattr."):
+            out.append((key[len("SCHILY.xattr.") :], value.encode("utf-8", "surrogateescape")))
+    return tuple(sorted(out))
+
+
+class _LayerTree:
+    """The layer's entries as they stand after applying its own tar in order."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.entries: dict[str, TocEntry] = {}
+        self.children: dict[str, set[str]] = {"": set()}
+        self.whiteouts: set[str] = set()
+        self.opaques: set[str] = set()
+        self.next_inode = ROOT_INODE + 1
+        self.entries[""] = TocEntry(
+            "", EntryKind.DIR, 0o755, 0, 0, 0, 0, ROOT_INODE, flags=FLAG_IMPLIED
+        )
+
+    def new_inode(self) -> int:
+        inode = self.next_inode
+        self.next_inode += 1
+        return inode
+
+    def _remove(self, path: str) -> None:
+        """Drop ``path`` and, for a directory, everything under it."""
+        stack = [path]
+        while stack:
+            p = stack.pop()
+            del self.entries[p]
+            kids = self.children.pop(p, None)
+            if kids:
+                stack.extend(kids)
+        self.children[_parent(path)].discard(path)
+
+    def ensure_dir(self, path: str) -> None:
+        """Make ``path`` and its parents exist as directories (implied if not in the tar)."""
+        missing: list[str] = []
+        p = path
+        while True:
+            existing = self.entries.get(p)
+            if existing is not None:
+                if existing.kind is not EntryKind.DIR:
+                    what = "symlink" if existing.kind is EntryKind.SYMLINK else "non-directory"
+                    raise UnsafeArchive(
+                        f"{self.what}: entry below {what} {p!r} of the same layer "
+                        "(a layer may not write through or under its own links)"
+                    )
+                break
+            missing.append(p)
+            p = _parent(p)
+        for p in reversed(missing):
+            self.entries[p] = TocEntry(
+                p, EntryKind.DIR, 0o755, 0, 0, 0, 0, self.new_inode(), flags=FLAG_IMPLIED
+            )
+            self.children[p] = set()
+            self.children[_parent(p)].add(p)
+
+    def put(self, entry: TocEntry) -> None:
+        path = entry.path
+        if path == "":
+            if entry.kind is not EntryKind.DIR:
+                raise UnsafeArchive(
+                    f"{self.what}: entry '.' is a {entry.kind.name.lower()}; "
+                    "it would replace the layer root"
+                )
+            old = self.entries[""]
+            self.entries[""] = replace(entry, inode=old.inode, flags=0)
+            return
+        self.ensure_dir(_parent(path))
+        old = self.entries.get(path)
+        if old is not None:
+            if old.kind is EntryKind.DIR and entry.kind is EntryKind.DIR:
+                # A directory listed again changes its metadata and keeps its children.
+                self.entries[path] = replace(entry, inode=old.inode, flags=0)
+                return
+            self._remove(path)
+        self.entries[path] = entry
+        self.children[_parent(path)].add(path)
+        if entry.kind is EntryKind.DIR:
+            self.children[path] = set()
+
+    def finish(self) -> tuple[TocEntry, ...]:
+        """Apply whiteouts and opaque markers, which never hide entries of this layer."""
+        for path in self.opaques:
+            e = self.entries.get(path)
+            if e is not None and e.kind is EntryKind.DIR:
+                self.entries[path] = replace(e, flags=e.flags | FLAG_OPAQUE)
+        for path in sorted(self.whiteouts):
+            parent = self.entries.get(_parent(path))
+            if parent is None or parent.kind is not EntryKind.DIR:
+                continue  # its directory was replaced later in the tar
+            e = self.entries.get(path)
+            if e is None:
+                self.entries[path] = TocEntry(path, EntryKind.WHITEOUT, 0, 0, 0, 0, 0, 0)
+            elif e.kind is EntryKind.DIR:
+                # Lower `path` is deleted and this layer makes it anew: only this layer's
+                # children show, exactly as if it were marked opaque.
+                self.entries[path] = replace(e, flags=e.flags | FLAG_OPAQUE)
+        return sorted_entries(self.entries.values())
+
+
+class _Feeder:
+    """Background thread: blob -> digest hash -> decompress -> diff_id hash -> queue."""
+
+    def __init__(
+        self,
+        blob: Readable | BinaryIO,
+        compression: str,
+        layer_digest: Digest | None,
+        blob_size: int | None,
+        diff_id: Digest,
+        what: str,
+        progress: ProgressFn | None,
+    ):
+        self.compressed = VerifyingReader(
+            _Counting(blob, progress) if progress else blob,
+            layer_digest or Digest("sha256", "0" * 64),
+            blob_size,
+            what,
+        )
+        self.compression = compression
+        self.diff_hash = diff_id.hasher()
+        self.diff_id = diff_id
+        self.tar_size = 0
+        self.what = what
+        self.queue: queue.Queue[bytes | BaseException] = queue.Queue(QUEUE_DEPTH)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"feed {what}", daemon=True)
+        self.thread.start()
+        self._buffer = b""
+        self._pos = 0
+        self._eof = False
+
+    def _decompressed(self) -> Readable:
+        if self.compression == "none":
+            return self.compressed
+        if self.compression == "gzip":
+            from isal import igzip
+
+            return igzip.GzipFile(fileobj=self.compressed, mode="rb")  # type: ignore[no-any-return]
+        if self.compression == "zstd":
+            import zstandard
+
+            return zstandard.ZstdDecompressor().stream_reader(  # type: ignore[no-any-return]
+                self.compressed, read_size=CHUNK, read_across_frames=True
+            )
+        raise UnsupportedMedia(f"{self.what}: unsupported compression {self.compression!r}")
+
+    def _put(self, item: bytes | BaseException) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            source = self._decompressed()
+            while True:
+                chunk = source.read(CHUNK)
+                if not chunk:
+                    break
+                self.diff_hash.update(chunk)
+                self.tar_size += len(chunk)
+                if not self._put(chunk):
+                    return
+            # Whatever follows the compressed stream's end still belongs to the blob.
+            self.compressed.drain()
+            self._put(b"")
+        except SnapshotterError as exc:
+            self._put(exc)
+        except Exception as exc:  # corrupt compressed data, I/O errors
+            self._put(
+                DigestMismatch(f"{self.what}: cannot decompress ({self.compression}): {exc}")
+            )
+
+    # The file-like side, read by tarfile in the calling thread.
+    def read(self, n: int = -1, /) -> bytes:
+        if n is None or n < 0:
+            n = CHUNK
+        while self._pos >= len(self._buffer):
+            if self._eof:
+                return b""
+            item = self.queue.get()
+            if isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            if not item:
+                self._eof = True
+                return b""
+            self._buffer, self._pos = item, 0
+        out = self._buffer[self._pos : self._pos + n]
+        self._pos += len(out)
+        return out
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def verify(self, check_layer_digest: bool) -> Digest:
+        self.thread.join()
+        if check_layer_digest:
+            self.compressed.verify()
+        actual = Digest(self.diff_id.algorithm, self.diff_hash.hexdigest())
+        if actual != self.diff_id:
+            raise DigestMismatch(
+                f"{self.what}: uncompressed content hashes to {actual}, "
+                f"but the config's rootfs.diff_ids says {self.diff_id}"
+            )
+        return Digest("sha256", self.compressed._hash.hexdigest())
+
+
+class _Counting:
+    def __init__(self, raw: Readable | BinaryIO, progress: ProgressFn):
+        self.raw = raw
+        self.progress = progress
+
+    def read(self, n: int = -1, /) -> bytes:
+        chunk = self.raw.read(n)
+        if chunk:
+            self.progress(len(chunk))
+        return chunk
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _copy_content(
+    src: BinaryIO, data_fd: int, name: str, size: int, sparse: bool, what: str
+) -> None:
+    fd = os.open(
+        name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+        dir_fd=data_fd,
+    )
+    try:
+        copied = 0
+        while True:
+            chunk = src.read(CHUNK)
+            if not chunk:
+                break
+            copied += len(chunk)
+            if sparse and chunk.count(0) == len(chunk):
+                os.lseek(fd, len(chunk), os.SEEK_CUR)  # keep holes as holes
+            else:
+                _write_all(fd, chunk)
+        if copied != size:
+            raise UnsafeArchive(f"{what}: content is {copied} bytes, header says {size}")
+        if sparse:
+            os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+
+
+def unpack_layer(
+    blob: Readable | BinaryIO,
+    dest: Path,
+    *,
+    compression: str,
+    diff_id: Digest,
+    layer_digest: Digest | None,
+    blob_size: int | None,
+    what: str,
+    progress: ProgressFn | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> UnpackResult:
+    """Unpack one layer blob into the empty directory ``dest`` and verify it.
+
+    ``layer_digest``/``blob_size`` describe the blob as stored (compressed); pass None when
+    the source does not say (docker-archive), and the result reports the computed digest.
+    ``diff_id`` is the uncompressed digest from the image config and is always checked.
+    On any error ``dest`` is left for the caller to remove; nothing outside it is touched.
+    """
+    data_dir = dest / DATA_DIR
+    data_dir.mkdir(mode=0o755)
+    data_fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    feeder = _Feeder(blob, compression, layer_digest, blob_size, diff_id, what, progress)
+    tree = _LayerTree(what)
+    written: set[int] = set()
+    try:
+        try:
+            tf = tarfile.open(fileobj=feeder, mode="r|", bufsize=CHUNK)  # type: ignore[call-overload]
+        except tarfile.ReadError as exc:
+            if feeder.tar_size == 0 and feeder._eof:
+                tf = None  # an empty blob: a layer with no entries
+            else:
+                raise UnsafeArchive(f"{what}: not a tar archive ({exc})") from exc
+        if tf is not None:
+            _read_entries(tf, tree, data_fd, written, what, cancelled)
+        feeder.drain()
+        computed = feeder.verify(check_layer_digest=layer_digest is not None)
+    finally:
+        feeder.close()
+        os.close(data_fd)
+    entries = tree.finish()
+    live = {e.inode for e in entries if e.has_data}
+    for inode in written - live:  # content of entries replaced later in the tar
+        os.unlink(dest / DATA_DIR / f"{inode:x}")
+    toc = Toc(str(diff_id), entries)
+    toc.write(dest / TOC_NAME)
+    return UnpackResult(computed, diff_id, feeder.compressed.count, toc)
+
+
+def _read_entries(
+    tf: tarfile.TarFile,
+    tree: _LayerTree,
+    data_fd: int,
+    written: set[int],
+    what: str,
+    cancelled: Callable[[], bool] | None,
+) -> None:
+    try:
+        for count, info in enumerate(tf):
+            if cancelled is not None and count % 256 == 0 and cancelled():
+                raise SnapshotterError(f"{what}: cancelled")
+            _read_entry(tf, info, tree, data_fd, written, what)
+    except tarfile.TarError as exc:
+        raise UnsafeArchive(f"{what}: broken tar archive ({exc})") from exc
+    except EOFError as exc:
+        raise UnsafeArchive(f"{what}: tar archive ends early ({exc})") from exc
+
+
+def _read_entry(
+    tf: tarfile.TarFile,
+    info: tarfile.TarInfo,
+    tree: _LayerTree,
+    data_fd: int,
+    written: set[int],
+    what: str,
+) -> None:
+    path = clean_path(info.name, what)
+    base = path.rpartition("/")[2]
+    if base.startswith(WHITEOUT_PREFIX):
+        parent = _parent(path)
+        tree.ensure_dir(parent)
+        if base == WHITEOUT_OPAQUE:
+            tree.opaques.add(parent)
+        elif base.startswith(WHITEOUT_META_PREFIX):
+            pass  # other AUFS metadata (.wh..wh.plnk, .wh..wh.aufs): not content
+        else:
+            hidden = base[len(WHITEOUT_PREFIX) :]
+            if hidden in ("", ".", ".."):
+                raise UnsafeArchive(f"{what}: whiteout {info.name!r} names no entry")
+            tree.whiteouts.add(_join(parent, hidden))
+        return
+
+    common = dict(
+        mode=info.mode & 0o7777,
+        uid=info.uid,
+        gid=info.gid,
+        mtime_ns=mtime_ns(info),
+        xattrs=xattrs_of(info),
+    )
+    if info.islnk():
+        target = clean_path(info.linkname, what)
+        source = tree.entries.get(target)
+        if source is None or source.kind in (EntryKind.DIR, EntryKind.WHITEOUT):
+            raise UnsafeArchive(
+                f"{what}: hardlink {info.name!r} points to {info.linkname!r}, "
+                "which is not a file earlier in this layer"
+            )
+        tree.put(replace(source, path=path))
+        return
+    if info.isdir():
+        tree.put(TocEntry(path, EntryKind.DIR, size=0, inode=tree.new_inode(), **common))  # type: ignore[arg-type]
+        return
+    if info.issym():
+        tree.put(
+            TocEntry(
+                path, EntryKind.SYMLINK, size=0, inode=tree.new_inode(), link=info.linkname,
+                **common,  # type: ignore[arg-type]
+            )
+        )
+        return
+    if info.ischr() or info.isblk() or info.isfifo():
+        kind = EntryKind.CHAR if info.ischr() else EntryKind.BLOCK if info.isblk() else EntryKind.FIFO
+        tree.put(
+            TocEntry(
+                path, kind, size=0, inode=tree.new_inode(),
+                rdev_major=info.devmajor if kind is not EntryKind.FIFO else 0,
+                rdev_minor=info.devminor if kind is not EntryKind.FIFO else 0,
+                **common,  # type: ignore[arg-type]
+            )
+        )
+        return
+    if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK) or info.type == b"V":
+        return  # a volume label, or a header tarfile already folded into the next member
+    if info.type == b"M":
+        raise UnsafeArchive(f"{what}: multi-volume member {info.name!r} is not supported")
+    # Regular files; POSIX says unknown types are read as regular files too.
+    inode = tree.new_inode()
+    entry = TocEntry(path, EntryKind.FILE, size=info.size, inode=inode, **common)  # type: ignore[arg-type]
+    tree.put(entry)  # first, so a path under a symlink fails before content is written
+    if info.size > 0:
+        src = tf.extractfile(info)
+        assert src is not None
+        _copy_content(src, data_fd, f"{inode:x}", info.size, info.sparse is not None, what)
+        written.add(inode)
