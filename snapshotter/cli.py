@@ -189,7 +189,8 @@ def cmd_pull(store: Store, args: argparse.Namespace) -> int:
         print(result.digest)
     shown = ", ".join(result.names) or "<none>"
     progress.finish(
-        f"pulled {shown} ({result.platform}, {result.layers} layers: {result.unpacked} unpacked, "
+        f"pulled {shown} ({result.platform}, {result.layers} layer{'s' if result.layers != 1 else ''}: "
+        f"{result.unpacked} unpacked, "
         f"{result.reused} already stored; {_human_size(result.size)})"
     )
     return EXIT_OK

@@ -244,7 +244,14 @@ def _read_blob(files: _Files, desc: Descriptor, what: str) -> bytes:
         return desc.data
     if desc.size > MAX_JSON_BLOB:
         raise InvalidReference(f"{what} {desc.digest}: {desc.size} bytes is too large")
-    data = files.read_small(_blob_path(desc.digest), f"{what} {desc.digest}")
+    try:
+        data = files.read_small(_blob_path(desc.digest), f"{what} {desc.digest}")
+    except NotFound:
+        platform = f" for {desc.platform}" if desc.platform else ""
+        raise NotFound(
+            f"{what} {desc.digest}{platform} is not in the layout (a sparse index or archive "
+            "leaves out platforms)"
+        ) from None
     verify_bytes(data, desc.digest, desc.size, what)
     return data
 
@@ -575,6 +582,3 @@ def open_source(text: str, platform: Platform | None) -> ResolvedImage:
         return _resolve_layout(files, src.ref, platform, str(src), _default_repository(src.path))
     return _resolve_docker_archive(files, src.ref, platform, str(src))
 
-
-def is_regular_file(path: Path) -> bool:
-    return os.path.isfile(path)
