@@ -103,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("images", nargs="+", metavar="NAME|DIGEST")
-    p.add_argument("-f", "--force", action="store_true", help="remove even if mounted or multi-named")
+    p.add_argument(
+        "-f", "--force", action="store_true", help="remove even if mounted or multi-named"
+    )
 
     p = sub.add_parser(
         "prune",
@@ -188,8 +190,9 @@ def cmd_pull(store: Store, args: argparse.Namespace) -> int:
     else:
         print(result.digest)
     shown = ", ".join(result.names) or "<none>"
+    plural = "s" if result.layers != 1 else ""
     progress.finish(
-        f"pulled {shown} ({result.platform}, {result.layers} layer{'s' if result.layers != 1 else ''}: "
+        f"pulled {shown} ({result.platform}, {result.layers} layer{plural}: "
         f"{result.unpacked} unpacked, "
         f"{result.reused} already stored; {_human_size(result.size)})"
     )
@@ -246,9 +249,7 @@ def _filter_images(state: State, filters: list[str]) -> list[ImageRecord]:
             def matches(name: str, rx: re.Pattern[str] = rx) -> bool:
                 repo, tag = split_name(name)
                 short = familiar_repository(repo)
-                return any(
-                    rx.match(s) for s in (short, f"{short}:{tag}", repo, f"{repo}:{tag}")
-                )
+                return any(rx.match(s) for s in (short, f"{short}:{tag}", repo, f"{repo}:{tag}"))
 
             images = [r for r in images if any(matches(n) for n in state.names_of(r.digest))]
         else:
@@ -434,8 +435,14 @@ def _ago(created: str) -> str:
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.UTC)
     seconds = (datetime.datetime.now(datetime.UTC) - when).total_seconds()
-    for unit, span in (("years", 31536000), ("months", 2592000), ("weeks", 604800),
-                       ("days", 86400), ("hours", 3600), ("minutes", 60)):
+    for unit, span in (
+        ("years", 31536000),
+        ("months", 2592000),
+        ("weeks", 604800),
+        ("days", 86400),
+        ("hours", 3600),
+        ("minutes", 60),
+    ):
         if seconds >= 2 * span:
             return f"{int(seconds // span)} {unit} ago"
     return "Less than a minute ago" if seconds >= 0 else created

@@ -128,7 +128,8 @@ class VerifyingReader:
     def verify(self) -> None:
         if self.size is not None and self.count != self.size:
             raise DigestMismatch(
-                f"{self.what} {self.expected}: size {self.count} differs from descriptor {self.size}"
+                f"{self.what} {self.expected}: size {self.count} "
+                f"differs from descriptor {self.size}"
             )
         actual = Digest(self.expected.algorithm, self._hash.hexdigest())
         if actual != self.expected:

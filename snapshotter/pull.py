@@ -21,7 +21,7 @@ from .errors import SnapshotterError
 from .oci import Platform
 from .progress import Progress, QuietProgress
 from .store import ImageRecord, LayerRecord, Store, now_iso
-from .toc import Toc, TOC_NAME
+from .toc import TOC_NAME, Toc
 from .transports import LayerSource, ResolvedImage, open_source, synthesize_manifest
 from .unpack import unpack_layer
 
@@ -63,7 +63,9 @@ async def pull(
     store.ensure()
     with store.staging() as staging:
         done = await _unpack_layers(store, image, staging.path, progress, jobs)
-        layer_digests = [(done[lay.diff_id].layer_digest, done[lay.diff_id].blob_size) for lay in image.layers]
+        layer_digests = [
+            (done[lay.diff_id].layer_digest, done[lay.diff_id].blob_size) for lay in image.layers
+        ]
         manifest_bytes = image.manifest_bytes or synthesize_manifest(image, layer_digests)
         manifest_digest = Digest.of_bytes(manifest_bytes)
         record = ImageRecord(
@@ -92,7 +94,10 @@ async def pull(
                 record,
                 names,
                 staged,
-                {str(manifest_digest): manifest_bytes, str(image.config_digest): image.config_bytes},
+                {
+                    str(manifest_digest): manifest_bytes,
+                    str(image.config_digest): image.config_bytes,
+                },
                 {str(u.layer_digest): str(d) for d, u in done.items()},
             )
         )
@@ -131,7 +136,13 @@ async def _unpack_layers(
                 if stop.is_set():
                     return
                 done[layer.diff_id] = await trio.to_thread.run_sync(
-                    _unpack_one, store, image, layer, staging, progress.task(label, layer.size), stop
+                    _unpack_one,
+                    store,
+                    image,
+                    layer,
+                    staging,
+                    progress.task(label, layer.size),
+                    stop,
                 )
         except BaseException as exc:
             stop.set()
@@ -164,7 +175,7 @@ def _unpack_one(
         return _Unpacked(digest, size, toc.size, None)
     dest = staging / layer.diff_id.hex
     dest.mkdir()
-    with layer.open() as blob:  # type: ignore[attr-defined]
+    with layer.open() as blob:
         result = unpack_layer(
             blob,
             dest,
@@ -182,7 +193,7 @@ def _unpack_one(
 def _hash_blob(layer: LayerSource) -> tuple[Digest, int]:
     h = hashlib.sha256()
     size = 0
-    with layer.open() as blob:  # type: ignore[attr-defined]
+    with layer.open() as blob:
         while chunk := blob.read(1 << 20):
             h.update(chunk)
             size += len(chunk)

@@ -80,7 +80,7 @@ class ImageRecord:
 
     @classmethod
     def from_json(cls, obj: dict[str, object]) -> ImageRecord:
-        layers = [LayerRecord(**layer) for layer in obj["layers"]]  # type: ignore[arg-type, attr-defined]
+        layers = [LayerRecord(**layer) for layer in obj["layers"]]  # type: ignore[attr-defined]
         fields = {k: v for k, v in obj.items() if k != "layers"}
         return cls(layers=layers, **fields)  # type: ignore[arg-type]
 
@@ -367,7 +367,8 @@ class Store:
             hits = {
                 d
                 for d, r in state.images.items()
-                if Digest.parse(d).hex.startswith(prefix) or Digest.parse(r.config).hex.startswith(prefix)
+                if Digest.parse(d).hex.startswith(prefix)
+                or Digest.parse(r.config).hex.startswith(prefix)
             }
             if len(hits) == 1:
                 return hits.pop()
@@ -479,15 +480,11 @@ def check_not_in_use(store: Store, digest: str, text: str) -> None:
 
 def _candidate_names(text: str) -> list[str]:
     out = []
-    try:
+    with contextlib.suppress(InvalidReference):
         out.append(Reference.parse(text).name())
-    except InvalidReference:
-        pass
     if "/" not in text.split(":")[0] or not any(c in text.split("/")[0] for c in ".:"):
-        try:
+        with contextlib.suppress(InvalidReference):
             out.append(Reference.parse(f"localhost/{text}").name())
-        except InvalidReference:
-            pass
     return out
 
 

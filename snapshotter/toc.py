@@ -98,9 +98,7 @@ class TocEntry:
 
     @classmethod
     def from_row(cls, row: list[object]) -> TocEntry:
-        (path, kind, mode, uid, gid, size, mtime_ns, inode, link, major, minor, flags, xattrs) = (
-            row
-        )
+        (path, kind, mode, uid, gid, size, mtime_ns, inode, link, major, minor, flags, xattrs) = row
         return cls(
             path=str(path),
             kind=EntryKind(kind),

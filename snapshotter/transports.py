@@ -16,13 +16,11 @@ read by several threads at once.
 from __future__ import annotations
 
 import json
-import os
 import re
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
 
 from .digest import Digest, verify_bytes
 from .errors import InvalidReference, NotFound, UnsupportedMedia
@@ -41,7 +39,6 @@ from .oci import (
     Manifest,
     Platform,
     layer_compression,
-    load_json,
     select_platform,
 )
 from .reference import Reference, is_tag
@@ -51,7 +48,7 @@ TRANSPORTS = ("oci", "oci-archive", "docker-archive", "docker")
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
-Opener = Callable[[], BinaryIO]
+Opener = Callable[[], "_Section"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +149,8 @@ class _Files:
         opener, size = self.opener(relpath, what)
         if size > MAX_JSON_BLOB:
             raise InvalidReference(f"{what}: {size} bytes is too large for a json document")
-        with opener() as f:  # type: ignore[attr-defined]
-            return f.read(size)  # type: ignore[no-any-return]
+        with opener() as f:
+            return f.read(size)
 
 
 class _DirFiles(_Files):
@@ -166,7 +163,7 @@ class _DirFiles(_Files):
             size = path.stat().st_size
         except FileNotFoundError as exc:
             raise NotFound(f"{what}: {relpath} is missing from {self.root}") from exc
-        return (lambda: _Section(path, 0, size)), size  # type: ignore[return-value]
+        return (lambda: _Section(path, 0, size)), size
 
     def exists(self, relpath: str) -> bool:
         return (self.root / relpath).is_file()
@@ -198,7 +195,11 @@ class _TarFiles(_Files):
                 raise NotFound(f"{what}: {relpath} is missing from archive {self.path}")
             if info.issym():
                 base = PurePosixPath(name).parent
-                name = _clean(str(base / info.linkname)) if not info.linkname.startswith("/") else _clean(info.linkname)
+                name = (
+                    _clean(str(base / info.linkname))
+                    if not info.linkname.startswith("/")
+                    else _clean(info.linkname)
+                )
             elif info.islnk():
                 name = _clean(info.linkname)
             elif info.isreg():
@@ -210,7 +211,7 @@ class _TarFiles(_Files):
     def opener(self, relpath: str, what: str) -> tuple[Opener, int]:
         info = self._resolve(relpath, what)
         offset, size = info.offset_data, info.size
-        return (lambda: _Section(self.path, offset, size)), size  # type: ignore[return-value]
+        return (lambda: _Section(self.path, offset, size)), size
 
     def exists(self, relpath: str) -> bool:
         try:
@@ -221,7 +222,7 @@ class _TarFiles(_Files):
 
 
 def _clean(name: str) -> str:
-    parts = []
+    parts: list[str] = []
     for p in name.split("/"):
         if p in ("", "."):
             continue
@@ -257,8 +258,8 @@ def _read_blob(files: _Files, desc: Descriptor, what: str) -> bytes:
 
 
 def _sniff(opener: Opener) -> str:
-    with opener() as f:  # type: ignore[attr-defined]
-        head: bytes = f.read(4)
+    with opener() as f:
+        head = f.read(4)
     if head.startswith(GZIP_MAGIC):
         return "gzip"
     if head.startswith(ZSTD_MAGIC):
@@ -420,7 +421,9 @@ def _resolve_docker_archive(
         found = [e for e in entries if want in {_safe_name(t) for t in repo_tags(e)}]
         if not found:
             listed = sorted({t for e in entries for t in repo_tags(e)})
-            raise NotFound(f"{source}: no image named {ref!r}; names: {', '.join(listed) or 'none'}")
+            raise NotFound(
+                f"{source}: no image named {ref!r}; names: {', '.join(listed) or 'none'}"
+            )
         entry = found[0]
     elif len(entries) == 1:
         entry = entries[0]
@@ -581,4 +584,3 @@ def open_source(text: str, platform: Platform | None) -> ResolvedImage:
             raise NotFound(f"source {text!r}: no index.json in the archive; not an oci-archive")
         return _resolve_layout(files, src.ref, platform, str(src), _default_repository(src.path))
     return _resolve_docker_archive(files, src.ref, platform, str(src))
-

@@ -188,8 +188,8 @@ class _LayerTree:
                     f"{self.what}: entry '.' is a {entry.kind.name.lower()}; "
                     "it would replace the layer root"
                 )
-            old = self.entries[""]
-            self.entries[""] = replace(entry, inode=old.inode, flags=0)
+            root = self.entries[""]
+            self.entries[""] = replace(entry, inode=root.inode, flags=0)
             return
         self.ensure_dir(_parent(path))
         old = self.entries.get(path)
@@ -244,6 +244,7 @@ class _Feeder:
             what,
         )
         self.compression = compression
+        self.check_digest = layer_digest is not None
         self.diff_hash = diff_id.hasher()
         self.diff_id = diff_id
         self.tar_size = 0
@@ -262,12 +263,14 @@ class _Feeder:
         if self.compression == "gzip":
             from isal import igzip
 
-            return igzip.GzipFile(fileobj=self.compressed, mode="rb")  # type: ignore[no-any-return]
+            return igzip.GzipFile(fileobj=self.compressed, mode="rb")  # type: ignore[no-untyped-call]
         if self.compression == "zstd":
             import zstandard
 
-            return zstandard.ZstdDecompressor().stream_reader(  # type: ignore[no-any-return]
-                self.compressed, read_size=CHUNK, read_across_frames=True
+            return zstandard.ZstdDecompressor().stream_reader(
+                self.compressed,  # type: ignore[arg-type]
+                read_size=CHUNK,
+                read_across_frames=True,
             )
         raise UnsupportedMedia(f"{self.what}: unsupported compression {self.compression!r}")
 
@@ -297,9 +300,18 @@ class _Feeder:
         except SnapshotterError as exc:
             self._put(exc)
         except Exception as exc:  # corrupt compressed data, I/O errors
-            self._put(
-                DigestMismatch(f"{self.what}: cannot decompress ({self.compression}): {exc}")
-            )
+            # A blob that does not hash right explains the corruption better than the
+            # decompressor's complaint: report that when it is the case.
+            try:
+                if self.check_digest:
+                    self.compressed.drain()
+                    self.compressed.verify()
+            except SnapshotterError as mismatch:
+                self._put(mismatch)
+                return
+            except Exception:
+                pass
+            self._put(DigestMismatch(f"{self.what}: cannot decompress ({self.compression}): {exc}"))
 
     # The file-like side, read by tarfile in the calling thread.
     def read(self, n: int = -1, /) -> bytes:
@@ -361,29 +373,52 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 
 
 def _copy_content(
-    src: BinaryIO, data_fd: int, name: str, size: int, sparse: bool, what: str
+    src: Readable,
+    data_fd: int,
+    name: str,
+    size: int,
+    sparse: list[tuple[int, int]] | None,
+    what: str,
 ) -> None:
     fd = os.open(
-        name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+        name,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o644,
         dir_fd=data_fd,
     )
     try:
-        copied = 0
-        while True:
-            chunk = src.read(CHUNK)
-            if not chunk:
-                break
-            copied += len(chunk)
-            if sparse and chunk.count(0) == len(chunk):
-                os.lseek(fd, len(chunk), os.SEEK_CUR)  # keep holes as holes
-            else:
-                _write_all(fd, chunk)
+        if sparse is None:
+            copied = _copy_range(src, fd, size, hole=False)
+        else:
+            # Data regions from the sparse map are written; the holes between them are
+            # skipped with lseek, so they stay holes in the data file.
+            copied = pos = 0
+            for offset, length in sorted(sparse):
+                if offset < pos:
+                    raise UnsafeArchive(f"{what}: sparse map regions overlap")
+                copied += _copy_range(src, fd, offset - pos, hole=True)
+                copied += _copy_range(src, fd, length, hole=False)
+                pos = offset + length
+            copied += _copy_range(src, fd, size - pos, hole=True)
+            os.ftruncate(fd, size)
         if copied != size:
             raise UnsafeArchive(f"{what}: content is {copied} bytes, header says {size}")
-        if sparse:
-            os.ftruncate(fd, size)
     finally:
         os.close(fd)
+
+
+def _copy_range(src: Readable, fd: int, length: int, *, hole: bool) -> int:
+    done = 0
+    while done < length:
+        chunk = src.read(min(CHUNK, length - done))
+        if not chunk:
+            break
+        done += len(chunk)
+        if hole:
+            os.lseek(fd, len(chunk), os.SEEK_CUR)
+        else:
+            _write_all(fd, chunk)
+    return done
 
 
 def unpack_layer(
@@ -413,7 +448,7 @@ def unpack_layer(
     written: set[int] = set()
     try:
         try:
-            tf = tarfile.open(fileobj=feeder, mode="r|", bufsize=CHUNK)  # type: ignore[call-overload]
+            tf = tarfile.open(fileobj=feeder, mode="r|", bufsize=CHUNK)  # type: ignore[call-overload]  # noqa: SIM115
         except tarfile.ReadError as exc:
             if feeder.tar_size == 0 and feeder._eof:
                 tf = None  # an empty blob: a layer with no entries
@@ -501,16 +536,25 @@ def _read_entry(
     if info.issym():
         tree.put(
             TocEntry(
-                path, EntryKind.SYMLINK, size=0, inode=tree.new_inode(), link=info.linkname,
+                path,
+                EntryKind.SYMLINK,
+                size=0,
+                inode=tree.new_inode(),
+                link=info.linkname,
                 **common,  # type: ignore[arg-type]
             )
         )
         return
     if info.ischr() or info.isblk() or info.isfifo():
-        kind = EntryKind.CHAR if info.ischr() else EntryKind.BLOCK if info.isblk() else EntryKind.FIFO
+        kind = (
+            EntryKind.CHAR if info.ischr() else EntryKind.BLOCK if info.isblk() else EntryKind.FIFO
+        )
         tree.put(
             TocEntry(
-                path, kind, size=0, inode=tree.new_inode(),
+                path,
+                kind,
+                size=0,
+                inode=tree.new_inode(),
                 rdev_major=info.devmajor if kind is not EntryKind.FIFO else 0,
                 rdev_minor=info.devminor if kind is not EntryKind.FIFO else 0,
                 **common,  # type: ignore[arg-type]
@@ -528,5 +572,6 @@ def _read_entry(
     if info.size > 0:
         src = tf.extractfile(info)
         assert src is not None
-        _copy_content(src, data_fd, f"{inode:x}", info.size, info.sparse is not None, what)
+        sparse: list[tuple[int, int]] | None = info.sparse  # type: ignore[assignment]
+        _copy_content(src, data_fd, f"{inode:x}", info.size, sparse, what)
         written.add(inode)

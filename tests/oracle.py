@@ -125,9 +125,16 @@ def gnu_tar_tree(tar_path: Path, workdir: Path) -> dict[str, Node]:
         kind = _kind(st.st_mode)
         full = root / rel
         implied = kind == "d" and rel not in listed
-        xattrs = tuple(
-            sorted((k, os.getxattr(full, k, follow_symlinks=False)) for k in os.listxattr(full, follow_symlinks=False))
-        ) if kind != "l" else ()
+        xattrs = (
+            tuple(
+                sorted(
+                    (k, os.getxattr(full, k, follow_symlinks=False))
+                    for k in os.listxattr(full, follow_symlinks=False)
+                )
+            )
+            if kind != "l"
+            else ()
+        )
         nodes[rel] = Node(
             kind=kind,
             mode=0 if implied or kind == "l" else stat.S_IMODE(st.st_mode),
@@ -141,7 +148,9 @@ def gnu_tar_tree(tar_path: Path, workdir: Path) -> dict[str, Node]:
             sha256=_sha(full) if kind == "-" and st.st_size else "",
             opaque=rel in opaques,
             implied=implied,
-            group=tuple(sorted(by_inode[st.st_ino])) if kind == "-" and len(by_inode[st.st_ino]) > 1 else (),
+            group=tuple(sorted(by_inode[st.st_ino]))
+            if kind == "-" and len(by_inode[st.st_ino]) > 1
+            else (),
         )
     for rel in whiteouts:
         if rel in nodes:
@@ -180,7 +189,9 @@ def snapshot_tree(snapshot: Path) -> dict[str, Node]:
             sha256=_sha(data) if kind == "-" and e.size else "",
             opaque=e.opaque,
             implied=e.implied,
-            group=tuple(sorted(by_inode[e.inode])) if kind == "-" and len(by_inode[e.inode]) > 1 else (),
+            group=tuple(sorted(by_inode[e.inode]))
+            if kind == "-" and len(by_inode[e.inode]) > 1
+            else (),
         )
         if kind == "w":
             nodes[e.path] = Node(kind="w")
@@ -218,12 +229,15 @@ def oci_layers(layout: Path, tag: str) -> list[tuple[str, Path]]:
 
     index = json.loads((layout / "index.json").read_text())
     desc = next(
-        d for d in index["manifests"]
+        d
+        for d in index["manifests"]
         if d.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag
     )
+
     def blob(digest: str) -> Path:
         algo, hexd = digest.split(":")
         return layout / "blobs" / algo / hexd
+
     manifest = json.loads(blob(desc["digest"]).read_text())
     config = json.loads(blob(manifest["config"]["digest"]).read_text())
     return [

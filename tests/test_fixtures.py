@@ -23,63 +23,191 @@ DA, OA, OL, SY = "docker-archive", "oci-archive", "oci-layout", "synthetic"
 
 # (transport, fixture file, ref, ref for skopeo (None: the same), names, platform, layers)
 IMPORTS = [
-    ("docker-archive", f"{DA}/containers-image--almostempty.tar", "", "",
-     ["docker.io/library/emptyimage:latest"], "linux/amd64", 1),
-    ("docker-archive", f"{DA}/container-inspector--she-image_from_scratch-1.0.tar", "", "",
-     ["docker.io/she/image_from_scratch:1.0"], "linux/amd64", 4),
-    ("docker-archive", f"{DA}/osv-scalibr--symlinks.tar", "", "",
-     ["docker.io/library/symlinks:latest"], "linux/amd64", 2),
-    ("docker-archive", f"{DA}/ggcr--test_link.tar", "bazel/v1/tarball:test_image_3",
-     "bazel/v1/tarball:test_image_3", ["docker.io/bazel/v1/tarball:test_image_3"], "linux/amd64", 2),
-    ("docker-archive", f"{DA}/ggcr--test_link.tar", "@0", "@0",
-     ["docker.io/bazel/v1/tarball:test_image_1"], "linux/amd64", 1),
-    ("docker-archive", f"{DA}/ggcr--whiteout_image.tar", "", "",
-     ["docker.io/bazel/pkg/v1/mutate:whiteout_image"], "linux/amd64", 3),
-    ("docker-archive", f"{DA}/ggcr--whiteout_dir.tar", "", "",
-     ["localhost:5000/whiteout:latest"], "linux/amd64", 4),
-    ("docker-archive", f"{DA}/snyk--hello-world-docker24.tar", "", "",
-     ["docker.io/library/hello-world:latest"], "linux/arm64", 1),
-    ("docker-archive", f"{DA}/snyk--hello-world-docker25.tar", "", "",
-     ["docker.io/library/hello-world:latest"], "linux/amd64", 1),
-    ("oci-archive", f"{DA}/snyk--hello-world-docker25.tar", "", "",
-     ["docker.io/library/hello-world:latest"], "linux/amd64", 1),
+    (
+        "docker-archive",
+        f"{DA}/containers-image--almostempty.tar",
+        "",
+        "",
+        ["docker.io/library/emptyimage:latest"],
+        "linux/amd64",
+        1,
+    ),
+    (
+        "docker-archive",
+        f"{DA}/container-inspector--she-image_from_scratch-1.0.tar",
+        "",
+        "",
+        ["docker.io/she/image_from_scratch:1.0"],
+        "linux/amd64",
+        4,
+    ),
+    (
+        "docker-archive",
+        f"{DA}/osv-scalibr--symlinks.tar",
+        "",
+        "",
+        ["docker.io/library/symlinks:latest"],
+        "linux/amd64",
+        2,
+    ),
+    (
+        "docker-archive",
+        f"{DA}/ggcr--test_link.tar",
+        "bazel/v1/tarball:test_image_3",
+        "bazel/v1/tarball:test_image_3",
+        ["docker.io/bazel/v1/tarball:test_image_3"],
+        "linux/amd64",
+        2,
+    ),
+    (
+        "docker-archive",
+        f"{DA}/ggcr--test_link.tar",
+        "@0",
+        "@0",
+        ["docker.io/bazel/v1/tarball:test_image_1"],
+        "linux/amd64",
+        1,
+    ),
+    (
+        "docker-archive",
+        f"{DA}/ggcr--whiteout_image.tar",
+        "",
+        "",
+        ["docker.io/bazel/pkg/v1/mutate:whiteout_image"],
+        "linux/amd64",
+        3,
+    ),
+    (
+        "docker-archive",
+        f"{DA}/ggcr--whiteout_dir.tar",
+        "",
+        "",
+        ["localhost:5000/whiteout:latest"],
+        "linux/amd64",
+        4,
+    ),
+    (
+        "docker-archive",
+        f"{DA}/snyk--hello-world-docker24.tar",
+        "",
+        "",
+        ["docker.io/library/hello-world:latest"],
+        "linux/arm64",
+        1,
+    ),
+    (
+        "docker-archive",
+        f"{DA}/snyk--hello-world-docker25.tar",
+        "",
+        "",
+        ["docker.io/library/hello-world:latest"],
+        "linux/amd64",
+        1,
+    ),
+    (
+        "oci-archive",
+        f"{DA}/snyk--hello-world-docker25.tar",
+        "",
+        "",
+        ["docker.io/library/hello-world:latest"],
+        "linux/amd64",
+        1,
+    ),
     ("docker-archive", f"{DA}/ggcr--hello-world-v25.tar", "", "", [], "linux/arm64", 1),
     ("docker-archive", f"{DA}/snyk--skopeo-nodes-fake-multi.tar", "", "", [], "linux/amd64", 2),
-    ("docker-archive", f"{DA}/oras-go--hello-world-containerd.tar", "", "",
-     ["docker.io/library/hello-world:latest"], "linux/amd64", 1),
-    ("oci-archive", f"{DA}/oras-go--hello-world-containerd.tar", "", None,
-     ["docker.io/library/hello-world:latest"], "linux/amd64", 1),
+    (
+        "docker-archive",
+        f"{DA}/oras-go--hello-world-containerd.tar",
+        "",
+        "",
+        ["docker.io/library/hello-world:latest"],
+        "linux/amd64",
+        1,
+    ),
+    (
+        "oci-archive",
+        f"{DA}/oras-go--hello-world-containerd.tar",
+        "",
+        None,
+        ["docker.io/library/hello-world:latest"],
+        "linux/amd64",
+        1,
+    ),
     ("oci-archive", f"{OA}/dive--test-oci-gzip-image.tar", "", "", [], "linux/arm64", 1),
     ("oci-archive", f"{OA}/dive--test-oci-zstd-image.tar", "", "", [], "linux/arm64", 1),
     ("oci-archive", f"{OA}/dive--test-oci-estargz-image.tar", "", "", [], "linux/arm64", 1),
     ("oci-archive", f"{OA}/dive--test-oci-uncompressed-image.tar", "", "", [], "linux/arm64", 1),
-    ("oci", f"{OL}/regclient--testrepo", "v3", None,
-     ["localhost/regclient--testrepo:v3"], "linux/amd64", 5),
-    ("oci", f"{OL}/regclient--testrepo", "v1", None,
-     ["localhost/regclient--testrepo:v1"], "linux/amd64", 2),
-    ("oci", f"{OL}/regclient--testrepo", "b1", None,
-     ["localhost/regclient--testrepo:b1"], "linux/amd64", 1),
-    ("oci", f"{OL}/stereoscope--multiplatform_oci_dir", "", None,
-     ["docker.io/library/multi-platform:latest"], "linux/amd64", 1),
-    ("docker-archive", f"{SY}/oras-go--hello-world-prefixed-path.tar", "", "",
-     ["docker.io/library/hello-world:latest"], "linux/amd64", 1),
+    (
+        "oci",
+        f"{OL}/regclient--testrepo",
+        "v3",
+        None,
+        ["localhost/regclient--testrepo:v3"],
+        "linux/amd64",
+        5,
+    ),
+    (
+        "oci",
+        f"{OL}/regclient--testrepo",
+        "v1",
+        None,
+        ["localhost/regclient--testrepo:v1"],
+        "linux/amd64",
+        2,
+    ),
+    (
+        "oci",
+        f"{OL}/regclient--testrepo",
+        "b1",
+        None,
+        ["localhost/regclient--testrepo:b1"],
+        "linux/amd64",
+        1,
+    ),
+    (
+        "oci",
+        f"{OL}/stereoscope--multiplatform_oci_dir",
+        "",
+        None,
+        ["docker.io/library/multi-platform:latest"],
+        "linux/amd64",
+        1,
+    ),
+    (
+        "docker-archive",
+        f"{SY}/oras-go--hello-world-prefixed-path.tar",
+        "",
+        "",
+        ["docker.io/library/hello-world:latest"],
+        "linux/amd64",
+        1,
+    ),
 ]
 
 # (source, extra args, what the one-line error must say)
 REFUSALS = [
     (f"docker-archive:{SY}/ggcr-pr889--foreign.tar", [], "non-distributable (foreign) layer"),
     (f"docker-archive:{SY}/ggcr-pr889--sparse_foreign.tar", [], "non-distributable (foreign)"),
-    (f"oci-archive:{DA}/oras-go--hello-world-containerd.tar", ["--platform", "linux/arm64"],
-     "for linux/arm64/v8 is not in the layout"),
-    (f"oci-archive:{DA}/oras-go--hello-world-containerd.tar", ["--platform", "linux/sparc"],
-     "available: linux/386, linux/amd64"),
+    (
+        f"oci-archive:{DA}/oras-go--hello-world-containerd.tar",
+        ["--platform", "linux/arm64"],
+        "for linux/arm64/v8 is not in the layout",
+    ),
+    (
+        f"oci-archive:{DA}/oras-go--hello-world-containerd.tar",
+        ["--platform", "linux/sparc"],
+        "available: linux/386, linux/amd64",
+    ),
     (f"oci-archive:{DA}/ggcr--hello-world-v25.tar", [], "lists no images"),
     (f"oci:{OL}/regclient--testrepo", [], "name one with :TAG"),
     (f"oci:{OL}/regclient--testrepo:a1", [], "an artifact"),
     (f"oci:{OL}/regclient--testrepo:nosuchtag", [], "no image tagged 'nosuchtag'"),
     (f"docker-archive:{DA}/ggcr--test_link.tar", [], "holds 2 images"),
-    (f"oci-archive:{OA}/dive--test-oci-gzip-image.tar", ["--platform", "linux/amd64"],
-     "is for linux/arm64"),
+    (
+        f"oci-archive:{OA}/dive--test-oci-gzip-image.tar",
+        ["--platform", "linux/amd64"],
+        "is for linux/arm64",
+    ),
 ]
 
 
@@ -93,7 +221,17 @@ def _source(fixtures_dir: Path, transport: str, rel: str, ref: str) -> str:
     ids=[f"{t}:{Path(r).name}:{ref}" for t, r, ref, *_ in IMPORTS],
 )
 def test_fixture_imports_and_matches_gnu_tar(
-    fixtures_dir, cli, store_root, tmp_path, transport, rel, ref, skopeo_ref, names, platform, layers
+    fixtures_dir,
+    cli,
+    store_root,
+    tmp_path,
+    transport,
+    rel,
+    ref,
+    skopeo_ref,
+    names,
+    platform,
+    layers,
 ):
     source = _source(fixtures_dir, transport, rel, ref)
     result = cli("pull", "--json", "--quiet", source)
@@ -129,7 +267,9 @@ def test_fixture_refusals_are_clear_and_leave_store_unchanged(
 
     transport, _, rest = rel_source.partition(":")
     source = f"{transport}:{fixtures_dir}/{rest}"
-    ok = cli("pull", "--quiet", f"docker-archive:{fixtures_dir}/{DA}/containers-image--almostempty.tar")
+    ok = cli(
+        "pull", "--quiet", f"docker-archive:{fixtures_dir}/{DA}/containers-image--almostempty.tar"
+    )
     assert ok.rc == 0
     before = tree_state(store_root)
     result = cli("pull", "--quiet", *extra, source)
@@ -141,8 +281,19 @@ def test_fixture_refusals_are_clear_and_leave_store_unchanged(
 
 
 def test_same_image_in_classic_and_docker25_layouts_agrees(fixtures_dir, cli, store_root):
-    a = json.loads(cli("pull", "--json", "-q", f"docker-archive:{fixtures_dir}/{DA}/snyk--hello-world-docker24.tar").out)
-    b = json.loads(cli("pull", "--json", "-q", f"docker-archive:{fixtures_dir}/{DA}/ggcr--hello-world-v25.tar").out)
+    a = json.loads(
+        cli(
+            "pull",
+            "--json",
+            "-q",
+            f"docker-archive:{fixtures_dir}/{DA}/snyk--hello-world-docker24.tar",
+        ).out
+    )
+    b = json.loads(
+        cli(
+            "pull", "--json", "-q", f"docker-archive:{fixtures_dir}/{DA}/ggcr--hello-world-v25.tar"
+        ).out
+    )
     assert a["id"] == b["id"]
     assert a["diff_ids"] == b["diff_ids"]
     assert b["unpacked"] == 0 and b["reused"] == 1  # the snapshot was shared, not unpacked again
@@ -164,17 +315,30 @@ def test_docker25_archive_reads_the_same_through_both_transports(fixtures_dir, c
 
 def test_estargz_diff_id_covers_the_whole_stream(fixtures_dir, cli, store_root):
     # The diff_id hashes README.md, the end-of-archive marker and the TOC that follows it.
-    doc = json.loads(cli("pull", "--json", "-q", f"oci-archive:{fixtures_dir}/{OA}/dive--test-oci-estargz-image.tar").out)
+    doc = json.loads(
+        cli(
+            "pull",
+            "--json",
+            "-q",
+            f"oci-archive:{fixtures_dir}/{OA}/dive--test-oci-estargz-image.tar",
+        ).out
+    )
     assert doc["diff_ids"][0].startswith("sha256:2b3dbfdf")
     tree = snapshot_tree(Store(store_root).snapshot_path(Digest.parse(doc["diff_ids"][0])))
     assert set(tree) == {"README.md"}
 
 
 def test_symlink_targets_are_stored_verbatim(fixtures_dir, cli, store_root):
-    doc = json.loads(cli("pull", "--json", "-q", f"docker-archive:{fixtures_dir}/{DA}/osv-scalibr--symlinks.tar").out)
+    doc = json.loads(
+        cli(
+            "pull", "--json", "-q", f"docker-archive:{fixtures_dir}/{DA}/osv-scalibr--symlinks.tar"
+        ).out
+    )
     links = {}
     for diff_id in doc["diff_ids"]:
-        for path, node in snapshot_tree(Store(store_root).snapshot_path(Digest.parse(diff_id))).items():
+        for path, node in snapshot_tree(
+            Store(store_root).snapshot_path(Digest.parse(diff_id))
+        ).items():
             if node.kind == "l":
                 links[path] = node.link
     assert links["dir1/attack-symlink.txt"] == "../../secret.txt"

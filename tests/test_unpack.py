@@ -1,0 +1,490 @@
+"""One layer -> one snapshot: the layer's own rules, metadata, and hostile input.
+
+Hostile tars form a named table; each case is pulled through the real CLI into a store that
+sits beside an ``outside`` directory the layer aims at, and must either be refused with one
+clear line (the store unchanged) or be confined (the toc says what the case expects).  In
+every case nothing outside the store changes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import zstandard
+from builders import ImageBuilder, LayerBuilder, write_oci_layout
+from conftest import tree_state
+
+from snapshotter.digest import Digest
+from snapshotter.errors import DigestMismatch, UnsafeArchive
+from snapshotter.toc import EntryKind, Toc, TocEntry
+from snapshotter.unpack import unpack_layer
+
+# -- unpack_layer directly -------------------------------------------------------------------
+
+
+def unpack(tmp_path: Path, layer: LayerBuilder | bytes, compression: str = "none") -> Toc:
+    tar = layer if isinstance(layer, bytes) else layer.tar_bytes()
+    blob = {
+        "none": lambda b: b,
+        "gzip": gzip.compress,
+        "zstd": lambda b: zstandard.ZstdCompressor().compress(b),
+    }[compression](tar)
+    dest = tmp_path / f"snap{len(list(tmp_path.iterdir()))}"
+    dest.mkdir()
+    result = unpack_layer(
+        io.BytesIO(blob),
+        dest,
+        compression=compression,
+        diff_id=Digest.of_bytes(tar),
+        layer_digest=Digest.of_bytes(blob),
+        blob_size=len(blob),
+        what="layer",
+    )
+    assert Toc.read(dest / "toc.json.zst") == result.toc
+    return result.toc
+
+
+def entries(toc: Toc) -> dict[str, TocEntry]:
+    return toc.by_path()
+
+
+def data(tmp_path: Path, toc: Toc, path: str) -> bytes:
+    snap = next(
+        p
+        for p in tmp_path.iterdir()
+        if (p / "toc.json.zst").exists() and Toc.read(p / "toc.json.zst") == toc
+    )
+    e = entries(toc)[path]
+    return (snap / "data" / f"{e.inode:x}").read_bytes() if e.size else b""
+
+
+def test_every_metadata_field_is_recorded(tmp_path):
+    layer = (
+        LayerBuilder()
+        .dir("bin", mode=0o755, uid=0, gid=0)
+        .file("bin/su", b"#!", mode=0o4755, uid=0, gid=0)
+        .dir("tmp", mode=0o1777)
+        .file("usr/bin/wall", b"w", mode=0o2755, uid=0, gid=5)
+        .file("home/u/f", b"x", mode=0o600, uid=1000, gid=1001, mtime=1_600_000_000)
+        .file(
+            "cap", b"c", xattrs={"security.capability": b"\x01\x00\x00\x02\xff\x00", "user.k": b"v"}
+        )
+        .symlink("lib", "usr/lib")
+        .symlink("abs", "/etc/hostname")
+        .chardev("dev/null", 1, 3, mode=0o666)
+        .blockdev("dev/sda", 8, 0, mode=0o660, gid=6)
+        .fifo("run/fifo", mode=0o600)
+    )
+    toc = entries(unpack(tmp_path, layer))
+    assert toc["bin/su"].mode == 0o4755 and toc["bin/su"].kind is EntryKind.FILE
+    assert toc["tmp"].mode == 0o1777 and toc["tmp"].kind is EntryKind.DIR
+    assert toc["usr/bin/wall"].mode == 0o2755 and toc["usr/bin/wall"].gid == 5
+    assert (toc["home/u/f"].uid, toc["home/u/f"].gid, toc["home/u/f"].mode) == (1000, 1001, 0o600)
+    assert toc["home/u/f"].mtime_ns == 1_600_000_000 * 10**9
+    assert toc["bin/su"].mtime_ns == 1_700_000_000_123_456_789  # ns survive, never a float
+    assert dict(toc["cap"].xattrs) == {
+        "security.capability": b"\x01\x00\x00\x02\xff\x00",
+        "user.k": b"v",
+    }
+    assert toc["lib"].link == "usr/lib" and toc["abs"].link == "/etc/hostname"
+    assert (toc["dev/null"].kind, toc["dev/null"].rdev_major, toc["dev/null"].rdev_minor) == (
+        EntryKind.CHAR,
+        1,
+        3,
+    )
+    assert (toc["dev/sda"].kind, toc["dev/sda"].rdev_major) == (EntryKind.BLOCK, 8)
+    assert toc["run/fifo"].kind is EntryKind.FIFO
+    assert toc["usr"].implied and toc["usr/bin"].implied and not toc["bin"].implied
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])
+def test_content_round_trips_for_each_compression(tmp_path, compression):
+    big = os.urandom(3 << 20)
+    toc = unpack(tmp_path, LayerBuilder().file("big", big).file("empty", b""), compression)
+    assert data(tmp_path, toc, "big") == big
+    assert entries(toc)["empty"].size == 0 and not entries(toc)["empty"].has_data
+
+
+def test_multi_frame_zstd_and_multi_member_gzip(tmp_path):
+    tar = LayerBuilder().file("a", b"1" * 100_000).file("b", b"2" * 100_000).tar_bytes()
+    half = len(tar) // 2
+    for compression, blob in (
+        (
+            "zstd",
+            b"".join(zstandard.ZstdCompressor().compress(p) for p in (tar[:half], tar[half:])),
+        ),
+        ("gzip", gzip.compress(tar[:half]) + gzip.compress(tar[half:])),
+    ):
+        dest = tmp_path / compression
+        dest.mkdir()
+        result = unpack_layer(
+            io.BytesIO(blob),
+            dest,
+            compression=compression,
+            diff_id=Digest.of_bytes(tar),
+            layer_digest=Digest.of_bytes(blob),
+            blob_size=len(blob),
+            what="layer",
+        )
+        assert sorted(result.toc.by_path()) == ["", "a", "b"]
+
+
+def test_whiteout_never_hides_its_own_layer_in_either_order(tmp_path):
+    before = LayerBuilder().file("keep", b"k").whiteout("keep").whiteout("gone")
+    after = LayerBuilder().whiteout("keep").file("keep", b"k").whiteout("gone")
+    for layer in (before, after):
+        toc = entries(unpack(tmp_path, layer))
+        assert toc["keep"].kind is EntryKind.FILE
+        assert toc["gone"].kind is EntryKind.WHITEOUT
+
+
+def test_directory_recreated_after_whiteout_in_one_layer_is_opaque(tmp_path):
+    # Lower a/ is deleted and made anew: its lower children must not reappear.
+    toc = entries(unpack(tmp_path, LayerBuilder().whiteout("a").file("a/new", b"n")))
+    assert toc["a"].kind is EntryKind.DIR and toc["a"].opaque
+    assert toc["a/new"].kind is EntryKind.FILE
+
+
+def test_opaque_marker_sets_the_flag_and_is_not_a_file(tmp_path):
+    toc = entries(unpack(tmp_path, LayerBuilder().dir("var").opaque("var").file("var/x", b"x")))
+    assert toc["var"].opaque
+    assert set(toc) == {"", "var", "var/x"}
+
+
+def test_later_entries_win_and_replace_whole_subtrees(tmp_path):
+    layer = (
+        LayerBuilder()
+        .file("f", b"first")
+        .file("f", b"second")
+        .file("d/child", b"c")
+        .dir("d/sub")
+        .file("d", b"now a file")
+        .dir("keep", mode=0o700)
+        .file("keep/x", b"x")
+        .dir("keep", mode=0o755, uid=7)
+        .symlink("s", "/etc")
+        .dir("s", mode=0o700)
+    )
+    toc = unpack(tmp_path, layer)
+    e = entries(toc)
+    assert data(tmp_path, toc, "f") == b"second"
+    assert e["d"].kind is EntryKind.FILE and "d/child" not in e and "d/sub" not in e
+    assert (e["keep"].mode, e["keep"].uid) == (0o755, 7) and "keep/x" in e
+    assert e["s"].kind is EntryKind.DIR and e["s"].mode == 0o700
+
+
+def test_hardlinks_share_an_inode_and_keep_old_content_when_target_is_replaced(tmp_path):
+    layer = LayerBuilder().file("a", b"old").hardlink("b", "a").file("a", b"new")
+    toc = unpack(tmp_path, layer)
+    e = entries(toc)
+    assert e["a"].inode != e["b"].inode
+    assert data(tmp_path, toc, "b") == b"old" and data(tmp_path, toc, "a") == b"new"
+    toc2 = entries(
+        unpack(tmp_path, LayerBuilder().file("x", b"1").hardlink("y", "x").hardlink("z", "y"))
+    )
+    assert toc2["x"].inode == toc2["y"].inode == toc2["z"].inode
+
+
+def test_sparse_file_keeps_its_holes(tmp_path):
+    size = 64 << 20
+    layer = LayerBuilder().sparse_file("sparse", size, {0: b"head", size - 4096: b"tail" * 1024})
+    toc = unpack(tmp_path, layer)
+    snap = next(p for p in tmp_path.iterdir() if (p / "toc.json.zst").exists())
+    path = snap / "data" / f"{entries(toc)['sparse'].inode:x}"
+    content = path.read_bytes()
+    assert len(content) == size and content[:4] == b"head" and content[-4096:] == b"tail" * 1024
+    assert content[4 : size - 4096].count(0) == size - 4100
+    assert os.stat(path).st_blocks * 512 < 1 << 20  # holes stay holes on disk
+
+
+def test_pax_global_header_and_long_names(tmp_path):
+    long_path = "/".join(["d" * 100] * 5) + "/file"
+    toc = entries(unpack(tmp_path, LayerBuilder().file(long_path, b"x")))
+    assert long_path in toc
+
+
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda blob: blob[:-1] + bytes([blob[-1] ^ 1]), "hashes to"),
+        (lambda blob: blob + b"\0" * 512, "longer than descriptor"),
+    ],
+    ids=["flipped-byte", "too-long"],
+)
+def test_digest_and_size_are_verified(tmp_path, mutate, message):
+    tar = LayerBuilder().file("a", b"x" * 5000).tar_bytes()
+    blob = gzip.compress(tar)
+    dest = tmp_path / "s"
+    dest.mkdir()
+    with pytest.raises(DigestMismatch, match=message):
+        unpack_layer(
+            io.BytesIO(mutate(blob)),
+            dest,
+            compression="gzip",
+            diff_id=Digest.of_bytes(tar),
+            layer_digest=Digest.of_bytes(blob),
+            blob_size=len(blob),
+            what="layer",
+        )
+
+
+def test_diff_id_is_verified(tmp_path):
+    tar = LayerBuilder().file("a", b"x").tar_bytes()
+    dest = tmp_path / "s"
+    dest.mkdir()
+    with pytest.raises(DigestMismatch, match="rootfs.diff_ids"):
+        unpack_layer(
+            io.BytesIO(tar),
+            dest,
+            compression="none",
+            diff_id=Digest.of_bytes(b"other"),
+            layer_digest=Digest.of_bytes(tar),
+            blob_size=len(tar),
+            what="layer",
+        )
+
+
+def test_corrupt_compressed_data_is_a_clear_error(tmp_path):
+    blob = gzip.compress(LayerBuilder().file("a", os.urandom(100_000)).tar_bytes())
+    broken = blob[:200] + bytes(100) + blob[300:]
+    dest = tmp_path / "s"
+    dest.mkdir()
+    with pytest.raises((DigestMismatch, UnsafeArchive)):
+        unpack_layer(
+            io.BytesIO(broken),
+            dest,
+            compression="gzip",
+            diff_id=Digest.of_bytes(b""),
+            layer_digest=None,
+            blob_size=None,
+            what="layer",
+        )
+
+
+def test_memory_stays_flat_with_layer_size(tmp_path):
+    """A 1 GiB layer (gzip of mostly zeros) unpacks in a child whose peak RSS stays small."""
+    script = r"""
+import gzip, hashlib, io, os, resource, sys, tarfile, zlib
+from pathlib import Path
+from snapshotter.digest import Digest
+from snapshotter.unpack import unpack_layer
+size = 1 << 30
+blob_path = Path(sys.argv[1]) / "layer.gz"
+h = hashlib.sha256()
+with open(blob_path, "wb") as raw:
+    gz = zlib.compressobj(1, zlib.DEFLATED, 31)
+    info = tarfile.TarInfo("big"); info.size = size
+    header = info.tobuf(tarfile.PAX_FORMAT)
+    h.update(header); raw.write(gz.compress(header))
+    chunk = b"\x01" * (1 << 20)
+    for _ in range(size >> 20):
+        h.update(chunk); raw.write(gz.compress(chunk))
+    tail = b"\0" * 1024
+    h.update(tail); raw.write(gz.compress(tail)); raw.write(gz.flush())
+dest = Path(sys.argv[1]) / "snap"; dest.mkdir()
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open(blob_path, "rb") as blob:
+    unpack_layer(blob, dest, compression="gzip", diff_id=Digest("sha256", h.hexdigest()),
+                 layer_digest=None, blob_size=None, what="layer")
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(base, peak)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], check=True, capture_output=True, text=True
+    ).stdout.split()
+    base_kib, peak_kib = int(out[0]), int(out[1])
+    assert peak_kib - base_kib < 64 * 1024, f"unpacking 1 GiB grew RSS by {peak_kib - base_kib} KiB"
+
+
+# -- hostile layers, through the CLI ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hostile:
+    name: str
+    build: Callable[[Path], LayerBuilder]  # gets the absolute path of the outside directory
+    error: str | None  # substring of the one-line error, or None when it must be confined
+    check: Callable[[dict[str, TocEntry], Path], None] | None = None
+
+
+def _no_escape(toc: dict[str, TocEntry], outside: Path) -> None:
+    assert all(not p.startswith("/") and ".." not in p.split("/") for p in toc)
+
+
+HOSTILE = [
+    Hostile(
+        "dotdot",
+        lambda o: LayerBuilder().file("../escape", b"x", raw_name=True),
+        "escapes the layer root",
+    ),
+    Hostile(
+        "dotdot-deep",
+        lambda o: LayerBuilder().file("a/../../escape", b"x", raw_name=True),
+        "escapes",
+    ),
+    Hostile("dotdot-dir", lambda o: LayerBuilder().dir("../../../tmp", raw_name=True), "escapes"),
+    Hostile(
+        "absolute-name-confined",
+        lambda o: LayerBuilder().file(f"{o}/target", b"pwned", raw_name=True),
+        None,
+        lambda t, o: _assert(t[f"{o}/target".lstrip("/")].kind is EntryKind.FILE),
+    ),
+    Hostile(
+        "symlink-parent",
+        lambda o: LayerBuilder().symlink("evil", str(o)).file("evil/target", b"pwned"),
+        "below symlink 'evil'",
+    ),
+    Hostile(
+        "symlink-parent-relative",
+        lambda o: LayerBuilder().symlink("evil", "../../../../../../..").file("evil/tmp/x", b"x"),
+        "below symlink",
+    ),
+    Hostile(
+        "symlink-chain",
+        lambda o: LayerBuilder().symlink("a", "b").symlink("b", "/").file("a/etc/passwd", b"x"),
+        "below symlink 'a'",
+    ),
+    Hostile(
+        "file-replaces-symlink",
+        lambda o: LayerBuilder().symlink("s", f"{o}/target").file("s", b"pwned", mode=0o777),
+        None,
+        lambda t, o: _assert(t["s"].kind is EntryKind.FILE and t["s"].size == 5),
+    ),
+    Hostile(
+        "dir-replaces-symlink",  # CVE-2021-32760 / CVE-2021-41089: chmod through a link
+        lambda o: LayerBuilder().symlink("s", str(o)).dir("s", mode=0o777),
+        None,
+        lambda t, o: _assert(t["s"].kind is EntryKind.DIR and t["s"].mode == 0o777),
+    ),
+    Hostile(
+        "hardlink-out",
+        lambda o: LayerBuilder().hardlink("h", "../../../../etc/passwd", raw_name=False),
+        "escapes",
+    ),
+    Hostile(
+        "hardlink-absolute",
+        lambda o: LayerBuilder().hardlink("h", f"{o}/target"),
+        "not a file earlier in this layer",
+    ),
+    Hostile(
+        "hardlink-through-symlink",
+        lambda o: LayerBuilder().symlink("s", str(o)).hardlink("h", "s/target"),
+        "not a file earlier in this layer",
+    ),
+    Hostile(
+        "hardlink-to-directory",
+        lambda o: LayerBuilder().dir("d").hardlink("h", "d"),
+        "not a file earlier in this layer",
+    ),
+    Hostile(
+        "whiteout-dotdot",
+        lambda o: LayerBuilder().file(".wh..", b"", raw_name=True),
+        "names no entry",
+    ),
+    Hostile(
+        "whiteout-climbs",
+        lambda o: LayerBuilder().file("../.wh.target", b"", raw_name=True),
+        "escapes",
+    ),
+    Hostile(
+        "whiteout-under-symlink",
+        lambda o: LayerBuilder().symlink("s", str(o)).whiteout("s/target"),
+        "below symlink 's'",
+    ),
+    Hostile(
+        "name-too-long", lambda o: LayerBuilder().file("a" * 256, b"x"), "longer than 255 bytes"
+    ),
+    Hostile(
+        "root-symlink-dot",
+        lambda o: LayerBuilder().symlink(".", str(o), raw_name=True),
+        "replace the layer root",
+    ),
+    Hostile(
+        "root-symlink-slash",
+        lambda o: LayerBuilder().symlink("/", "/etc", raw_name=True),
+        "replace the layer root",
+    ),
+    Hostile(
+        "root-file",
+        lambda o: LayerBuilder().file("./", b"x", raw_name=True),
+        "replace the layer root",
+    ),
+    Hostile(
+        "device-named-like-host",
+        lambda o: LayerBuilder().chardev(f"{o}/target", 1, 3, raw_name=True),
+        None,
+        _no_escape,
+    ),
+]
+
+
+def _assert(condition: bool) -> None:
+    assert condition
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    o = tmp_path / "outside"
+    o.mkdir(mode=0o755)
+    (o / "target").write_bytes(b"original")
+    os.chmod(o / "target", 0o644)
+    return o
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=[c.name for c in HOSTILE])
+def test_hostile_layer_gets_nowhere(case, tmp_path, outside, cli, store_root):
+    layout = write_oci_layout(
+        tmp_path / "layout", {"t": ImageBuilder(layers=[case.build(outside)], compression="none")}
+    )
+    # A first image makes the store exist, so "unchanged" compares real content.
+    benign = write_oci_layout(
+        tmp_path / "benign", {"t": ImageBuilder(layers=[LayerBuilder().file("ok", b"ok")])}
+    )
+    assert cli("pull", "-q", f"oci:{benign}:t").rc == 0
+    everything_else = tmp_path.parent
+    watched = {p: tree_state(p) for p in (outside, tmp_path / "layout")}
+    store_before = tree_state(store_root)
+    etc_passwd = os.stat("/etc/passwd")
+
+    result = cli("pull", "-q", "--json", f"oci:{layout}:t")
+
+    assert {p: tree_state(p) for p in watched} == watched
+    assert os.stat("/etc/passwd") == etc_passwd
+    assert not (tmp_path / "escape").exists() and not (everything_else / "escape").exists()
+    if case.error is not None:
+        assert result.rc == 1, result.out
+        lines = result.err.strip().splitlines()
+        assert len(lines) == 1 and case.error in lines[0], result.err
+        assert tree_state(store_root) == store_before
+    else:
+        assert result.rc == 0, result.err
+        from snapshotter.store import Store
+
+        diff_id = json.loads(result.out)["diff_ids"][0]
+        toc = Toc.read(Store(store_root).snapshot_path(Digest.parse(diff_id)) / "toc.json.zst")
+        assert case.check is not None
+        case.check(toc.by_path(), outside)
+        # The snapshot holds only our own files: a toc and data files named by inode.
+        snap = Store(store_root).snapshot_path(Digest.parse(diff_id))
+        for dirpath, _dirnames, filenames in os.walk(snap):
+            rel = Path(dirpath).relative_to(snap)
+            assert str(rel) in (".", "data")
+            for f in filenames:
+                assert (rel / f).as_posix() == "toc.json.zst" or (
+                    rel.as_posix() == "data" and all(c in "0123456789abcdef" for c in f)
+                )
+                assert not os.path.islink(os.path.join(dirpath, f))
+
+
+def test_absolute_names_are_confined_like_containerd(tmp_path):
+    toc = entries(unpack(tmp_path, LayerBuilder().file("/etc/passwd", b"x", raw_name=True)))
+    assert toc["etc/passwd"].kind is EntryKind.FILE
