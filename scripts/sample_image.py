@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Build the built-in sample image: a small, three-layer OCI layout made with tarfile.
+
+    python scripts/sample_image.py DIR        -> oci:DIR:latest
+
+Layer 1 lays down a tiny root file system; layer 2 (zstd) changes it the way a Dockerfile
+RUN would: it deletes a file (whiteout), replaces a directory (opaque), adds a hardlink, a
+symlink and a setuid binary; layer 3 adds an app.  No network, no root needed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from builders import ImageBuilder, LayerBuilder, write_oci_layout  # noqa: E402
+
+OS_RELEASE = b'PRETTY_NAME="snapshotter sample"\nID=sample\nVERSION_ID="1"\n'
+
+
+def build(path: Path) -> Path:
+    base = (
+        LayerBuilder()
+        .dir("etc")
+        .file("etc/os-release", OS_RELEASE)
+        .file("etc/hostname", b"sample\n")
+        .file("etc/motd", b"welcome to the sample image\n")
+        .dir("etc/cache")
+        .file("etc/cache/stale-1", b"old\n")
+        .file("etc/cache/stale-2", b"old\n")
+        .dir("bin")
+        .file("bin/hello", b"#!/bin/sh\necho hello from the sample image\n", mode=0o755)
+        .dir("tmp", mode=0o1777)
+        .chardev("dev/null", 1, 3, mode=0o666)
+        .dir("home/user", uid=1000, gid=1000, mode=0o750)
+        .file("home/user/notes.txt", b"uid 1000 owns this\n", uid=1000, gid=1000, mode=0o640)
+    )
+    change = (
+        LayerBuilder()
+        .whiteout("etc/motd")
+        .dir("etc/cache")
+        .opaque("etc/cache")
+        .file("etc/cache/fresh", b"new\n")
+        .file("bin/su", b"#!/bin/sh\necho pretend\n", mode=0o4755)
+        .hardlink("bin/hello-again", "bin/su")
+        .symlink("bin/sh-link", "/bin/hello")
+    )
+    app = (
+        LayerBuilder()
+        .dir("app")
+        .file("app/main.py", b"print('hello from /app')\n", mode=0o644)
+        .file("app/config.json", b'{"debug": false}\n', xattrs={"user.origin": b"sample"})
+    )
+    image = ImageBuilder(
+        layers=[base, change, app],
+        layer_compressions=["gzip", "zstd", "none"],
+        config_extra={"Cmd": ["/bin/hello"], "Env": ["PATH=/bin"], "WorkingDir": "/app"},
+    )
+    return write_oci_layout(path, {"latest": image})
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        raise SystemExit(2)
+    print(build(Path(sys.argv[1])))
