@@ -157,6 +157,17 @@ class _LayerTree:
                 stack.extend(kids)
         self.children[_parent(path)].discard(path)
 
+    def below_non_dir(self, path: str) -> bool:
+        """Whether ``path`` or an ancestor is, in this layer so far, not a directory."""
+        p = path
+        while True:
+            existing = self.entries.get(p)
+            if existing is not None:
+                return existing.kind is not EntryKind.DIR
+            if not p:
+                return False
+            p = _parent(p)
+
     def ensure_dir(self, path: str) -> None:
         """Make ``path`` and its parents exist as directories (implied if not in the tar)."""
         missing: list[str] = []
@@ -256,6 +267,7 @@ class _Feeder:
         self._buffer = b""
         self._pos = 0
         self._eof = False
+        self.real_end: int | None = None  # length of the real tar stream, once known
 
     def _decompressed(self) -> Readable:
         if self.compression == "none":
@@ -326,7 +338,14 @@ class _Feeder:
                 raise item
             if not item:
                 self._eof = True
-                return b""
+                self.real_end = self.tar_size
+                if self.tar_size == 0:
+                    return b""
+                # Go's archive/tar (and so umoci and containerd) reads a tar whose last
+                # member lacks its padding and end-of-archive blocks; so do we, by handing
+                # tarfile the missing zeros.  They are not hashed, and content that would
+                # reach into them is refused (see ``check_within``).
+                item = bytes((-self.tar_size) % 512 + 1024)
             self._buffer, self._pos = item, 0
         out = self._buffer[self._pos : self._pos + n]
         self._pos += len(out)
@@ -335,6 +354,13 @@ class _Feeder:
     def drain(self) -> None:
         while self.read(CHUNK):
             pass
+
+    def check_within(self, info: tarfile.TarInfo) -> None:
+        """Refuse content that ran past the real end of the stream into our padding."""
+        if self.real_end is not None and info.offset_data + info.size > self.real_end:
+            raise UnsafeArchive(
+                f"{self.what}: content of {info.name!r} is cut short by the end of the layer"
+            )
 
     def close(self) -> None:
         self.stop.set()
@@ -450,12 +476,12 @@ def unpack_layer(
         try:
             tf = tarfile.open(fileobj=feeder, mode="r|", bufsize=CHUNK)  # type: ignore[call-overload]  # noqa: SIM115
         except tarfile.ReadError as exc:
-            if feeder.tar_size == 0 and feeder._eof:
+            if feeder.real_end == 0:
                 tf = None  # an empty blob: a layer with no entries
             else:
                 raise UnsafeArchive(f"{what}: not a tar archive ({exc})") from exc
         if tf is not None:
-            _read_entries(tf, tree, data_fd, written, what, cancelled)
+            _read_entries(tf, tree, data_fd, written, what, cancelled, feeder)
         feeder.drain()
         computed = feeder.verify(check_layer_digest=layer_digest is not None)
     finally:
@@ -477,12 +503,13 @@ def _read_entries(
     written: set[int],
     what: str,
     cancelled: Callable[[], bool] | None,
+    feeder: _Feeder,
 ) -> None:
     try:
         for count, info in enumerate(tf):
             if cancelled is not None and count % 256 == 0 and cancelled():
                 raise SnapshotterError(f"{what}: cancelled")
-            _read_entry(tf, info, tree, data_fd, written, what)
+            _read_entry(tf, info, tree, data_fd, written, what, feeder)
     except tarfile.TarError as exc:
         raise UnsafeArchive(f"{what}: broken tar archive ({exc})") from exc
     except EOFError as exc:
@@ -496,20 +523,26 @@ def _read_entry(
     data_fd: int,
     written: set[int],
     what: str,
+    feeder: _Feeder,
 ) -> None:
     path = clean_path(info.name, what)
     base = path.rpartition("/")[2]
     if base.startswith(WHITEOUT_PREFIX):
         parent = _parent(path)
+        hidden = base[len(WHITEOUT_PREFIX) :]
+        if not base.startswith(WHITEOUT_META_PREFIX) and hidden in ("", ".", ".."):
+            raise UnsafeArchive(f"{what}: whiteout {info.name!r} names no entry")
+        if tree.below_non_dir(parent):
+            # This layer already replaced the directory by a file or link, which hides
+            # the whole lower subtree: the marker has nothing left to do.  (umoci repack
+            # writes `d` and then `d/.wh.child` when a directory becomes a file.)
+            return
         tree.ensure_dir(parent)
         if base == WHITEOUT_OPAQUE:
             tree.opaques.add(parent)
         elif base.startswith(WHITEOUT_META_PREFIX):
             pass  # other AUFS metadata (.wh..wh.plnk, .wh..wh.aufs): not content
         else:
-            hidden = base[len(WHITEOUT_PREFIX) :]
-            if hidden in ("", ".", ".."):
-                raise UnsafeArchive(f"{what}: whiteout {info.name!r} names no entry")
             tree.whiteouts.add(_join(parent, hidden))
         return
 
@@ -575,3 +608,4 @@ def _read_entry(
         sparse: list[tuple[int, int]] | None = info.sparse  # type: ignore[assignment]
         _copy_content(src, data_fd, f"{inode:x}", info.size, sparse, what)
         written.add(inode)
+        feeder.check_within(info)
