@@ -8,7 +8,11 @@ Layering, from the bottom up (a module imports only those above it):
 - ``transports``: image sources on disk (oci, oci-archive, docker-archive).
 - ``store``: the content-addressed store, its lock, journal and garbage collection.
 - ``pull``: resolve, unpack concurrently (trio), commit.
-- ``cli``: argparse; ``main(argv) -> int``; the only caller of ``trio.run``.
+- ``merge``: tocs -> one merged tree (pure); ``explore``: merged trees of stored images.
+- ``fusefs``: the pyfuse3 operations, thin over the merged tree (the only pyfuse3 user).
+- ``mount``: a mount's life: checks, daemon, record, unmount.
+- ``cli``: argparse; ``main(argv) -> int``.  ``cli`` and the mount daemon are the only
+  callers of ``trio.run``.
 """
 
 from .digest import Digest

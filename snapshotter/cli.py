@@ -120,6 +120,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="show an image's record as JSON")
     p.add_argument("image", metavar="IMAGE")
+
+    p = sub.add_parser(
+        "mount",
+        help="mount an image read-only at a directory (FUSE)",
+        description=(
+            "Show the image's root file system at MOUNTPOINT exactly as a container started "
+            "from it would see it: layers merged, whiteouts applied, every owner, mode, "
+            "device, xattr and mtime as the layers said. The view is read-only, and mounted "
+            "nosuid,nodev: images are untrusted. Returns once the view is ready; the daemon "
+            "serving it runs in the background until 'snapshotter umount', fusermount3 -u, "
+            "or SIGTERM/SIGINT."
+        ),
+    )
+    p.add_argument("image", metavar="IMAGE", help="name, NAME@DIGEST, digest or id prefix")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
+    p.add_argument(
+        "--layer",
+        type=int,
+        metavar="N",
+        help="mount the image as it stood after its first N layers (0 = empty)",
+    )
+    p.add_argument("--foreground", action="store_true", help="serve in this process")
+    p.add_argument("--allow-other", action="store_true", help="let other users see the view")
+
+    p = sub.add_parser("umount", help="unmount a view made by 'mount'")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
     return parser
 
 
@@ -397,7 +423,34 @@ def cmd_inspect(store: Store, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_mount(store: Store, args: argparse.Namespace) -> int:
+    from .mount import mount
+
+    state = store.read_state()
+    digest = store.resolve(state, args.image)
+    mount(
+        store,
+        state.images[digest],
+        args.mountpoint,
+        label=args.image,
+        layers=args.layer,
+        foreground=args.foreground,
+        allow_other=args.allow_other,
+        debug=args.debug,
+    )
+    return EXIT_OK
+
+
+def cmd_umount(store: Store, args: argparse.Namespace) -> int:
+    from .mount import umount
+
+    umount(store, args.mountpoint)
+    return EXIT_OK
+
+
 _HANDLERS = {
+    "mount": cmd_mount,
+    "umount": cmd_umount,
     "pull": cmd_pull,
     "images": cmd_images,
     "tag": cmd_tag,

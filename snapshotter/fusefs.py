@@ -1,0 +1,236 @@
+"""The read-only FUSE view of a merged tree (pyfuse3 on trio).
+
+Each handler is a few lines: inode to node, ask the tree, fill ``EntryAttributes``.  The
+image is immutable, so the kernel may cache everything: entries and attributes never time
+out and page cache is kept across opens.  Inodes live as long as the mount (the tree is
+numbered once), so lookup counts need no bookkeeping and ``forget`` has nothing to free.
+
+Writes never reach us: the mount is ``ro`` and the kernel answers EROFS; the write
+handlers pyfuse3 would call are left unimplemented (ENOSYS) as a second line.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import stat
+from collections.abc import Callable, Sequence
+
+import pyfuse3
+import trio
+
+from .explore import ImageView
+from .merge import Node
+from .toc import EntryKind
+
+log = logging.getLogger(__name__)
+
+# The view never changes under the kernel: cache entries and attributes "forever".
+TIMEOUT = 365 * 24 * 3600.0
+BLOCK_SIZE = 4096
+
+_TYPE_BITS = {
+    EntryKind.FILE: stat.S_IFREG,
+    EntryKind.DIR: stat.S_IFDIR,
+    EntryKind.SYMLINK: stat.S_IFLNK,
+    EntryKind.CHAR: stat.S_IFCHR,
+    EntryKind.BLOCK: stat.S_IFBLK,
+    EntryKind.FIFO: stat.S_IFIFO,
+}
+
+
+def attributes(node: Node) -> pyfuse3.EntryAttributes:
+    a = pyfuse3.EntryAttributes()
+    a.st_ino = pyfuse3.InodeT(node.inode)
+    a.generation = 0
+    a.entry_timeout = TIMEOUT
+    a.attr_timeout = TIMEOUT
+    a.st_mode = pyfuse3.ModeT(_TYPE_BITS[node.kind] | node.mode)
+    a.st_nlink = node.nlink
+    a.st_uid = node.uid
+    a.st_gid = node.gid
+    a.st_rdev = os.makedev(node.rdev_major, node.rdev_minor)
+    a.st_size = node.size
+    a.st_blksize = BLOCK_SIZE
+    a.st_blocks = (node.size + 511) // 512
+    a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
+    return a
+
+
+class ImageFS(pyfuse3.Operations):
+    """pyfuse3 operations over one ``ImageView``."""
+
+    def __init__(self, view: ImageView):
+        super().__init__()
+        self.view = view
+        self.tree = view.tree
+        self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
+        self._files: dict[int, int] = {}  # fh -> host fd of the data file (-1: empty file)
+        self._next_fh = 1
+
+    def _node(self, inode: int) -> Node:
+        try:
+            return self.tree.node(inode)
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+
+    def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
+        a = self._attrs.get(node.inode)
+        if a is None:
+            a = self._attrs[node.inode] = attributes(node)
+        return a
+
+    async def lookup(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        node = self.tree.lookup(parent_inode, os.fsdecode(name))
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attr(node)
+
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
+        pass  # inodes live as long as the mount
+
+    async def getattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self._attr(self._node(inode))
+
+    async def readlink(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileNameT:
+        node = self._node(inode)
+        if node.kind is not EntryKind.SYMLINK:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return pyfuse3.FileNameT(os.fsencode(node.link))
+
+    async def opendir(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileHandleT:
+        if self._node(inode).kind is not EntryKind.DIR:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return pyfuse3.FileHandleT(inode)
+
+    async def readdir(
+        self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
+    ) -> None:
+        # The listing never changes, so an index into it is a stable next_id.
+        names, inodes = self.tree.children(fh)
+        for i in range(start_id, len(names)):
+            node = self.tree.node(inodes[i])
+            if not pyfuse3.readdir_reply(token, os.fsencode(names[i]), self._attr(node), i + 1):
+                break
+
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
+        pass
+
+    async def open(
+        self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
+        node = self._node(inode)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if node.kind is not EntryKind.FILE:
+            raise pyfuse3.FUSEError(errno.EISDIR if node.kind is EntryKind.DIR else errno.EINVAL)
+        fd = -1
+        if node.size:
+            try:
+                fd = os.open(
+                    self.view.data_path(node.layer, node.data),
+                    os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW,
+                )
+            except OSError as exc:
+                log.error("inode %d: cannot open its content: %s", inode, exc)
+                raise pyfuse3.FUSEError(errno.EIO) from exc
+        fh = self._next_fh
+        self._next_fh += 1
+        self._files[fh] = fd
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=True)
+
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+        fd = self._files.get(fh)
+        if fd is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        if fd < 0:
+            return b""
+        try:
+            return os.pread(fd, size, off)
+        except OSError as exc:
+            raise pyfuse3.FUSEError(errno.EIO) from exc
+
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        fd = self._files.pop(fh, -1)
+        if fd >= 0:
+            os.close(fd)
+
+    async def getxattr(
+        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
+    ) -> bytes:
+        wanted = os.fsdecode(name)
+        for key, value in self._node(inode).xattrs:
+            if key == wanted:
+                return value
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    async def listxattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> Sequence[pyfuse3.XAttrNameT]:
+        return [pyfuse3.XAttrNameT(os.fsencode(k)) for k, _ in self._node(inode).xattrs]
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        total = sum(n.size for n in self.tree.nodes if n is not None and n.kind is EntryKind.FILE)
+        s.f_bsize = BLOCK_SIZE
+        s.f_frsize = BLOCK_SIZE
+        s.f_blocks = (total + BLOCK_SIZE - 1) // BLOCK_SIZE
+        s.f_bfree = s.f_bavail = 0
+        s.f_files = len(self.tree)
+        s.f_ffree = s.f_favail = 0
+        s.f_namemax = 255
+        return s
+
+
+def mount_options(fsname: str, *, allow_other: bool, debug: bool) -> set[str]:
+    options = {
+        "ro",
+        "nosuid",
+        "nodev",
+        "default_permissions",
+        f"fsname={fsname}",
+        "subtype=snapshotter",
+    }
+    if allow_other:
+        options.add("allow_other")
+    if debug:
+        options.add("debug")
+    return options
+
+
+def start(view: ImageView, mountpoint: str, options: set[str]) -> None:
+    """Mount (the kernel sees the file system from here on); ``serve`` answers it."""
+    pyfuse3.init(ImageFS(view), mountpoint, options)
+
+
+async def serve(on_ready: Callable[[], None] | None = None) -> None:
+    """Answer the kernel until unmounted or signalled (SIGTERM, SIGINT, SIGHUP)."""
+    unmount = True
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                with trio.open_signal_receiver(
+                    signal.SIGTERM, signal.SIGINT, signal.SIGHUP
+                ) as sigs:
+                    async for _ in sigs:
+                        pyfuse3.terminate()
+                        return
+
+            nursery.start_soon(watch_signals)
+            if on_ready is not None:
+                on_ready()
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+    finally:
+        pyfuse3.close(unmount=unmount)

@@ -1,0 +1,234 @@
+"""The life of a mount: checks, the daemon, its record in the store, and unmounting.
+
+``mount`` checks everything it can in the calling process (image, mountpoint, /dev/fuse,
+the merged tree), then forks a daemon that mounts and serves; the caller returns only when
+the daemon says the view is ready, or with the daemon's one-line error.  While it lives,
+the daemon holds an exclusive flock on its record ``mounts/<id>.json``, which is how
+``rmi`` and ``prune`` know the image and its snapshots are in use; a killed daemon's lock
+is released by the kernel, so its record goes stale by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .errors import InUse, NotFound, SnapshotterError
+from .explore import ImageView, open_tree
+from .store import ImageRecord, Store, now_iso
+
+READY = b"ok\n"
+
+
+def mounted_at(path: Path) -> bool:
+    """Whether ``path`` is a mount point, dead FUSE mounts (ENOTCONN) included."""
+    target = os.fsencode(str(path))
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            for line in f:
+                fields = line.split(b" ")
+                if len(fields) > 4 and _unescape(fields[4]) == target:
+                    return True
+    except OSError:
+        return os.path.ismount(path)
+    return False
+
+
+def _unescape(field: bytes) -> bytes:
+    # mountinfo escapes space, tab, newline and backslash as \\ooo
+    out = bytearray()
+    i = 0
+    while i < len(field):
+        if field[i : i + 1] == b"\\" and field[i + 1 : i + 4].isdigit():
+            out.append(int(field[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return bytes(out)
+
+
+def _check_mountpoint(mountpoint: Path) -> Path:
+    mp = Path(os.path.abspath(mountpoint))
+    if mounted_at(mp):
+        raise InUse(f"mountpoint {str(mp)!r} is busy: something is already mounted there")
+    if not mp.exists():
+        raise NotFound(f"mountpoint {str(mp)!r} does not exist")
+    if not mp.is_dir():
+        raise NotFound(f"mountpoint {str(mp)!r} is not a directory")
+    return mp
+
+
+def _check_fuse() -> None:
+    if not os.path.exists("/dev/fuse"):
+        raise SnapshotterError(
+            "/dev/fuse is missing: load the fuse kernel module (modprobe fuse) or, in a "
+            "container, pass the device through"
+        )
+    if os.geteuid() != 0 and shutil.which("fusermount3") is None:
+        raise SnapshotterError("fusermount3 is not installed (Debian package fuse3)")
+
+
+def fsname_for(store: Store, record: ImageRecord, label: str, layers: int | None) -> str:
+    names = store.read_state().names_of(record.digest)
+    name = names[0] if names else record.digest
+    if layers is not None:
+        name += f"@layer{layers}"
+    # mount options are comma-separated: keep the name to characters that cannot break them
+    return "snapshotter:" + "".join(c if c.isalnum() or c in "._-:/@" else "_" for c in name)
+
+
+def mount(
+    store: Store,
+    record: ImageRecord,
+    mountpoint: Path,
+    *,
+    label: str,
+    layers: int | None = None,
+    foreground: bool = False,
+    allow_other: bool = False,
+    debug: bool = False,
+) -> None:
+    """Mount ``record`` at ``mountpoint``; return once the view is ready (or, in the
+    foreground, once it has been unmounted again)."""
+    mp = _check_mountpoint(mountpoint)
+    _check_fuse()
+    view = open_tree(store, record, layers)
+    from . import fusefs
+
+    options = fusefs.mount_options(
+        fsname_for(store, record, label, layers), allow_other=allow_other, debug=debug
+    )
+    if foreground:
+        _daemon(store, record, view, mp, options, ready_fd=None)
+        return
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.close(read_fd)
+        code = 1
+        try:
+            os.setsid()
+            _detach(store)
+            _daemon(store, record, view, mp, options, ready_fd=write_fd)
+            code = 0
+        except BaseException as exc:  # report anything to the waiting parent, then die
+            with contextlib.suppress(OSError):
+                os.write(write_fd, f"error: {_one_line(exc)}\n".encode())
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        answer = pipe.readline()
+    if answer != READY:
+        message = answer.decode(errors="replace").strip().removeprefix("error: ")
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        raise SnapshotterError(message or f"the mount daemon for {str(mp)!r} died at start")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _detach(store: Store) -> None:
+    """Leave the terminal: stdin/stdout to /dev/null, stderr to a log in the store."""
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    store.mounts.mkdir(parents=True, exist_ok=True)
+    log = os.open(
+        store.mounts / f"daemon-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
+    )
+    os.dup2(log, 2)
+    os.close(log)
+    sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - the process's stderr
+
+
+def _daemon(
+    store: Store,
+    record: ImageRecord,
+    view: ImageView,
+    mp: Path,
+    options: set[str],
+    ready_fd: int | None,
+) -> None:
+    import trio
+
+    from . import fusefs
+
+    store.mounts.mkdir(parents=True, exist_ok=True)
+    record_path = store.mounts / f"{secrets.token_hex(8)}.json"
+    lock_fd = os.open(record_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        doc = {
+            "image": record.digest,
+            "diff_ids": list(view.diff_ids),
+            "chain_id": view.chain_id,
+            "mountpoint": str(mp),
+            "pid": os.getpid(),
+            "started": now_iso(),
+        }
+        os.write(lock_fd, json.dumps(doc).encode())
+        try:
+            fusefs.start(view, str(mp), options)
+        except RuntimeError as exc:
+            raise SnapshotterError(f"cannot mount at {str(mp)!r}: {exc}") from exc
+
+        def ready() -> None:
+            if ready_fd is not None:
+                os.write(ready_fd, READY)
+                os.close(ready_fd)
+
+        trio.run(fusefs.serve, ready)
+    finally:
+        record_path.unlink(missing_ok=True)
+        os.close(lock_fd)
+        with contextlib.suppress(OSError):
+            (store.mounts / f"daemon-{os.getpid()}.log").unlink()
+
+
+def umount(store: Store, mountpoint: Path) -> None:
+    """Unmount a view, live or with a dead daemon, and wait for its daemon to exit."""
+    mp = Path(os.path.abspath(mountpoint))
+    daemons = [m.pid for m in store.live_mounts() if m.mountpoint == str(mp)]
+    if not mounted_at(mp):
+        raise NotFound(f"{str(mp)!r} is not mounted")
+    result = subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True, text=True)
+    if result.returncode != 0:
+        if os.geteuid() == 0:
+            result = subprocess.run(["umount", "-l", str(mp)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SnapshotterError(
+                f"cannot unmount {str(mp)!r}: {_one_line(RuntimeError(result.stderr))}"
+            )
+    deadline = time.monotonic() + 10
+    for pid in daemons:
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (our own child, in tests) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().split(b") ")[-1][:1] != b"Z"
+    except OSError:
+        return False
