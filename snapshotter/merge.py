@@ -206,7 +206,7 @@ class MergedTree:
             "parents": {str(k): v for k, v in self.parents.items()},
         }
         raw = json.dumps(doc, separators=(",", ":")).encode()
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_bytes(zstandard.ZstdCompressor(level=1).compress(raw))
         tmp.rename(path)
 

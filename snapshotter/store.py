@@ -7,6 +7,7 @@ Layout under the store root (docs/store.md has the long form)::
     journal.json                  present only while a commit is under way
     blobs/sha256/<hex>            manifests and configs, verbatim
     snapshots/sha256/<hex>/       one per diff_id: toc.json.zst + data/
+    merged/<chain_id hex>         cached merged trees (rebuilt from tocs when missing)
     mounts/<id>.json              live mounts; each flocked by its daemon while it lives
     tmp/<id>.lock, tmp/<id>/      staging; an entry whose lock is free belongs to the dead
 
@@ -34,6 +35,7 @@ from pathlib import Path
 
 from .digest import Digest
 from .errors import InUse, InvalidReference, NotFound, StoreCorrupt
+from .oci import chain_ids
 from .reference import Reference
 from .toc import TOC_NAME
 
@@ -455,6 +457,18 @@ class Store:
                     freed += blob.stat().st_size
                     blob.unlink()
                     removed_blobs.append(digest)
+        # Cached merged trees: keep those of every layer prefix of a kept image or mount.
+        keep_chains: set[str] = set()
+        for image in state.images.values():
+            keep_chains.update(c.hex for c in chain_ids([Digest.parse(d) for d in image.diff_ids]))
+        for mount in self.live_mounts():
+            keep_chains.update(c.hex for c in chain_ids([Digest.parse(d) for d in mount.diff_ids]))
+        merged_dir = self.root / "merged"
+        if merged_dir.is_dir():
+            for cached in merged_dir.iterdir():
+                if cached.name not in keep_chains:
+                    freed += cached.stat().st_size
+                    cached.unlink()
         live = {d for d in keep_snapshots if self.has_snapshot(Digest.parse(d))}
         state.layers = {k: v for k, v in state.layers.items() if v in live}
         self._write_state(state)

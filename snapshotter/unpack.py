@@ -267,6 +267,7 @@ class _Feeder:
         self._buffer = b""
         self._pos = 0
         self._eof = False
+        self.position = 0  # bytes of the tar stream handed out so far
         self.real_end: int | None = None  # length of the real tar stream, once known
 
     def _decompressed(self) -> Readable:
@@ -327,8 +328,45 @@ class _Feeder:
 
     # The file-like side, read by tarfile in the calling thread.
     def read(self, n: int = -1, /) -> bytes:
+        """Exactly ``n`` bytes unless the stream ends: tarfile's "r:" mode relies on it."""
         if n is None or n < 0:
             n = CHUNK
+        end = self._pos + n
+        if end <= len(self._buffer):  # the common case: within the current chunk
+            self._pos = end
+            self.position += n
+            return self._buffer[end - n : end]
+        parts = []
+        while n > 0:
+            piece = self._read_some(n)
+            if not piece:
+                break
+            parts.append(piece)
+            n -= len(piece)
+        out = b"".join(parts)
+        self.position += len(out)
+        return out
+
+    # tarfile's "r:" mode wants tell() and seek(); it only ever seeks forward here (to the
+    # next header, past padding), which we serve by reading.  This avoids "r|" mode, whose
+    # buffer copies the rest of its megabyte on every 512-byte header read.
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 1:
+            offset += self.position
+        if whence not in (0, 1) or offset < self.position:
+            raise OSError(f"{self.what}: the layer stream cannot seek backwards")
+        while self.position < offset:
+            if not self.read(min(CHUNK, offset - self.position)):
+                break
+        return self.position
+
+    def seekable(self) -> bool:
+        return True
+
+    def _read_some(self, n: int) -> bytes:
         while self._pos >= len(self._buffer):
             if self._eof:
                 return b""
@@ -474,7 +512,7 @@ def unpack_layer(
     written: set[int] = set()
     try:
         try:
-            tf = tarfile.open(fileobj=feeder, mode="r|", bufsize=CHUNK)  # type: ignore[call-overload]  # noqa: SIM115
+            tf = tarfile.open(fileobj=feeder, mode="r:")  # type: ignore[call-overload]  # noqa: SIM115
         except tarfile.ReadError as exc:
             if feeder.real_end == 0:
                 tf = None  # an empty blob: a layer with no entries
@@ -506,7 +544,10 @@ def _read_entries(
     feeder: _Feeder,
 ) -> None:
     try:
-        for count, info in enumerate(tf):
+        count = 0
+        while (info := tf.next()) is not None:
+            tf.members.clear()  # tarfile keeps every header otherwise: memory would grow
+            count += 1
             if cancelled is not None and count % 256 == 0 and cancelled():
                 raise SnapshotterError(f"{what}: cancelled")
             _read_entry(tf, info, tree, data_fd, written, what, feeder)
@@ -603,9 +644,15 @@ def _read_entry(
     entry = TocEntry(path, EntryKind.FILE, size=info.size, inode=inode, **common)  # type: ignore[arg-type]
     tree.put(entry)  # first, so a path under a symlink fails before content is written
     if info.size > 0:
-        src = tf.extractfile(info)
-        assert src is not None
         sparse: list[tuple[int, int]] | None = info.sparse  # type: ignore[assignment]
+        if sparse is None:
+            # Content follows its header directly: copy it straight from the stream.
+            feeder.seek(info.offset_data)
+            src: Readable = feeder
+        else:
+            extracted = tf.extractfile(info)
+            assert extracted is not None
+            src = extracted
         _copy_content(src, data_fd, f"{inode:x}", info.size, sparse, what)
         written.add(inode)
         feeder.check_within(info)
