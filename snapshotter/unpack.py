@@ -546,7 +546,7 @@ def _read_entries(
     try:
         count = 0
         while (info := tf.next()) is not None:
-            tf.members.clear()  # tarfile keeps every header otherwise: memory would grow
+            tf.members.clear()  # type: ignore[attr-defined]  # else every header stays in memory
             count += 1
             if cancelled is not None and count % 256 == 0 and cancelled():
                 raise SnapshotterError(f"{what}: cancelled")

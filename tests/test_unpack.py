@@ -210,7 +210,8 @@ def test_sparse_file_keeps_its_holes(tmp_path):
 def test_missing_final_padding_is_read_like_go_but_cut_content_is_refused(tmp_path):
     # umoci insert 0.4.7 writes tars without padding or end-of-archive blocks.
     tar = LayerBuilder().file("a", b"x" * 100).tar_bytes()
-    start = tarfile.open(fileobj=io.BytesIO(tar)).getmember("a").offset_data
+    with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+        start = tf.getmember("a").offset_data
     unpadded = tar[: start + 100]  # headers + content, nothing after
     toc = unpack(tmp_path, unpadded)
     assert data(tmp_path, toc, "a") == b"x" * 100
