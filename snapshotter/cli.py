@@ -9,17 +9,22 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import re
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import InUse, InvalidReference, NotFound, SnapshotterError
 from .oci import Platform
 from .reference import Reference, familiar_repository, split_name
 from .store import ImageRecord, State, Store, check_not_in_use, default_root, in_use
+
+if TYPE_CHECKING:
+    from .registry import RegistryOptions as RegistryOptionsT
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CHECK = 0, 1, 2, 3
 
@@ -58,10 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
             "Import an image: every layer is verified (blob digest and size, diff_id) and "
             "unpacked once into a snapshot; the image is then registered atomically. "
             "SOURCE uses skopeo's transports: oci:DIR[:TAG], oci-archive:FILE[:TAG], "
-            "docker-archive:FILE[:NAME:TAG|:@N]."
+            "docker-archive:FILE[:NAME:TAG|:@N], docker://REF, or a bare REF resolved as "
+            "docker does (alpine = docker.io/library/alpine:latest)."
         ),
     )
     p.add_argument("source", metavar="SOURCE")
+    _registry_arguments(p)
     p.add_argument("--name", help="name the image in the store (default: the source's tag)")
     p.add_argument(
         "--platform",
@@ -88,6 +95,35 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="dangling=true|false, reference=PATTERN (glob, as docker's)",
     )
+
+    p = sub.add_parser("tags", help="list the tags of a repository in a registry")
+    p.add_argument("reference", metavar="REF", help="e.g. registry.example:5000/app")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    _registry_arguments(p)
+
+    p = sub.add_parser("search", help="list a registry's repositories (its catalog)")
+    p.add_argument("registry", metavar="REGISTRY")
+    p.add_argument("term", metavar="TERM", nargs="?", default="", help="substring to match")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    _registry_arguments(p)
+
+    p = sub.add_parser(
+        "login",
+        help="check and store credentials for a registry",
+        description=(
+            "Verify USER/PASSWORD against REGISTRY and store them (mode 0600) in the auth file "
+            "podman uses: $REGISTRY_AUTH_FILE, else $XDG_RUNTIME_DIR/containers/auth.json."
+        ),
+    )
+    p.add_argument("registry", metavar="REGISTRY")
+    p.add_argument("-u", "--username", required=True)
+    p.add_argument("-p", "--password", help="the password (prefer --password-stdin)")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    _registry_arguments(p, creds=False)
+
+    p = sub.add_parser("logout", help="remove stored credentials for a registry")
+    p.add_argument("registry", metavar="REGISTRY")
+    _registry_arguments(p, creds=False)
 
     p = sub.add_parser("tag", help="give an image another name")
     p.add_argument("source_name", metavar="SOURCE_NAME", help="name, digest or id prefix")
@@ -149,6 +185,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _registry_arguments(p: argparse.ArgumentParser, *, creds: bool = True) -> None:
+    g = p.add_argument_group("registry options (docker:// sources)")
+    if creds:
+        g.add_argument("--creds", metavar="USER:PASS", help="credentials for the registry")
+    g.add_argument(
+        "--authfile", type=Path, help="auth file (podman auth.json or docker config.json)"
+    )
+    g.add_argument(
+        "--tls-verify",
+        default="true",
+        choices=["true", "false"],
+        help="verify TLS; false also allows plain HTTP (loopback registries always may)",
+    )
+    g.add_argument("--insecure", action="store_true", help="same as --tls-verify=false")
+    g.add_argument("--cert-dir", type=Path, help="directory of CA certificates (*.crt)")
+
+
+def _registry_options(args: argparse.Namespace) -> RegistryOptionsT:
+    from .registry import RegistryOptions
+
+    creds = None
+    text = getattr(args, "creds", None)
+    if text:
+        user, sep, password = text.partition(":")
+        if not sep or not user:
+            raise InvalidReference("--creds: expected USER:PASSWORD")
+        creds = (user, password)
+    return RegistryOptions(
+        insecure=args.insecure or args.tls_verify == "false",
+        cert_dir=args.cert_dir,
+        creds=creds,
+        auth_file=args.authfile,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -167,6 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("snapshotter: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # stdout's reader went away (| head): not our error to report.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
     except OSError as exc:
         if args.debug:
             traceback.print_exc()
@@ -191,9 +267,16 @@ def cmd_pull(store: Store, args: argparse.Namespace) -> int:
     name = Reference.parse(args.name).name() if args.name else None
     progress = for_stream(sys.stderr, quiet=args.quiet)
     try:
+        options = _registry_options(args)
         result = trio.run(
             lambda: pull(
-                store, args.source, name=name, platform=platform, progress=progress, jobs=args.jobs
+                store,
+                args.source,
+                name=name,
+                platform=platform,
+                progress=progress,
+                jobs=args.jobs,
+                registry=options,
             )
         )
     finally:
@@ -448,7 +531,62 @@ def cmd_umount(store: Store, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_tags(store: Store, args: argparse.Namespace) -> int:
+    from .registry import RegistryClient
+
+    ref = Reference.parse(args.reference)
+    with RegistryClient(_registry_options(args)) as client:
+        tags = client.tags(ref)
+    if args.json:
+        _print_json(tags)
+    else:
+        for tag in tags:
+            print(tag)
+    return EXIT_OK
+
+
+def cmd_search(store: Store, args: argparse.Namespace) -> int:
+    from .registry import RegistryClient
+
+    with RegistryClient(_registry_options(args)) as client:
+        names = client.catalog(args.registry, args.term)
+    if args.json:
+        _print_json(names)
+    else:
+        for name in names:
+            print(f"{args.registry}/{name}")
+    return EXIT_OK
+
+
+def cmd_login(store: Store, args: argparse.Namespace) -> int:
+    from .registry import login
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif args.password is not None:
+        password = args.password
+    else:
+        import getpass
+
+        password = getpass.getpass(f"password for {args.username}@{args.registry}: ")
+    path = login(args.registry, args.username, password, _registry_options(args))
+    print(f"Login succeeded; credentials stored in {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_logout(store: Store, args: argparse.Namespace) -> int:
+    from .registry import logout
+
+    path = logout(args.registry, _registry_options(args))
+    print(f"Removed login credentials for {args.registry} from {path}", file=sys.stderr)
+    return EXIT_OK
+
+
 _HANDLERS = {
+    "tags": cmd_tags,
+    "search": cmd_search,
+    "login": cmd_login,
+    "logout": cmd_logout,
     "mount": cmd_mount,
     "umount": cmd_umount,
     "pull": cmd_pull,

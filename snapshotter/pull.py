@@ -13,6 +13,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -23,6 +24,9 @@ from .progress import Progress, QuietProgress
 from .store import ImageRecord, LayerRecord, Store, now_iso
 from .toc import TOC_NAME, Toc
 from .transports import LayerSource, ResolvedImage, open_source, synthesize_manifest
+
+if TYPE_CHECKING:
+    from .registry import RegistryOptions
 from .unpack import unpack_layer
 
 
@@ -57,9 +61,25 @@ async def pull(
     platform: Platform | None = None,
     progress: Progress | None = None,
     jobs: int | None = None,
+    registry: RegistryOptions | None = None,
 ) -> PullResult:
     progress = progress or QuietProgress()
-    image = await trio.to_thread.run_sync(open_source, source, platform)
+    image = await trio.to_thread.run_sync(open_source, source, platform, registry)
+    try:
+        return await _pull_resolved(store, image, source, name, progress, jobs)
+    finally:
+        if image.close is not None:
+            image.close()
+
+
+async def _pull_resolved(
+    store: Store,
+    image: ResolvedImage,
+    source: str,
+    name: str | None,
+    progress: Progress,
+    jobs: int | None,
+) -> PullResult:
     store.ensure()
     with store.staging() as staging:
         done = await _unpack_layers(store, image, staging.path, progress, jobs)

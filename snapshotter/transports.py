@@ -4,8 +4,9 @@
 - ``oci-archive:FILE[:TAG]``: the same layout as a tar file.
 - ``docker-archive:FILE[:NAME:TAG|:@N]``: ``docker save`` output, both the classic layout
   (``manifest.json`` + ``<id>/layer.tar``) and Docker 25+'s OCI-shaped one.
-- ``docker://REF`` is the registry transport (a later module); it is parsed here so the
-  error is clear.
+- ``docker://REF``, or a bare ``REF`` resolved the way docker does (``alpine`` is
+  ``docker.io/library/alpine:latest``): a registry, through ``registry.RegistryClient``
+  (imported only then, so on-disk pulls never load httpx).
 
 A transport resolves a reference to one image (picking the manifest for a platform from an
 index) and hands out blob readers; it never unpacks anything.  Archives are read in place:
@@ -21,6 +22,7 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Protocol
 
 from .digest import Digest, verify_bytes
 from .errors import InvalidReference, NotFound, UnsupportedMedia
@@ -48,7 +50,23 @@ TRANSPORTS = ("oci", "oci-archive", "docker-archive", "docker")
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
-Opener = Callable[[], "_Section"]
+if TYPE_CHECKING:
+    from .registry import RegistryOptions
+
+
+class BlobReader(Protocol):
+    """What an opener hands out: a stream of one blob's bytes, closed by its reader."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> BlobReader: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+Opener = Callable[[], BlobReader]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +79,15 @@ class SourceRef:
     def parse(cls, text: str) -> SourceRef:
         transport, sep, rest = text.partition(":")
         if not sep or transport not in TRANSPORTS:
-            raise InvalidReference(
-                f"source {text!r}: expected TRANSPORT:PATH with transport one of "
-                f"{', '.join(TRANSPORTS)} (a bare name or docker:// needs the registry support)"
-            )
+            # A bare image reference, as docker pull takes it.
+            try:
+                Reference.parse(text)
+            except InvalidReference:
+                raise InvalidReference(
+                    f"source {text!r}: neither an image reference nor TRANSPORT:PATH with "
+                    f"transport one of {', '.join(TRANSPORTS)}"
+                ) from None
+            return cls("docker", "", text)
         if transport == "docker":
             if not rest.startswith("//"):
                 raise InvalidReference(f"source {text!r}: expected docker://NAME")
@@ -104,6 +127,8 @@ class ResolvedImage:
     layers: tuple[LayerSource, ...]
     names: tuple[str, ...]  # full names the source gives the image (may be empty)
     platform: Platform
+    # Called once the layers have been read (a registry client's connections); may be None.
+    close: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
 
 # -- byte ranges of a file -------------------------------------------------------------
@@ -562,11 +587,13 @@ def synthesize_manifest(image: ResolvedImage, layer_digests: list[tuple[Digest, 
 # -- entry point -------------------------------------------------------------------------
 
 
-def open_source(text: str, platform: Platform | None) -> ResolvedImage:
+def open_source(
+    text: str, platform: Platform | None, registry: RegistryOptions | None = None
+) -> ResolvedImage:
     """Resolve SOURCE (skopeo syntax) to one image, verified up to its layers."""
     src = SourceRef.parse(text)
     if src.transport == "docker":
-        raise UnsupportedMedia(f"source {text!r}: pulling from registries is not supported yet")
+        return _resolve_registry(Reference.parse(src.ref), platform, registry)
     path = Path(src.path)
     if src.transport == "oci":
         if not path.is_dir():
@@ -584,3 +611,74 @@ def open_source(text: str, platform: Platform | None) -> ResolvedImage:
             raise NotFound(f"source {text!r}: no index.json in the archive; not an oci-archive")
         return _resolve_layout(files, src.ref, platform, str(src), _default_repository(src.path))
     return _resolve_docker_archive(files, src.ref, platform, str(src))
+
+
+# -- registries ---------------------------------------------------------------------------
+
+
+def _resolve_registry(
+    ref: Reference, platform: Platform | None, options: RegistryOptions | None
+) -> ResolvedImage:
+    """Resolve a registry reference; the result's ``close`` ends its client's connections."""
+    from dataclasses import replace
+
+    from .registry import DEFAULT_OPTIONS, RegistryClient
+
+    client = RegistryClient(options or DEFAULT_OPTIONS)
+    try:
+        source = f"docker://{ref}"
+        body, media_type, digest = client.manifest(ref)
+        want = platform or Platform.host()
+        seen: set[Digest] = set()
+        while media_type in INDEX_TYPES:
+            if digest in seen or len(seen) > 8:
+                raise InvalidReference(f"{source}: image index {digest} nests in a loop")
+            seen.add(digest)
+            index = Index.parse(body, f"{source}: index {digest}")
+            desc = select_platform(index, want, f"{source}: index {digest}")
+            body, media_type, digest = client.manifest(replace(ref, tag=None, digest=desc.digest))
+        if media_type not in MANIFEST_TYPES:
+            raise UnsupportedMedia(f"{source}: unsupported manifest media type {media_type!r}")
+        what = f"{source}: manifest {digest}"
+        manifest = Manifest.parse(body, what)
+        if manifest.config.media_type not in CONFIG_TYPES:
+            raise UnsupportedMedia(
+                f"{what}: an artifact (config type {manifest.config.media_type!r}), "
+                "not a container image"
+            )
+        config_bytes = client.blob(ref, manifest.config.digest, size=manifest.config.size)
+        config = ImageConfig.parse(config_bytes, f"{source}: config {manifest.config.digest}")
+        _check_platform(config, platform, source)
+        if len(config.diff_ids) != len(manifest.layers):
+            raise InvalidReference(
+                f"{what}: {len(manifest.layers)} layers but the config lists "
+                f"{len(config.diff_ids)} diff_ids"
+            )
+        layers = []
+        for i, (layer, diff_id) in enumerate(zip(manifest.layers, config.diff_ids, strict=True)):
+            compression = layer_compression(layer, f"{source}: layer {i + 1}")
+
+            def opener(layer: Descriptor = layer) -> BlobReader:
+                return client.open_blob(ref, layer.digest, layer.size)
+
+            layers.append(
+                LayerSource(
+                    i, layer.media_type, compression, layer.digest, layer.size, diff_id, opener
+                )
+            )
+        names = (ref.name(),) if ref.tag else ()
+        return ResolvedImage(
+            source=source,
+            manifest_bytes=body,
+            manifest_media_type=manifest.media_type,
+            config_bytes=config_bytes,
+            config_digest=manifest.config.digest,
+            config=config,
+            layers=tuple(layers),
+            names=names,
+            platform=config.platform,
+            close=client.close,
+        )
+    except BaseException:
+        client.close()
+        raise

@@ -1,0 +1,1302 @@
+"""The pull side of the OCI distribution spec: manifests, blobs, tags and catalog, with auth.
+
+What belongs here is talking to registries over HTTP/1.1 (distribution-spec spec.md,
+"Pulling manifests", "Pulling blobs", "Listing tags"), their auth (docker/distribution
+docs/spec/auth/token.md: an anonymous request, a ``401`` with ``WWW-Authenticate``, a token
+from the realm, the request again) and the auth files podman and docker keep.  Nothing here
+parses a manifest beyond its media type, and nothing unpacks.
+
+Rules this module keeps:
+
+- It is synchronous: pulls call it from worker threads.  One :class:`RegistryClient` may be
+  shared by several threads; its caches (schemes, tokens, credentials) are locked.
+- Secrets (passwords, ``auth`` fields, tokens, signed redirect URLs) never appear in
+  messages, logs or reprs.  Error messages name the registry, repository, digest and the
+  auth file that was consulted, by path only.
+- Errors are ``NotFound`` (404), ``DigestMismatch`` (content that does not hash to what was
+  asked for; never retried) and ``RegistryError`` with ``status``/``code`` for the rest.
+- Transient failures (connection errors, 429 honouring ``Retry-After``, 5xx) are retried with
+  exponential backoff, a bounded number of times; a blob download that breaks mid-body
+  resumes with a ``Range`` request from the last byte delivered.
+- ``docker.io`` is served by ``registry-1.docker.io``: :func:`registry_host` is the one
+  place that knows.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import logging
+import os
+import re
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
+from dataclasses import dataclass, field, replace
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urljoin
+
+import httpx
+
+from .digest import Digest, verify_bytes
+from .errors import DigestMismatch, InvalidReference, NotFound, RegistryError
+from .oci import (
+    MAX_JSON_BLOB,
+    MT_DOCKER_LIST,
+    MT_DOCKER_MANIFEST,
+    MT_OCI_INDEX,
+    MT_OCI_MANIFEST,
+)
+from .reference import DEFAULT_DOMAIN, DEFAULT_TAG, LEGACY_DOMAINS, Reference
+
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "DOCKER_HUB_HOST",
+    "MANIFEST_MEDIA_TYPES",
+    "BlobStream",
+    "RegistryClient",
+    "RegistryOptions",
+    "auth_file_candidates",
+    "is_loopback",
+    "login",
+    "login_auth_file",
+    "logout",
+    "registry_host",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DOCKER_HUB_HOST = "registry-1.docker.io"
+# docker's own config.json names Docker Hub by its v1 index URL.
+_DOCKER_HUB_AUTH_KEYS = ("https://index.docker.io/v1/", *LEGACY_DOMAINS)
+
+# What manifest() accepts, most specific first (image-spec media-types.md; Docker schema2).
+MANIFEST_MEDIA_TYPES = (MT_OCI_INDEX, MT_OCI_MANIFEST, MT_DOCKER_LIST, MT_DOCKER_MANIFEST)
+_MANIFEST_ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
+
+_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 10
+_MAX_BACKOFF = 8.0  # seconds, one wait between attempts
+_MAX_RETRY_AFTER = 60.0  # a Retry-After longer than this is cut to it
+_MAX_PAGES = 10_000
+_MAX_ERROR_BODY = 64 << 10
+_MAX_TOKEN_BODY = 1 << 20
+_CODE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+_DOMAIN = re.compile(
+    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+    r"|\[[0-9a-fA-F:]+\])(?::[0-9]+)?$"
+)
+
+
+def _user_agent() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"snapshotter/{version('snapshotter')}"
+    except Exception:  # not installed as a distribution: a source checkout
+        return "snapshotter"
+
+
+_USER_AGENT = _user_agent()
+
+
+# -- options and small helpers ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryOptions:
+    """How to reach registries and whom to be.  Immutable; share one per pull.
+
+    ``creds`` is left out of ``repr`` so that logging an options object leaks nothing.
+    """
+
+    # Plain HTTP and unverified TLS for every registry (skopeo's --tls-verify=false).
+    # Loopback registries may always fall back to plain HTTP, as containers/image does.
+    insecure: bool = False
+    # A directory of CA certificates (*.crt) and client certificates (*.cert + *.key),
+    # laid out like /etc/containers/certs.d/HOST/.
+    cert_dir: Path | None = None
+    # (user, password); wins over every auth file.
+    creds: tuple[str, str] | None = field(default=None, repr=False)
+    # An auth file (podman auth.json or docker config.json); else auth_file_candidates().
+    auth_file: Path | None = None
+    timeout: float = 30.0  # seconds, for connecting and for each read
+    max_manifest: int = 4 << 20  # bytes; bigger manifests are refused unread
+    retries: int = 5  # attempts per request, and per byte offset of a blob download
+    backoff: float = 0.5  # seconds before the second attempt, doubling after
+
+    def __post_init__(self) -> None:
+        if not self.timeout > 0:
+            raise ValueError(f"timeout must be positive, got {self.timeout!r}")
+        if self.max_manifest <= 0:
+            raise ValueError(f"max_manifest must be positive, got {self.max_manifest!r}")
+        if self.retries < 1:
+            raise ValueError(f"retries must be at least 1, got {self.retries!r}")
+        if self.backoff < 0:
+            raise ValueError(f"backoff must not be negative, got {self.backoff!r}")
+        if self.creds is not None:
+            # Never echo the value: it holds a password.
+            if (
+                not isinstance(self.creds, tuple)
+                or len(self.creds) != 2
+                or not all(isinstance(c, str) for c in self.creds)
+            ):
+                raise TypeError("creds must be a (user, password) tuple of strings")
+            if not self.creds[0] or ":" in self.creds[0]:
+                raise ValueError("creds: the user name must be non-empty and contain no ':'")
+
+
+DEFAULT_OPTIONS = RegistryOptions()
+
+
+def registry_host(domain: str) -> str:
+    """The host serving a reference's domain: ``docker.io`` is ``registry-1.docker.io``."""
+    return DOCKER_HUB_HOST if domain == DEFAULT_DOMAIN else domain
+
+
+def _hostname(host: str) -> str:
+    """``host[:port]`` or ``[v6]:port`` -> the name or address alone."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    name, sep, port = host.rpartition(":")
+    return name if sep and port.isdigit() and ":" not in name else host
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host[:port]`` is this machine: localhost, 127.0.0.0/8 or ::1."""
+    name = _hostname(host).lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _normalize_registry(registry: str) -> str:
+    """A registry as users type it (``https://index.docker.io/v1/``, ``host:5000``)."""
+    text = registry.strip()
+    if "://" in text:
+        text = text.split("://", 1)[1]
+    text = text.split("/", 1)[0]
+    if text in LEGACY_DOMAINS:
+        text = DEFAULT_DOMAIN
+    if not text or not _DOMAIN.match(text):
+        raise InvalidReference(f"registry {registry[:100]!r}: not a registry host[:port]")
+    return text
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, lower-case, one-line account of a transport error (no URL, no headers)."""
+    text = str(exc) or type(exc).__name__
+    return _one_line(text.lower())
+
+
+def _tls_problem(exc: BaseException) -> ssl.SSLError | None:
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+class _Transient(Exception):
+    """A failure worth another attempt; never escapes this module."""
+
+    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date), capped; None if absent."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), _MAX_RETRY_AFTER)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return min(max(when.timestamp() - time.time(), 0.0), _MAX_RETRY_AFTER)
+
+
+# -- credentials and auth files -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Creds:
+    user: str
+    password: str = field(repr=False)
+    source: str  # an auth file's path, or a phrase for explicit credentials
+
+    def basic(self) -> str:
+        raw = f"{self.user}:{self.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class _CredLookup:
+    creds: _Creds | None
+    searched: tuple[Path, ...]
+
+    def describe(self, domain: str) -> str:
+        """Where credentials came from, or where none were found; paths only."""
+        if self.creds is not None:
+            return f"credentials from {self.creds.source}"
+        if not self.searched:
+            return f"no credentials for {domain}"
+        return f"no credentials for {domain} in {', '.join(str(p) for p in self.searched)}"
+
+
+def _config_home() -> Path:
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    return Path(xdg) if xdg else Path.home() / ".config"
+
+
+def auth_file_candidates() -> list[Path]:
+    """Auth files read when no ``auth_file`` is given, first match wins.
+
+    ``$REGISTRY_AUTH_FILE``, ``$XDG_RUNTIME_DIR/containers/auth.json``,
+    ``$XDG_CONFIG_HOME/containers/auth.json`` (``~/.config``), then docker's
+    ``$DOCKER_CONFIG/config.json`` (``~/.docker/config.json``).
+    """
+    out: list[Path] = []
+    if os.environ.get("REGISTRY_AUTH_FILE"):
+        out.append(Path(os.environ["REGISTRY_AUTH_FILE"]))
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        out.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "containers" / "auth.json")
+    try:
+        out.append(_config_home() / "containers" / "auth.json")
+        docker_config = os.environ.get("DOCKER_CONFIG")
+        docker_dir = Path(docker_config) if docker_config else Path.home() / ".docker"
+        out.append(docker_dir / "config.json")
+    except RuntimeError:  # no home directory
+        pass
+    unique: list[Path] = []
+    for p in out:
+        if p not in unique:
+            unique.append(p)
+    return unique
+
+
+def login_auth_file(options: RegistryOptions = DEFAULT_OPTIONS) -> Path:
+    """The auth file ``login`` writes: ``auth_file``, ``$REGISTRY_AUTH_FILE``,
+    ``$XDG_RUNTIME_DIR/containers/auth.json``, else ``~/.config/containers/auth.json``."""
+    if options.auth_file is not None:
+        return options.auth_file
+    if os.environ.get("REGISTRY_AUTH_FILE"):
+        return Path(os.environ["REGISTRY_AUTH_FILE"])
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "containers" / "auth.json"
+    try:
+        return _config_home() / "containers" / "auth.json"
+    except RuntimeError as exc:
+        raise RegistryError("auth file: no home directory; set REGISTRY_AUTH_FILE") from exc
+
+
+def _read_auth_file(path: Path) -> dict[str, object] | None:
+    """The parsed file, or None if it does not exist.  Never quotes its content."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise RegistryError(f"auth file {path}: cannot read it ({exc.strerror})") from exc
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise RegistryError(f"auth file {path}: not valid json") from None
+    if not isinstance(doc, dict):
+        raise RegistryError(f"auth file {path}: expected a json object")
+    auths = doc.get("auths", {})
+    if not isinstance(auths, dict):
+        raise RegistryError(f"auth file {path}: 'auths' is not an object")
+    return doc
+
+
+def _auth_key(key: str) -> str:
+    """Normalise an ``auths`` key: docker's URL keys name a host, podman's may add a path."""
+    if "://" in key:
+        key = key.split("://", 1)[1].split("/", 1)[0]
+    key = key.rstrip("/")
+    if key in LEGACY_DOMAINS:
+        return DEFAULT_DOMAIN
+    first, sep, rest = key.partition("/")
+    if first in LEGACY_DOMAINS:
+        return f"{DEFAULT_DOMAIN}{sep}{rest}"
+    return key
+
+
+def _entry_creds(entry: object, path: Path, key: str) -> _Creds | None:
+    if not isinstance(entry, dict):
+        return None
+    auth = entry.get("auth")
+    if isinstance(auth, str) and auth:
+        try:
+            decoded = base64.b64decode(auth, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise RegistryError(
+                f"auth file {path}: entry {key!r} is not base64 of user:password"
+            ) from None
+        user, sep, password = decoded.partition(":")
+        if not sep or not user:
+            raise RegistryError(f"auth file {path}: entry {key!r} is not base64 of user:password")
+        return _Creds(user, password, str(path))
+    name, secret = entry.get("username"), entry.get("password")
+    if isinstance(name, str) and name and isinstance(secret, str):
+        return _Creds(name, secret, str(path))
+    # TODO: identitytoken (an OAuth refresh token) and credential helpers (credsStore,
+    # credHelpers) need the token endpoint's POST flow and external programs.
+    return None
+
+
+def _creds_in(doc: dict[str, object], path: Path, domain: str, repo_path: str) -> _Creds | None:
+    auths = doc.get("auths")
+    if not isinstance(auths, dict):
+        return None
+    entries = {_auth_key(str(k)): (str(k), v) for k, v in auths.items()}
+    # podman allows namespace keys (registry/ns/repo); the longest match wins.
+    wanted: list[str] = []
+    parts = repo_path.split("/") if repo_path else []
+    for n in range(len(parts), 0, -1):
+        wanted.append(f"{domain}/{'/'.join(parts[:n])}")
+    wanted.append(domain)
+    for key in wanted:
+        if key in entries:
+            raw_key, entry = entries[key]
+            creds = _entry_creds(entry, path, raw_key)
+            if creds is not None:
+                return creds
+    return None
+
+
+def _lookup_creds(options: RegistryOptions, domain: str, repo_path: str) -> _CredLookup:
+    if options.creds is not None:
+        user, password = options.creds
+        return _CredLookup(_Creds(user, password, "the given user and password"), ())
+    files = [options.auth_file] if options.auth_file is not None else auth_file_candidates()
+    searched: list[Path] = []
+    for path in files:
+        searched.append(path)
+        doc = _read_auth_file(path)
+        if doc is None:
+            continue
+        creds = _creds_in(doc, path, domain, repo_path)
+        if creds is not None:
+            return _CredLookup(creds, tuple(searched))
+    return _CredLookup(None, tuple(searched))
+
+
+def _write_auth_file(path: Path, doc: dict[str, object]) -> None:
+    """Replace ``path`` atomically with ``doc``, mode 0600 (its directory 0700 if new)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o600)
+            json.dump(doc, f, indent="\t")
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+# -- WWW-Authenticate --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Challenge:
+    scheme: str  # lower case: "bearer", "basic", ...
+    params: dict[str, str]
+
+
+_AUTH_ITEM = re.compile(
+    r"""\s*,?\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)(?:\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*))?"""
+)
+
+
+def parse_challenges(values: list[str]) -> list[_Challenge]:
+    """RFC 7235 challenges: ``Bearer realm="…",service="…",scope="…"``, ``Basic realm="…"``.
+
+    One header may carry several challenges, and a response several headers.
+    """
+    out: list[_Challenge] = []
+    for value in values:
+        pos = 0
+        current: _Challenge | None = None
+        while pos < len(value):
+            m = _AUTH_ITEM.match(value, pos)
+            if m is None or m.end() == pos:
+                break
+            pos = m.end()
+            name, raw = m.group(1), m.group(2)
+            if raw is None:
+                current = _Challenge(name.lower(), {})
+                out.append(current)
+            elif current is not None:
+                if raw.startswith('"'):
+                    raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+                current.params[name.lower()] = raw
+    return out
+
+
+# -- the client -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Whom a request is for: the auth scope and the words for messages."""
+
+    domain: str  # as in the reference (docker.io), keys credentials
+    host: str  # where to connect (registry-1.docker.io)
+    path: str  # repository path, "" for registry-wide requests
+    scope: str  # token scope, "" for none
+
+    @property
+    def what(self) -> str:
+        return f"{self.domain}/{self.path}" if self.path else f"registry {self.domain}"
+
+
+class RegistryClient:
+    """A distribution-spec client for pulling; thread-safe, close it when done.
+
+    Each registry is probed once for its scheme (https; plain http only for loopback
+    registries or with ``insecure``).  Tokens are cached per (registry, scope) until they
+    expire; credentials come from ``options.creds``, else the first auth file that has an
+    entry for the registry (see :func:`auth_file_candidates`).
+    """
+
+    def __init__(self, options: RegistryOptions = DEFAULT_OPTIONS) -> None:
+        self.options = options
+        self._lock = threading.Lock()
+        self._http: httpx.Client | None = None
+        self._schemes: dict[str, str] = {}  # host -> "https" | "http"
+        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}  # -> (token, expiry)
+        self._basic_hosts: set[str] = set()  # hosts that asked for Basic auth
+        self._creds: dict[tuple[str, str], _CredLookup] = {}
+        self._closed = False
+
+    # -- lifetime --
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            http, self._http = self._http, None
+            self._tokens.clear()
+        if http is not None:
+            http.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- public API --
+
+    def manifest(self, ref: Reference) -> tuple[bytes, str, Digest]:
+        """GET the manifest or index ``ref`` names: (body, media type, digest of the body).
+
+        A reference with a digest is fetched by digest and verified (``DigestMismatch``);
+        by tag, the body is checked against the registry's ``Docker-Content-Digest``.  The
+        media type is one of :data:`MANIFEST_MEDIA_TYPES` when the registry is honest;
+        the caller decides what to do with others (schema1, artifacts).
+        """
+        target = self._target(ref)
+        reference = str(ref.digest) if ref.digest is not None else (ref.tag or DEFAULT_TAG)
+        what = f"{ref}: manifest"
+        url = f"/v2/{ref.path}/manifests/{reference}"
+
+        def attempt() -> tuple[bytes, httpx.Headers]:
+            with (
+                self._net(what),
+                self._open(target, url, {"Accept": _MANIFEST_ACCEPT}, what) as resp,
+            ):
+                self._check(resp, target, what)
+                return self._read_capped(resp, self.options.max_manifest, what), resp.headers
+
+        body, headers = self._retrying(what, attempt)
+        media_type = _media_type(headers.get("content-type", ""), body)
+        if ref.digest is not None:
+            verify_bytes(body, ref.digest, None, f"{ref.repository}: manifest")
+            return body, media_type, ref.digest
+        digest = Digest.of_bytes(body)
+        claimed = headers.get("docker-content-digest")
+        if claimed:
+            try:
+                claimed_digest = Digest.parse(claimed.strip())
+            except InvalidReference:
+                claimed_digest = None
+            if claimed_digest is not None:
+                try:
+                    verify_bytes(body, claimed_digest, None, f"{ref}: manifest")
+                except DigestMismatch:
+                    raise DigestMismatch(
+                        f"{ref}: manifest hashes to {digest}, the registry says {claimed_digest}"
+                    ) from None
+        return body, media_type, digest
+
+    def blob(
+        self,
+        repository_ref: Reference,
+        digest: Digest,
+        *,
+        size: int | None = None,
+        max_size: int = MAX_JSON_BLOB,
+    ) -> bytes:
+        """A small blob (a config) read whole and verified against ``digest`` (and ``size``)."""
+        target = self._target(repository_ref)
+        what = f"{repository_ref.repository}: blob {digest}"
+        if size is not None and size > max_size:
+            raise RegistryError(f"{what}: {size} bytes is more than the {max_size}-byte limit")
+        cap = max_size if size is None else size
+        url = f"/v2/{repository_ref.path}/blobs/{digest}"
+
+        def attempt() -> bytes:
+            with self._net(what), self._open(target, url, {}, what) as resp:
+                self._check(resp, target, what)
+                return self._read_capped(resp, cap, what)
+
+        data = self._retrying(what, attempt)
+        verify_bytes(data, digest, size, f"{repository_ref.repository}: blob")
+        return data
+
+    def open_blob(
+        self,
+        repository_ref: Reference,
+        digest: Digest,
+        size: int | None,
+        progress: Callable[[int], None] | None = None,
+    ) -> BlobStream:
+        """Start streaming a blob (a layer); the caller reads it to EOF and closes it.
+
+        The stream does not verify: wrap it in ``digest.VerifyingReader`` (or hand it to
+        ``unpack_layer``, which does).  ``size`` (from the descriptor) lets a download that
+        ends early resume instead of looking complete.  ``progress`` gets byte counts as
+        they are read.  The first request is made here, so a missing blob or refused
+        credentials raise now rather than on the first read.
+        """
+        stream = BlobStream(self, self._target(repository_ref), digest, size, progress)
+        try:
+            stream._connect()
+        except BaseException:
+            stream.close()
+            raise
+        return stream
+
+    def tags(self, ref: Reference, page_size: int | None = None) -> list[str]:
+        """All tags of ``ref``'s repository, following ``Link: <…>; rel="next"`` pages.
+
+        ``page_size`` is sent as ``?n=``; registries that ignore it answer in one page.
+        """
+        target = self._target(ref)
+        return self._paginate(target, f"/v2/{ref.path}/tags/list", "tags", page_size)
+
+    def catalog(self, registry: str, term: str = "", page_size: int | None = None) -> list[str]:
+        """Repository paths a registry lists (``/v2/_catalog``), those containing ``term``."""
+        domain = _normalize_registry(registry)
+        target = _Target(domain, registry_host(domain), "", "registry:catalog:*")
+        names = self._paginate(target, "/v2/_catalog", "repositories", page_size)
+        return [n for n in names if term in n]
+
+    # -- requests --
+
+    def _target(self, ref: Reference) -> _Target:
+        return _Target(
+            ref.domain, registry_host(ref.domain), ref.path, f"repository:{ref.path}:pull"
+        )
+
+    def _client(self) -> httpx.Client:
+        with self._lock:
+            if self._closed:
+                raise RegistryError("registry client: used after close")
+            if self._http is None:
+                self._http = httpx.Client(
+                    http1=True,
+                    http2=False,
+                    verify=self._ssl_context(),
+                    timeout=httpx.Timeout(self.options.timeout),
+                    follow_redirects=False,
+                    headers={"User-Agent": _USER_AGENT},
+                )
+            return self._http
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        if self.options.insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        cert_dir = self.options.cert_dir
+        if cert_dir is None:
+            return ctx
+        if not cert_dir.is_dir():
+            raise RegistryError(f"cert dir {cert_dir}: not a directory")
+        for path in sorted(cert_dir.iterdir()):
+            try:
+                if path.suffix == ".crt":
+                    ctx.load_verify_locations(cafile=str(path))
+                elif path.suffix == ".cert":
+                    key = path.with_suffix(".key")
+                    if not key.is_file():
+                        raise RegistryError(f"cert dir {cert_dir}: {path.name} has no {key.name}")
+                    ctx.load_cert_chain(str(path), str(key))
+            except (ssl.SSLError, OSError) as exc:
+                raise RegistryError(
+                    f"cert dir {cert_dir}: {path.name} is not a usable certificate "
+                    f"({_describe(exc)})"
+                ) from exc
+        return ctx
+
+    @contextmanager
+    def _net(self, what: str) -> Iterator[None]:
+        """Turn httpx's transport errors into ours: transient ones are worth a retry."""
+        try:
+            yield
+        except httpx.TransportError as exc:
+            # A failed handshake (certificate, protocol) is final; a TLS connection that
+            # breaks later (SSLEOFError and the like) is as transient as a TCP one.
+            tls = _tls_problem(exc)
+            if tls is not None and isinstance(exc, httpx.ConnectError):
+                raise RegistryError(f"{what}: tls: {_describe(tls)}") from exc
+            if isinstance(exc, httpx.TimeoutException | httpx.NetworkError):
+                raise _Transient(_describe(exc)) from exc
+            if isinstance(exc, httpx.RemoteProtocolError):
+                raise _Transient(_describe(exc)) from exc
+            raise RegistryError(f"{what}: {_describe(exc)}") from exc
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # bad encodings, bad urls
+            raise RegistryError(f"{what}: {_describe(exc)}") from exc
+
+    def _retrying(self, what: str, attempt: Callable[[], T]) -> T:
+        delay = self.options.backoff
+        for n in range(1, self.options.retries + 1):
+            try:
+                return attempt()
+            except _Transient as exc:
+                if n >= self.options.retries:
+                    raise RegistryError(
+                        f"{what}: {exc.reason} (gave up after {n} attempts)", status=exc.status
+                    ) from exc
+                wait = exc.retry_after if exc.retry_after is not None else delay
+                log.debug("%s: %s; attempt %d in %.2fs", what, exc.reason, n + 1, wait)
+                time.sleep(wait)
+                delay = min(delay * 2, _MAX_BACKOFF)
+        raise AssertionError("unreachable")
+
+    def _base(self, host: str) -> str:
+        """``scheme://host`` for a registry, probing loopback/insecure ones once."""
+        with self._lock:
+            scheme = self._schemes.get(host)
+        if scheme is None:
+            scheme = self._probe(host)
+            with self._lock:
+                self._schemes[host] = scheme
+        return f"{scheme}://{host}"
+
+    def _probe(self, host: str) -> str:
+        if not (self.options.insecure or is_loopback(host)):
+            return "https"
+        # containers/image for insecure (and docker for loopback) registries: https first,
+        # then plain http.  A TLS registry answers plain http with 400.
+        client = self._client()
+        try:
+            client.get(f"https://{host}/v2/")
+            return "https"
+        except httpx.TransportError as exc:
+            https_error = exc
+        try:
+            resp = client.get(f"http://{host}/v2/")
+        except httpx.TransportError as exc:
+            tls = _tls_problem(https_error)
+            if tls is None:  # nothing listening, or it broke: maybe later
+                raise _Transient(f"cannot connect ({_describe(exc)})") from exc
+            raise RegistryError(
+                f"registry {host}: https failed ({_describe(tls)}) and so did http "
+                f"({_describe(exc)})"
+            ) from exc
+        if resp.status_code == 400:
+            tls = _tls_problem(https_error)
+            raise RegistryError(
+                f"registry {host}: it speaks https but the tls handshake failed "
+                f"({_describe(tls or https_error)}); give its ca with cert_dir or use insecure",
+                status=400,
+            )
+        log.debug("registry %s: using plain http", host)
+        return "http"
+
+    def _plain_http_allowed(self, host: str) -> bool:
+        return self.options.insecure or is_loopback(host)
+
+    def _cred_lookup(self, target: _Target) -> _CredLookup:
+        key = (target.domain, target.path)
+        with self._lock:
+            found = self._creds.get(key)
+        if found is None:
+            found = _lookup_creds(self.options, target.domain, target.path)
+            with self._lock:
+                self._creds[key] = found
+        return found
+
+    def _cached_auth(self, target: _Target) -> str | None:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._tokens.get((target.host, target.scope))
+            if cached is not None:
+                token, expiry = cached
+                if now < expiry:
+                    return f"Bearer {token}"
+                del self._tokens[(target.host, target.scope)]
+            basic = target.host in self._basic_hosts
+        if basic:
+            creds = self._cred_lookup(target).creds
+            return creds.basic() if creds is not None else None
+        return None
+
+    @contextmanager
+    def _open(
+        self, target: _Target, url: str, headers: dict[str, str], what: str
+    ) -> Iterator[httpx.Response]:
+        """GET ``url`` (a path on the registry, or a URL) with auth; the response streams.
+
+        The first request goes anonymous unless a token or Basic credentials are known; a
+        ``401`` is answered once with what ``WWW-Authenticate`` asks for.  Retryable
+        statuses raise ``_Transient``; other statuses are the caller's to check.
+        """
+        base = self._base(target.host)
+        full = urljoin(base + "/", url)
+        auth = self._cached_auth(target)
+        resp = self._send(target, full, headers, auth)
+        if resp.status_code == 401:
+            challenges = parse_challenges(resp.headers.get_list("www-authenticate"))
+            resp.close()
+            auth = self._authenticate(target, challenges, what)
+            if auth is None:
+                raise self._auth_error(target, 401, None, what)
+            resp = self._send(target, full, headers, auth)
+            if resp.status_code == 401:
+                resp.close()
+                raise self._auth_error(target, 401, None, what)
+        try:
+            if resp.status_code in _RETRY_STATUSES:
+                raise _Transient(
+                    f"the registry answered {resp.status_code}",
+                    resp.status_code,
+                    _retry_after(resp.headers.get("retry-after")),
+                )
+            yield resp
+        finally:
+            resp.close()
+
+    def _send(
+        self, target: _Target, url: str, headers: dict[str, str], auth: str | None
+    ) -> httpx.Response:
+        """One GET, following redirects; the registry's Authorization stays on its origin."""
+        client = self._client()
+        registry_origin = _origin(httpx.URL(self._base(target.host)))
+        current = httpx.URL(url)
+        for _ in range(_MAX_REDIRECTS + 1):
+            send_headers = dict(headers)
+            if auth is not None and _origin(current) == registry_origin:
+                send_headers["Authorization"] = auth
+            request = client.build_request("GET", current, headers=send_headers)
+            resp = client.send(request, stream=True)
+            location = resp.headers.get("location")
+            if resp.status_code not in _REDIRECT_STATUSES or not location:
+                return resp
+            resp.close()
+            nxt = current.join(location)
+            if nxt.scheme not in ("http", "https"):
+                raise RegistryError(f"{target.what}: redirect to an unsupported url scheme")
+            if (
+                nxt.scheme == "http"
+                and current.scheme == "https"
+                and not self._plain_http_allowed(nxt.netloc.decode("ascii", "replace"))
+            ):
+                raise RegistryError(
+                    f"{target.what}: refusing a redirect from https to plain http ({nxt.host})"
+                )
+            # Storage redirects carry signed URLs: log the host only.
+            log.debug("%s: redirected to %s", target.what, nxt.host)
+            current = nxt
+        raise RegistryError(f"{target.what}: more than {_MAX_REDIRECTS} redirects")
+
+    def _authenticate(self, target: _Target, challenges: list[_Challenge], what: str) -> str | None:
+        """The Authorization value a 401's challenges ask for, or None if we have none."""
+        for ch in challenges:
+            if ch.scheme == "bearer" and ch.params.get("realm"):
+                scope = ch.params.get("scope") or target.scope
+                token, expires_in = self._fetch_token(
+                    target, ch.params["realm"], ch.params.get("service", ""), scope, what
+                )
+                with self._lock:
+                    # A little early, so a token never expires in flight.
+                    expiry = time.monotonic() + max(expires_in - 10.0, 0.0)
+                    self._tokens[(target.host, target.scope)] = (token, expiry)
+                return f"Bearer {token}"
+        for ch in challenges:
+            if ch.scheme == "basic":
+                creds = self._cred_lookup(target).creds
+                if creds is None:
+                    return None
+                with self._lock:
+                    self._basic_hosts.add(target.host)
+                return creds.basic()
+        return None
+
+    def _fetch_token(
+        self, target: _Target, realm: str, service: str, scope: str, what: str
+    ) -> tuple[str, float]:
+        """A bearer token from the realm (docker token spec), with Basic creds if we have any."""
+        realm_url = httpx.URL(realm)
+        if realm_url.scheme not in ("http", "https") or not realm_url.host:
+            raise RegistryError(f"{target.what}: the token realm is not an http(s) url")
+        creds = self._cred_lookup(target).creds
+        if (
+            creds is not None
+            and realm_url.scheme == "http"
+            and not (self._plain_http_allowed(realm_url.host) or is_loopback(target.host))
+        ):
+            raise RegistryError(
+                f"{target.what}: token realm {realm_url.host} is plain http; "
+                "not sending credentials"
+            )
+        params = {k: v for k, v in (("service", service), ("scope", scope)) if v}
+        headers = {"Authorization": creds.basic()} if creds is not None else {}
+        log.debug("%s: token for %r from %s", target.what, scope, realm_url.host)
+        client = self._client()
+        # Redirects are followed by httpx, which drops Authorization across origins.
+        with client.stream(
+            "GET", realm_url, params=params, headers=headers, follow_redirects=True
+        ) as resp:
+            if resp.status_code in _RETRY_STATUSES:
+                raise _Transient(
+                    f"token server {realm_url.host} answered {resp.status_code}",
+                    resp.status_code,
+                    _retry_after(resp.headers.get("retry-after")),
+                )
+            if resp.status_code in (401, 403):
+                raise self._auth_error(target, resp.status_code, "the token server", what)
+            if resp.status_code != 200:
+                raise RegistryError(
+                    f"{target.what}: token server {realm_url.host} answered {resp.status_code}",
+                    status=resp.status_code,
+                )
+            body = self._read_capped(resp, _MAX_TOKEN_BODY, f"token server {realm_url.host}")
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            doc = None
+        token = None
+        if isinstance(doc, dict):
+            token = doc.get("token") or doc.get("access_token")
+        if not isinstance(doc, dict) or not isinstance(token, str) or not token:
+            raise RegistryError(
+                f"{target.what}: token server {realm_url.host} answered without a token"
+            )
+        expires_in = doc.get("expires_in")
+        # token.md: "If not specified, this should be assumed to be 60 seconds."
+        if not isinstance(expires_in, int | float) or isinstance(expires_in, bool):
+            expires_in = 60
+        return token, float(max(expires_in, 0))
+
+    def _auth_error(
+        self, target: _Target, status: int, who: str | None, what: str
+    ) -> RegistryError:
+        lookup = self._cred_lookup(target)
+        by = f" by {who}" if who else ""
+        if lookup.creds is not None:
+            verdict = "authentication failed" if status == 401 else "access denied"
+        else:
+            verdict = "authentication required" if status == 401 else "access denied"
+        return RegistryError(
+            f"{what}: {verdict}{by} ({status}); {lookup.describe(target.domain)}",
+            status=status,
+            code="UNAUTHORIZED" if status == 401 else "DENIED",
+        )
+
+    def _check(self, resp: httpx.Response, target: _Target, what: str) -> None:
+        """Raise for anything but 200 (2xx is read by the caller)."""
+        status = resp.status_code
+        if 200 <= status < 300:
+            return
+        code, message = _error_info(resp)
+        if status == 404:
+            if code == "NAME_UNKNOWN":
+                raise NotFound(f"{what} unknown: the registry does not know the repository")
+            raise NotFound(f"{what} unknown")
+        if status in (401, 403):
+            error = self._auth_error(target, status, None, what)
+            error.code = code or error.code
+            raise error
+        detail = f": {_one_line(message)}" if message else ""
+        raise RegistryError(
+            f"{what}: the registry answered {status}{' ' + code.lower() if code else ''}{detail}",
+            status=status,
+            code=code,
+        )
+
+    @staticmethod
+    def _read_capped(resp: httpx.Response, cap: int, what: str) -> bytes:
+        length = resp.headers.get("content-length", "")
+        if length.isdigit() and int(length) > cap:
+            raise RegistryError(
+                f"{what}: {length} bytes is more than the {cap}-byte limit",
+                status=resp.status_code,
+            )
+        buf = bytearray()
+        for chunk in resp.iter_bytes():
+            buf += chunk
+            if len(buf) > cap:
+                raise RegistryError(
+                    f"{what}: more than the {cap}-byte limit", status=resp.status_code
+                )
+        return bytes(buf)
+
+    def _paginate(self, target: _Target, first: str, key: str, page_size: int | None) -> list[str]:
+        if page_size is not None and page_size <= 0:
+            raise ValueError(f"page_size must be positive, got {page_size!r}")
+        url = first + (f"?n={page_size}" if page_size else "")
+        what = f"{target.what}: {'tag list' if key == 'tags' else 'catalog'}"
+        out: list[str] = []
+        seen: set[str] = set()
+        for _ in range(_MAX_PAGES):
+            seen.add(url)
+
+            def attempt(url: str = url) -> tuple[bytes, str | None, httpx.URL]:
+                with self._net(what), self._open(target, url, {}, what) as resp:
+                    self._check(resp, target, what)
+                    body = self._read_capped(resp, MAX_JSON_BLOB, what)
+                    return body, resp.links.get("next", {}).get("url"), resp.url
+
+            body, next_link, page_url = self._retrying(what, attempt)
+            try:
+                doc = json.loads(body)
+            except (ValueError, UnicodeDecodeError):
+                raise RegistryError(f"{what}: the registry answered with invalid json") from None
+            items = doc.get(key) if isinstance(doc, dict) else None
+            if items is None:
+                items = []  # distribution answers "tags": null for an emptied repository
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise RegistryError(f"{what}: {key!r} is not a list of strings")
+            out.extend(items)
+            if not next_link:
+                return out
+            nxt = page_url.join(next_link)
+            if _origin(nxt) != _origin(httpx.URL(self._base(target.host))):
+                raise RegistryError(f"{what}: the next page is on another host ({nxt.host})")
+            url = str(nxt)
+            if url in seen:
+                raise RegistryError(f"{what}: the pages link back in a loop")
+        raise RegistryError(f"{what}: more than {_MAX_PAGES} pages")
+
+    def _ping(self, domain: str) -> None:
+        """GET /v2/ with auth: 200 means the credentials (if needed) were accepted."""
+        target = _Target(domain, registry_host(domain), "", "")
+        what = f"registry {domain}"
+
+        def attempt() -> None:
+            with self._net(what), self._open(target, "/v2/", {}, what) as resp:
+                self._check(resp, target, what)
+
+        self._retrying(what, attempt)
+
+
+def _media_type(header: str, body: bytes) -> str:
+    """The manifest's media type: Content-Type, else the body's mediaType, else its shape."""
+    media_type = header.split(";", 1)[0].strip().lower()
+    if media_type in MANIFEST_MEDIA_TYPES:
+        return media_type
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return media_type
+    if not isinstance(doc, dict):
+        return media_type
+    declared = doc.get("mediaType")
+    if isinstance(declared, str) and declared:
+        return declared
+    if media_type in ("", "application/json", "text/plain", "application/octet-stream"):
+        # image-spec: mediaType is optional in older OCI documents.
+        if isinstance(doc.get("manifests"), list):
+            return MT_OCI_INDEX
+        if "config" in doc and doc.get("schemaVersion") == 2:
+            return MT_OCI_MANIFEST
+    return media_type
+
+
+def _error_info(resp: httpx.Response) -> tuple[str | None, str]:
+    """(code, message) of a distribution error body; both safe to show."""
+    try:
+        raw = bytearray()
+        for chunk in resp.iter_bytes():
+            raw += chunk
+            if len(raw) > _MAX_ERROR_BODY:
+                return None, ""
+        doc = json.loads(raw)
+    except (httpx.HTTPError, ValueError, UnicodeDecodeError):
+        return None, ""
+    errors = doc.get("errors") if isinstance(doc, dict) else None
+    if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
+        return None, ""
+    code, message = errors[0].get("code"), errors[0].get("message")
+    code = code if isinstance(code, str) and _CODE.match(code) else None
+    return code, message if isinstance(message, str) else ""
+
+
+# -- streaming blobs --------------------------------------------------------------------
+
+
+class BlobStream:
+    """A blob's body as a file-like: ``read(n)`` may return fewer bytes, ``b""`` at the end.
+
+    A connection that drops mid-body is resumed with ``Range: bytes=OFFSET-`` (a ``206``
+    continues; a ``200`` restarts and the bytes already delivered are skipped).  Failures
+    at one offset are retried ``options.retries`` times; progress resets the count.  The
+    stream checks neither digest nor size: its reader does, and a mismatch is final.
+    """
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        target: _Target,
+        digest: Digest,
+        size: int | None,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self._client = client
+        self._target = target
+        self.digest = digest
+        self.size = size
+        self._progress = progress
+        self._what = f"{target.what}: blob {digest}"
+        self._url = f"/v2/{target.path}/blobs/{digest}"
+        self._cm: AbstractContextManager[httpx.Response] | None = None  # open _open()
+        self._chunks: Iterator[bytes] | None = None
+        self._buf = b""
+        self._pos = 0
+        self._received = 0  # bytes of the blob taken from the network (delivered + buffered)
+        self._skip = 0  # bytes to drop from a 200 answer to a Range request
+        self._failures = 0
+        self._failed_at = -1
+        self._eof = False
+        self._closed = False
+
+    # -- file-like --
+
+    def read(self, n: int = -1, /) -> bytes:
+        if self._closed:
+            raise ValueError("read from a closed blob stream")
+        if n is None or n < 0:
+            parts = []
+            while chunk := self.read(1 << 20):
+                parts.append(chunk)
+            return b"".join(parts)
+        if n == 0:
+            return b""
+        while self._pos >= len(self._buf):
+            if self._eof:
+                return b""
+            self._fill()
+        out = self._buf[self._pos : self._pos + n]
+        self._pos += len(out)
+        if self._progress is not None:
+            self._progress(len(out))
+        return out
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        chunk = self.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._closed = True
+        self._drop()
+
+    def __enter__(self) -> BlobStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- network --
+
+    def _connect(self) -> None:
+        """(Re)open the body at ``self._received``, retrying transient failures."""
+        client = self._client
+
+        def attempt() -> None:
+            offset = self._received
+            headers = {"Accept-Encoding": "identity"}
+            if offset:
+                headers["Range"] = f"bytes={offset}-"
+            with client._net(self._what):
+                cm = client._open(self._target, self._url, headers, self._what)
+                resp = cm.__enter__()
+                try:
+                    self._accept(resp, offset)
+                except BaseException:
+                    cm.__exit__(None, None, None)
+                    raise
+            self._cm = cm
+            self._chunks = resp.iter_raw()
+
+        client._retrying(self._what, attempt)
+
+    def _accept(self, resp: httpx.Response, offset: int) -> None:
+        status = resp.status_code
+        if status == 200:
+            self._skip = offset
+            return
+        if status == 206 and offset:
+            m = re.match(r"bytes\s+(\d+)-", resp.headers.get("content-range", ""))
+            if m is None or int(m.group(1)) != offset:
+                raise RegistryError(
+                    f"{self._what}: asked to resume at byte {offset}, the answer starts elsewhere",
+                    status=206,
+                )
+            self._skip = 0
+            return
+        if status == 416 and offset:
+            m = re.match(r"bytes\s+\*/(\d+)", resp.headers.get("content-range", ""))
+            if m is not None and int(m.group(1)) == offset:
+                self._skip = 0
+                self._eof = True
+                return
+        self._client._check(resp, self._target, self._what)
+        raise RegistryError(f"{self._what}: unexpected status {status}", status=status)
+
+    def _drop(self) -> None:
+        cm, self._cm, self._chunks = self._cm, None, None
+        if cm is not None:
+            with suppress(httpx.HTTPError):
+                cm.__exit__(None, None, None)
+
+    def _fill(self) -> None:
+        """Buffer the next chunk of the body, resuming after failures; set _eof at the end."""
+        while True:
+            if self._eof:
+                return
+            if self._chunks is None:
+                self._connect()
+                if self._eof:  # 416: everything had arrived
+                    self._drop()
+                    return
+            assert self._chunks is not None
+            try:
+                with self._client._net(self._what):
+                    chunk = next(self._chunks, None)
+            except _Transient as exc:
+                self._drop()
+                self._fail(exc.reason)
+                continue
+            if chunk is None:
+                self._drop()
+                if self.size is not None and self._received < self.size:
+                    self._fail(f"the body ended at byte {self._received} of {self.size}")
+                    continue
+                self._eof = True
+                return
+            if self._skip:
+                dropped = min(self._skip, len(chunk))
+                chunk = chunk[dropped:]
+                self._skip -= dropped
+                if not chunk:
+                    continue
+            self._received += len(chunk)
+            self._buf, self._pos = chunk, 0
+            return
+
+    def _fail(self, reason: str) -> None:
+        """Count a failure at the current offset; give up after ``retries`` of them."""
+        if self.size is not None and self._received >= self.size:
+            # Everything promised arrived before the break; let the reader judge it.
+            self._eof = True
+            return
+        if self._received != self._failed_at:
+            self._failed_at, self._failures = self._received, 0
+        self._failures += 1
+        retries = self._client.options.retries
+        if self._failures >= retries:
+            raise RegistryError(
+                f"{self._what}: {reason} at byte {self._received} "
+                f"(gave up after {self._failures} attempts)"
+            )
+        wait = min(self._client.options.backoff * 2 ** (self._failures - 1), _MAX_BACKOFF)
+        log.debug("%s: %s at byte %d; resuming in %.2fs", self._what, reason, self._received, wait)
+        time.sleep(wait)
+
+
+# -- login / logout ---------------------------------------------------------------------
+
+
+def login(
+    registry: str, user: str, password: str, options: RegistryOptions = DEFAULT_OPTIONS
+) -> Path:
+    """Check ``user``/``password`` against ``registry`` (GET /v2/), then store them.
+
+    The auth file is podman's format, ``{"auths": {REGISTRY: {"auth": base64(user:pass)}}}``,
+    at :func:`login_auth_file`; other entries are kept.  It is replaced atomically, mode
+    0600.  Returns its path.
+    """
+    domain = _normalize_registry(registry)
+    checked = replace(options, creds=(user, password), auth_file=None)
+    with RegistryClient(checked) as client:
+        client._ping(domain)
+    path = login_auth_file(options)
+    doc = _read_auth_file(path) or {}
+    auths = doc.get("auths")
+    auths = dict(auths) if isinstance(auths, dict) else {}
+    encoded = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    auths[domain] = {"auth": encoded}
+    doc["auths"] = auths
+    _write_auth_file(path, doc)
+    log.debug("registry %s: credentials stored in %s", domain, path)
+    return path
+
+
+def logout(registry: str, options: RegistryOptions = DEFAULT_OPTIONS) -> Path:
+    """Remove ``registry``'s entry from the auth file ``login`` writes; returns its path."""
+    domain = _normalize_registry(registry)
+    path = login_auth_file(options)
+    doc = _read_auth_file(path)
+    auths = doc.get("auths") if doc is not None else None
+    if doc is None or not isinstance(auths, dict):
+        raise NotFound(f"auth file {path}: not logged in to {domain}")
+    keys = [k for k in auths if _auth_key(str(k)) == domain]
+    if not keys:
+        raise NotFound(f"auth file {path}: not logged in to {domain}")
+    doc["auths"] = {k: v for k, v in auths.items() if k not in keys}
+    _write_auth_file(path, doc)
+    return path
