@@ -210,6 +210,10 @@ class _LayerTree:
                 self.entries[path] = replace(entry, inode=old.inode, flags=0)
                 return
             self._remove(path)
+            if entry.kind is EntryKind.DIR:
+                # The non-directory this layer wrote here already hid the lower directory:
+                # the one made now starts empty, whatever lies below.
+                self.opaques.add(path)
         self.entries[path] = entry
         self.children[_parent(path)].add(path)
         if entry.kind is EntryKind.DIR:
@@ -230,8 +234,10 @@ class _LayerTree:
                 self.entries[path] = TocEntry(path, EntryKind.WHITEOUT, 0, 0, 0, 0, 0, 0)
             elif e.kind is EntryKind.DIR:
                 # Lower `path` is deleted and this layer makes it anew: only this layer's
-                # children show, exactly as if it were marked opaque.
-                self.entries[path] = replace(e, flags=e.flags | FLAG_OPAQUE)
+                # children show, exactly as if it were marked opaque, and nothing of the
+                # deleted directory survives: an implied one gets the defaults, not the
+                # lower metadata an implied directory otherwise keeps.
+                self.entries[path] = replace(e, flags=(e.flags | FLAG_OPAQUE) & ~FLAG_IMPLIED)
         return sorted_entries(self.entries.values())
 
 

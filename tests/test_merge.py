@@ -1,0 +1,659 @@
+"""Layer tocs -> one merged tree, checked against a naive reference merge written here.
+
+The reference follows image-spec layer.md ("Applying Changesets"): per layer, whiteouts and
+opaque markers apply first, to the lower layers only, whatever their place in the tar; then
+every entry applies in tar order over what exists ("both directories: the attributes are
+replaced; in all other cases remove the path and recreate it"); a path's missing parents are
+made as directories, keeping a lower directory's metadata (merge.py's docstring) or else
+0755 root:root, mtime 0.  It works on a plain ``{path: Ref}`` dict and imports nothing of
+snapshotter; the layers go through the real ``unpack_layer`` and ``merge``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from builders import LayerBuilder, mtime_ns
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from snapshotter.digest import Digest
+from snapshotter.merge import ROOT_INODE, MergedTree, Node, merge
+from snapshotter.toc import TOC_NAME, EntryKind, Toc
+from snapshotter.unpack import unpack_layer
+
+# -- the real pipeline -----------------------------------------------------------------------
+
+
+def unpack_all(workdir: Path, layers: list[LayerBuilder]) -> tuple[list[Toc], list[Path]]:
+    tocs, snaps = [], []
+    for i, layer in enumerate(layers):
+        tar = layer.tar_bytes()
+        dest = workdir / f"snap{i}"
+        dest.mkdir()
+        result = unpack_layer(
+            io.BytesIO(tar),
+            dest,
+            compression="none",
+            diff_id=Digest.of_bytes(tar),
+            layer_digest=None,
+            blob_size=None,
+            what=f"layer {i}",
+        )
+        tocs.append(result.toc)
+        snaps.append(dest)
+    return tocs, snaps
+
+
+def content(snaps: list[Path], node: Node) -> bytes:
+    if node.kind is not EntryKind.FILE or node.size == 0:
+        return b""
+    return (snaps[node.layer] / "data" / f"{node.data:x}").read_bytes()
+
+
+def merged(tmp_path: Path, *layers: LayerBuilder) -> tuple[MergedTree, list[Path]]:
+    work = tmp_path / f"m{len(list(tmp_path.iterdir()))}"
+    work.mkdir()
+    tocs, snaps = unpack_all(work, list(layers))
+    return merge(tocs), snaps
+
+
+def listing(tree: MergedTree) -> dict[str, Node]:
+    out = {}
+    for path, node in tree.walk():
+        assert path not in out, f"{path!r} listed twice"
+        out[path] = node
+    return out
+
+
+def check_invariants(tree: MergedTree) -> None:
+    """What every merged tree must satisfy, whatever the layers."""
+    nodes = listing(tree)
+    assert nodes[""].inode == ROOT_INODE and nodes[""].kind is EntryKind.DIR
+    by_inode: dict[int, list[str]] = {}
+    for path, node in nodes.items():
+        by_inode.setdefault(node.inode, []).append(path)
+        assert tree.node(node.inode) == node
+        assert tree.resolve(path) == node
+        if node.kind is EntryKind.DIR:
+            names, inodes = tree.children(node.inode)
+            assert names == sorted(names) and len(set(names)) == len(names)
+            subdirs = sum(1 for i in inodes if tree.node(i).kind is EntryKind.DIR)
+            assert node.nlink == 2 + subdirs, path
+            for name, inode in zip(names, inodes, strict=True):
+                assert tree.lookup(node.inode, name) == tree.node(inode)
+                if tree.node(inode).kind is EntryKind.DIR:
+                    assert tree.parents[inode] == node.inode
+        elif node.kind is EntryKind.SYMLINK:
+            assert node.size == len(node.link.encode("utf-8", "surrogateescape"))
+    for inode, paths in by_inode.items():
+        kinds = {nodes[p].kind for p in paths}
+        assert len(paths) == 1 or EntryKind.DIR not in kinds, f"a directory shares {inode}"
+        assert all(
+            nodes[p].nlink == len(paths) for p in paths if nodes[p].kind is not EntryKind.DIR
+        )
+    assert len(tree) == len(by_inode)
+    # Numbers are handed out in walk (path) order: first names come in increasing order.
+    firsts, seen = [], set()
+    for node in nodes.values():
+        if node.inode not in seen:
+            seen.add(node.inode)
+            firsts.append(node.inode)
+    assert firsts == sorted(firsts)
+
+
+# -- the reference -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ref:
+    kind: str  # "-", "d", "l", "c", "p"
+    mode: int = 0o755
+    uid: int = 0
+    gid: int = 0
+    mtime_ns: int = 0
+    data: bytes = b""
+    link: str = ""
+    rdev: tuple[int, int] = (0, 0)
+    xattrs: tuple[tuple[str, bytes], ...] = ()
+    ident: tuple[int, int] = (-1, 0)  # (layer, serial): hardlinked names share it
+
+
+METAS = [  # (mode, uid, gid, mtime)
+    (0o644, 0, 0, Decimal("1700000000.123456789")),
+    (0o755, 0, 0, Decimal("1.5")),
+    (0o4755, 1000, 1000, Decimal("1600000000.000000001")),
+    (0o1777, 0, 5, 0),
+    (0o600, 1000, 0, Decimal("1700000000.999999999")),
+    (0o2750, 7, 8, 1234567890),
+]
+DATAS = [b"", b"one", b"two\n" * 100, bytes(range(256)) * 20]
+XATTRS: list[dict[str, bytes]] = [{}, {"user.a": b"1"}, {"user.a": b"2", "user.b": b"\x00\xff"}]
+TARGETS = ["a", "../b/c", "/a/b", "/etc/passwd", "c/../../x"]
+
+
+def parent_of(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
+def ancestors(path: str, *, include_self: bool) -> list[str]:
+    """Non-root ancestors, top first (and ``path`` itself when asked)."""
+    parts = path.split("/") if path else []
+    stop = len(parts) + 1 if include_self else len(parts)
+    return ["/".join(parts[:i]) for i in range(1, stop)]
+
+
+def delete(state: dict[str, Ref], path: str, *, keep_self: bool = False) -> None:
+    prefix = f"{path}/" if path else ""
+    for p in [p for p in state if p.startswith(prefix) and p != ""]:
+        del state[p]
+    if not keep_self and path:
+        state.pop(path, None)
+
+
+class Reference:
+    """The whole image as a dict; ``apply`` takes one layer's ops and returns the ops the
+    tar really holds (ops ``unpack`` refuses by design are dropped, see below)."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, Ref] = {"": Ref("d")}
+        self.serial = 0
+
+    def _meta(self, ref: Ref, meta: int, xattrs: int = 0) -> Ref:
+        mode, uid, gid, mtime = METAS[meta]
+        return replace(
+            ref,
+            mode=mode,
+            uid=uid,
+            gid=gid,
+            mtime_ns=mtime_ns(mtime),
+            xattrs=tuple(sorted(XATTRS[xattrs].items())),
+        )
+
+    def _blocked(self, layer: int, path: str, *, include_self: bool) -> bool:
+        """Whether ``path`` would lie below a non-directory of this same layer."""
+        for a in ancestors(path, include_self=include_self):
+            r = self.state.get(a)
+            if r is not None and r.kind != "d" and r.ident[0] == layer:
+                return True
+        return False
+
+    def _ensure_dirs(self, path: str, *, include_self: bool) -> None:
+        for a in ancestors(path, include_self=include_self):
+            r = self.state.get(a)
+            if r is None or r.kind != "d":
+                delete(self.state, a)
+                self.state[a] = Ref("d")
+
+    def apply(self, layer: int, ops: list[tuple]) -> list[tuple]:
+        # 1. Whiteouts and opaque markers, on the lower layers only, wherever they stand.
+        whited: list[str] = []
+        for op in ops:
+            if op[0] == "whiteout":
+                delete(self.state, op[1])
+                whited.append(op[1])
+            elif op[0] == "opaque":
+                delete(self.state, op[1], keep_self=True)
+        # 2. Entries in tar order.
+        kept: list[tuple] = []
+        explicit: set[str] = set()  # directories this layer has an entry for
+        for op in ops:
+            kind = op[0]
+            if kind == "root":
+                self.state[""] = self._meta(self.state[""], op[1])
+                kept.append(op)
+                continue
+            if kind in ("whiteout", "opaque"):
+                where = parent_of(op[1]) if kind == "whiteout" else op[1]
+                # A marker below a non-directory of its own layer is moot (its lower
+                # subtree is gone already); otherwise its directory exists in this layer.
+                if not self._blocked(layer, where, include_self=True):
+                    self._ensure_dirs(where, include_self=True)
+                kept.append(op)
+                continue
+            path = op[1]
+            if self._blocked(layer, path, include_self=False):
+                continue  # unpack refuses a layer writing below its own file or link
+            current = self.state.get(path)
+            if kind == "hardlink":
+                own = sorted(
+                    p
+                    for p, r in self.state.items()
+                    if r.kind != "d" and r.ident[0] == layer and p != path
+                )
+                if not own:
+                    continue
+                target = own[op[2] % len(own)]
+                op = ("hardlink", path, target)
+                new = self.state[target]
+            elif kind == "dir":
+                new = self._meta(Ref("d"), op[2], op[3])
+            else:
+                self.serial += 1
+                ident = (layer, self.serial)
+                if kind == "file":
+                    new = self._meta(Ref("-", data=DATAS[op[2]], ident=ident), op[3], op[4])
+                elif kind == "symlink":
+                    new = replace(self._meta(Ref("l", link=op[2], ident=ident), op[3]), mode=0o777)
+                elif kind == "chardev":
+                    new = self._meta(Ref("c", rdev=(1, 3), ident=ident), op[2])
+                else:
+                    new = self._meta(Ref("p", ident=ident), op[2])
+            self._ensure_dirs(path, include_self=False)
+            current = self.state.get(path)
+            if kind == "dir" and current is not None and current.kind == "d":
+                self.state[path] = replace(new, ident=current.ident)  # attributes replaced
+            else:
+                delete(self.state, path)
+                explicit = {p for p in explicit if p != path and not p.startswith(path + "/")}
+                self.state[path] = new
+            if kind == "dir":
+                explicit.add(path)
+            kept.append(op)
+        return kept
+
+    def expected(self) -> dict[str, tuple]:
+        names: dict[tuple[int, int], int] = {}
+        for r in self.state.values():
+            if r.kind != "d":
+                names[r.ident] = names.get(r.ident, 0) + 1
+        out = {}
+        for path, r in self.state.items():
+            if r.kind == "d":
+                prefix = f"{path}/" if path else ""
+                nlink = 2 + sum(
+                    1
+                    for p, c in self.state.items()
+                    if c.kind == "d" and p and p.startswith(prefix) and "/" not in p[len(prefix) :]
+                )
+                size = 0
+            else:
+                nlink = names[r.ident]
+                size = len(r.data) if r.kind == "-" else len(r.link.encode())
+            out[path] = (
+                r.kind,
+                r.mode,
+                r.uid,
+                r.gid,
+                r.mtime_ns,
+                size,
+                hashlib.sha256(r.data).hexdigest(),
+                r.link,
+                r.rdev,
+                r.xattrs,
+                nlink,
+            )
+        return out
+
+    def groups(self) -> set[frozenset[str]]:
+        by: dict[tuple[int, int], set[str]] = {}
+        for path, r in self.state.items():
+            if r.kind != "d":
+                by.setdefault(r.ident, set()).add(path)
+        return {frozenset(g) for g in by.values()}
+
+
+def build(ops: list[tuple]) -> LayerBuilder:
+    lb = LayerBuilder()
+    for op in ops:
+        kind = op[0]
+        if kind == "root":
+            mode, uid, gid, mtime = METAS[op[1]]
+            lb.dir("./", mode=mode, uid=uid, gid=gid, mtime=mtime, raw_name=True)
+        elif kind == "file":
+            mode, uid, gid, mtime = METAS[op[3]]
+            lb.file(
+                op[1], DATAS[op[2]], mode=mode, uid=uid, gid=gid, mtime=mtime, xattrs=XATTRS[op[4]]
+            )
+        elif kind == "dir":
+            mode, uid, gid, mtime = METAS[op[2]]
+            lb.dir(op[1], mode=mode, uid=uid, gid=gid, mtime=mtime, xattrs=XATTRS[op[3]])
+        elif kind == "symlink":
+            _, uid, gid, mtime = METAS[op[3]]
+            lb.symlink(op[1], op[2], uid=uid, gid=gid, mtime=mtime)
+        elif kind == "hardlink":
+            lb.hardlink(op[1], op[2])
+        elif kind == "chardev":
+            mode, uid, gid, mtime = METAS[op[2]]
+            lb.chardev(op[1], 1, 3, mode=mode, uid=uid, gid=gid, mtime=mtime)
+        elif kind == "fifo":
+            mode, uid, gid, mtime = METAS[op[2]]
+            lb.fifo(op[1], mode=mode, uid=uid, gid=gid, mtime=mtime)
+        elif kind == "whiteout":
+            lb.whiteout(op[1])
+        elif kind == "opaque":
+            if op[1]:
+                lb.opaque(op[1])
+            else:
+                lb.file(".wh..wh..opq", raw_name=True)
+    return lb
+
+
+def actual(tree: MergedTree, snaps: list[Path]) -> dict[str, tuple]:
+    out = {}
+    for path, n in listing(tree).items():
+        out[path] = (
+            n.kind.value,
+            n.mode,
+            n.uid,
+            n.gid,
+            n.mtime_ns,
+            n.size,
+            hashlib.sha256(content(snaps, n)).hexdigest(),
+            n.link,
+            (n.rdev_major, n.rdev_minor),
+            n.xattrs,
+            n.nlink,
+        )
+    return out
+
+
+def actual_groups(tree: MergedTree) -> set[frozenset[str]]:
+    by: dict[int, set[str]] = {}
+    for path, n in tree.walk():
+        if n.kind is not EntryKind.DIR:
+            by.setdefault(n.inode, set()).add(path)
+    return {frozenset(g) for g in by.values()}
+
+
+# -- the property --------------------------------------------------------------------------
+
+PATHS = st.lists(st.sampled_from("abc"), min_size=1, max_size=3).map("/".join)
+META = st.integers(0, len(METAS) - 1)
+OP = st.one_of(
+    st.tuples(st.just("file"), PATHS, st.integers(0, len(DATAS) - 1), META, st.integers(0, 2)),
+    st.tuples(st.just("dir"), PATHS, META, st.integers(0, 2)),
+    st.tuples(st.just("file"), PATHS, st.integers(0, len(DATAS) - 1), META, st.just(0)),
+    st.tuples(st.just("dir"), PATHS, META, st.just(0)),
+    st.tuples(st.just("file"), PATHS, st.integers(1, 2), st.just(0), st.just(0)),
+    st.tuples(st.just("symlink"), PATHS, st.sampled_from(TARGETS), META),
+    st.tuples(st.just("hardlink"), PATHS, st.integers(0, 7)),
+    st.tuples(st.just("hardlink"), PATHS, st.integers(0, 7)),
+    st.tuples(st.just("chardev"), PATHS, META),
+    st.tuples(st.just("fifo"), PATHS, META),
+    st.tuples(st.just("whiteout"), PATHS),
+    st.tuples(st.just("whiteout"), PATHS),
+    st.tuples(st.just("opaque"), st.one_of(st.just(""), PATHS)),
+    st.tuples(st.just("root"), META),
+)
+LAYERS = st.lists(st.lists(OP, min_size=2, max_size=14), min_size=1, max_size=4)
+# Hundreds of tiny snapshot directories: tmpfs makes their removal cheap.
+FAST_TMP = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(LAYERS)
+def test_merge_matches_the_reference(layers):
+    ref = Reference()
+    builders = [build(ref.apply(i, ops)) for i, ops in enumerate(layers)]
+    with tempfile.TemporaryDirectory(dir=FAST_TMP) as tmp:
+        work = Path(tmp)
+        tocs, snaps = unpack_all(work, builders)
+        tree = merge(tocs)
+        expected = ref.expected()
+        event(f"paths in the image: {len(expected) // 4 * 4}+")
+        for kind, what in (("l", "symlink"), ("c", "device"), ("p", "fifo")):
+            if any(v[0] == kind for v in expected.values()):
+                event(f"image has a {what}")
+        if any(len(g) > 1 for g in ref.groups()):
+            event("image has a hardlink group")
+        assert actual(tree, snaps) == expected
+        assert actual_groups(tree) == ref.groups()
+        check_invariants(tree)
+        # Deterministic: the same chain, read back from the tocs on disk, numbers alike.
+        again = merge([Toc.read(s / TOC_NAME) for s in snaps])
+        assert again.nodes == tree.nodes and again.dirs == tree.dirs
+        tree.write(work / "merged")
+        back = MergedTree.read(work / "merged")
+        assert back.nodes == tree.nodes
+        assert back.dirs == tree.dirs and back.parents == tree.parents
+
+
+# -- named cases -------------------------------------------------------------------------------
+
+
+def test_whited_out_files_do_not_reappear_when_the_dir_is_recreated_in_the_same_layer(tmp_path):
+    base = LayerBuilder().dir("a").file("a/old", b"o").dir("a/sub").file("a/sub/deep", b"d")
+    for top in (
+        LayerBuilder().whiteout("a").dir("a").file("a/new", b"n"),  # whiteout first
+        LayerBuilder().dir("a").file("a/new", b"n").whiteout("a"),  # whiteout last
+        LayerBuilder().whiteout("a").file("a/new", b"n"),  # re-created by a child only
+        LayerBuilder().dir("a").whiteout("a/sub").dir("a/sub").whiteout("a/old"),
+    ):
+        tree, _ = merged(tmp_path, base, top)
+        paths = set(listing(tree))
+        assert "a/old" not in paths and "a/sub/deep" not in paths, paths
+        check_invariants(tree)
+
+
+def test_a_hardlink_keeps_its_content_when_a_later_layer_replaces_its_partner(tmp_path):
+    base = LayerBuilder().file("one", b"first", mode=0o640, uid=3).hardlink("two", "one")
+    base.hardlink("three", "one")
+    top = LayerBuilder().file("one", b"second layer")
+    tree, snaps = merged(tmp_path, base, top)
+    n = listing(tree)
+    assert content(snaps, n["two"]) == b"first" == content(snaps, n["three"])
+    assert content(snaps, n["one"]) == b"second layer"
+    assert n["two"].inode == n["three"].inode != n["one"].inode
+    assert (n["two"].nlink, n["one"].nlink) == (2, 1)  # visible names, not the tar's three
+    assert (n["two"].mode, n["two"].uid) == (0o640, 3) and n["one"].mode == 0o644
+
+
+def test_hardlink_in_an_upper_layer_to_a_file_of_that_layer(tmp_path):
+    base = LayerBuilder().file("x", b"lower")
+    top = LayerBuilder().file("x", b"upper").hardlink("y", "x")
+    tree, snaps = merged(tmp_path, base, top)
+    n = listing(tree)
+    assert content(snaps, n["y"]) == b"upper" and n["x"].inode == n["y"].inode
+    assert n["x"].nlink == 2
+
+
+def test_symlinks_are_kept_verbatim(tmp_path):
+    targets = {"abs": "/etc/passwd", "up": "../../../../x", "rel": "a/./b/", "root": "/"}
+    lb = LayerBuilder()
+    for name, target in targets.items():
+        lb.symlink(name, target)
+    tree, _ = merged(tmp_path, lb)
+    n = listing(tree)
+    for name, target in targets.items():
+        assert n[name].kind is EntryKind.SYMLINK and n[name].link == target
+        assert n[name].size == len(target)
+
+
+@pytest.mark.parametrize("name", [".", "./", "/"])
+def test_root_metadata_comes_from_the_dot_entry(tmp_path, name):
+    base = LayerBuilder().dir(
+        name,
+        mode=0o700,
+        uid=5,
+        gid=6,
+        raw_name=True,
+        mtime=Decimal("1.000000002"),
+        xattrs={"user.root": b"r"},
+    )
+    base.file("f", b"x")
+    no_dot = LayerBuilder().file("g", b"y")
+    tree, _ = merged(tmp_path, base, no_dot)
+    root = tree.node(ROOT_INODE)
+    assert (root.mode, root.uid, root.gid, root.mtime_ns) == (0o700, 5, 6, 1_000_000_002)
+    assert root.xattrs == (("user.root", b"r"),)
+    assert set(listing(tree)) == {"", "f", "g"}
+    over = LayerBuilder().dir("./", mode=0o755, mtime=9, raw_name=True)
+    tree, _ = merged(tmp_path, base, over)
+    root = tree.node(ROOT_INODE)
+    assert (root.mode, root.uid, root.mtime_ns, root.xattrs) == (0o755, 0, 9 * 10**9, ())
+    assert "f" in listing(tree)  # a root entry is a directory over a directory: children stay
+
+
+def test_without_any_dot_entry_the_root_is_0755_root_mtime_0(tmp_path):
+    tree, _ = merged(tmp_path, LayerBuilder().file("f", b"x", uid=4))
+    root = tree.node(ROOT_INODE)
+    assert root.kind is EntryKind.DIR
+    assert (root.mode, root.uid, root.gid, root.mtime_ns) == (0o755, 0, 0, 0)
+    assert root.nlink == 2
+
+
+def test_root_opaque_marker_hides_every_lower_entry(tmp_path):
+    base = LayerBuilder().dir("etc").file("etc/a", b"a").file("top", b"t")
+    top = LayerBuilder().file(".wh..wh..opq", raw_name=True).file("new", b"n")
+    tree, _ = merged(tmp_path, base, top)
+    assert set(listing(tree)) == {"", "new"}
+
+
+def test_type_changes_across_layers(tmp_path):
+    base = (
+        LayerBuilder()
+        .dir("f2d")
+        .file("f2d_was_file", b"f")
+        .dir("d2f")
+        .file("d2f/child", b"c")
+        .dir("d2l")
+        .dir("d2l/sub")
+        .file("d2l/sub/x", b"x")
+        .symlink("l2d", "/etc")
+        .file("f2l", b"f")
+    )
+    top = (
+        LayerBuilder()
+        .dir("f2d_was_file", mode=0o701)
+        .file("f2d_was_file/in", b"i")
+        .file("d2f", b"now a file")
+        .symlink("d2l", "/usr")
+        .dir("l2d", mode=0o711)
+        .symlink("f2l", "target")
+    )
+    tree, snaps = merged(tmp_path, base, top)
+    n = listing(tree)
+    assert n["f2d_was_file"].kind is EntryKind.DIR and n["f2d_was_file"].mode == 0o701
+    assert set(tree.children(n["f2d_was_file"].inode)[0]) == {"in"}
+    assert n["d2f"].kind is EntryKind.FILE and content(snaps, n["d2f"]) == b"now a file"
+    assert n["d2l"].kind is EntryKind.SYMLINK and n["d2l"].link == "/usr"
+    assert n["l2d"].kind is EntryKind.DIR and n["l2d"].mode == 0o711
+    assert n["f2l"].kind is EntryKind.SYMLINK
+    assert not any(p.startswith(("d2f/", "d2l/")) for p in n)
+    check_invariants(tree)
+
+
+def test_dir_chmod_and_chown_in_an_upper_layer_keeps_lower_children(tmp_path):
+    base = LayerBuilder().dir("d", mode=0o755, xattrs={"user.old": b"1"}).file("d/keep", b"k")
+    base.dir("d/sub").file("d/sub/deep", b"d")
+    top = LayerBuilder().dir("d", mode=0o1770, uid=1000, gid=100, mtime=42)
+    tree, _ = merged(tmp_path, base, top)
+    n = listing(tree)
+    d = n["d"]
+    assert (d.mode, d.uid, d.gid, d.mtime_ns, d.xattrs) == (0o1770, 1000, 100, 42 * 10**9, ())
+    assert {"d/keep", "d/sub", "d/sub/deep"} <= set(n)
+    assert d.nlink == 3 and d.layer == 1
+
+
+def test_an_entry_listed_twice_the_last_wins(tmp_path):
+    layer = (
+        LayerBuilder()
+        .file("f", b"first", mode=0o600)
+        .file("f", b"second", mode=0o640)
+        .dir("d", mode=0o700)
+        .file("d/x", b"x")
+        .dir("d", mode=0o751, uid=9)
+        .file("s", b"file")
+        .symlink("s", "/now/a/link")
+    )
+    tree, snaps = merged(tmp_path, LayerBuilder().file("f", b"lower"), layer)
+    n = listing(tree)
+    assert content(snaps, n["f"]) == b"second" and n["f"].mode == 0o640
+    assert (n["d"].mode, n["d"].uid) == (0o751, 9) and "d/x" in n
+    assert n["s"].kind is EntryKind.SYMLINK and n["s"].link == "/now/a/link"
+
+
+def test_implied_parents_keep_lower_metadata(tmp_path):
+    base = LayerBuilder().dir("usr", mode=0o750, uid=2, gid=3, mtime=77, xattrs={"user.u": b"u"})
+    base.dir("usr/lib", mode=0o700, mtime=78).file("usr/lib/old", b"o")
+    top = LayerBuilder().file("usr/lib/new", b"n").file("opt/x/y", b"y")
+    tree, _ = merged(tmp_path, base, top)
+    n = listing(tree)
+    usr = n["usr"]
+    assert (usr.mode, usr.uid, usr.gid, usr.mtime_ns) == (0o750, 2, 3, 77 * 10**9)
+    assert usr.xattrs == (("user.u", b"u"),)
+    assert (n["usr/lib"].mode, n["usr/lib"].mtime_ns) == (0o700, 78 * 10**9)
+    assert {"usr/lib/old", "usr/lib/new"} <= set(n)
+    for implied in ("opt", "opt/x"):  # no lower directory: 0755 root:root, mtime 0
+        i = n[implied]
+        assert (i.mode, i.uid, i.gid, i.mtime_ns, i.xattrs) == (0o755, 0, 0, 0, ())
+
+
+def test_implied_dir_over_a_lower_file_is_a_fresh_directory(tmp_path):
+    base = LayerBuilder().file("x", b"file", mode=0o600, uid=5, mtime=5)
+    tree, _ = merged(tmp_path, base, LayerBuilder().file("x/y", b"y"))
+    x = listing(tree)["x"]
+    assert (x.kind, x.mode, x.uid, x.mtime_ns) == (EntryKind.DIR, 0o755, 0, 0)
+
+
+def test_whiteout_never_shows_and_hides_a_whole_subtree(tmp_path):
+    base = LayerBuilder().dir("a").dir("a/b").file("a/b/c", b"c").file("a/keep", b"k")
+    top = LayerBuilder().dir("a").whiteout("a/b").whiteout("a/never_existed")
+    tree, _ = merged(tmp_path, base, top)
+    assert set(listing(tree)) == {"", "a", "a/keep"}
+
+
+def test_inode_numbers_are_deterministic_and_hardlinks_share_one(tmp_path):
+    base = LayerBuilder().dir("d").file("d/a", b"a").hardlink("d/b", "d/a").hardlink("e", "d/a")
+    base.file("z", b"z")
+    top = LayerBuilder().whiteout("e").file("c", b"c")
+    tree1, _ = merged(tmp_path, base, top)
+    tree2, _ = merged(tmp_path, base, top)
+    assert tree1.nodes == tree2.nodes and tree1.dirs == tree2.dirs
+    n = listing(tree1)
+    assert [p for p in n] == ["", "c", "d", "d/a", "d/b", "z"]  # depth first, name order
+    assert n[""].inode == ROOT_INODE
+    assert n["d/a"].inode == n["d/b"].inode
+    assert n["d/a"].nlink == n["d/b"].nlink == 2  # "e" is whited out: not counted
+    inodes = [n[p].inode for p in ("", "c", "d", "d/a", "z")]
+    assert inodes == sorted(inodes) and len(set(inodes)) == 5
+    check_invariants(tree1)
+
+
+def test_merged_tree_write_read_round_trip(tmp_path):
+    layer = (
+        LayerBuilder()
+        .dir("./", mode=0o711, raw_name=True)
+        .file("f", b"data", xattrs={"user.bin": b"\x00\xff\n", "user.t": b"t"})
+        .hardlink("g", "f")
+        .symlink("l", "/abs/\u00e9")
+        .chardev("c", 4, 64)
+        .blockdev("b", 8, 1)
+        .fifo("p")
+        .dir("empty")
+    )
+    tree, _ = merged(tmp_path, layer, LayerBuilder().whiteout("p"))
+    tree.write(tmp_path / "tree")
+    back = MergedTree.read(tmp_path / "tree")
+    assert back.nodes == tree.nodes
+    assert back.dirs == tree.dirs and back.parents == tree.parents
+    assert listing(back) == listing(tree)
+    assert back.lookup(ROOT_INODE, "c") == tree.lookup(ROOT_INODE, "c")
+    assert list(tmp_path.glob(".tree.*")) == []  # no temporary left behind
+
+
+def test_dir_recreated_after_a_file_of_its_own_layer_hides_lower_children(tmp_path):
+    base = LayerBuilder().dir("a").file("a/old", b"o")
+    top = LayerBuilder().file("a", b"replaces the lower dir").dir("a").file("a/new", b"n")
+    tree, _ = merged(tmp_path, base, top)
+    assert set(listing(tree)) == {"", "a", "a/new"}
+
+
+def test_implied_dir_recreated_after_its_whiteout_has_fresh_metadata(tmp_path):
+    base = LayerBuilder().dir("a", mode=0o700, uid=5, mtime=1000, xattrs={"user.x": b"1"})
+    base.file("a/old", b"o")
+    tree, _ = merged(tmp_path, base, LayerBuilder().whiteout("a").file("a/new", b"n"))
+    a = listing(tree)["a"]
+    assert (a.mode, a.uid, a.gid, a.mtime_ns, a.xattrs) == (0o755, 0, 0, 0, ())
