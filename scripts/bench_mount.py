@@ -1,0 +1,1076 @@
+#!/usr/bin/env python3
+"""Time mounting and reading an image with snapshotter, fuse-overlayfs and kernel overlayfs.
+
+    python scripts/bench_mount.py [--layout DIR] [--tag bench] [--runs 3]
+                                  [--snapshotter CMD] [--big-layout DIR] [--json]
+
+In one run, the same image is mounted three ways:
+
+  snapshotter      CMD --root STORE mount DIGEST MNT   (FUSE daemon, merged tree)
+  fuse-overlayfs   fuse-overlayfs -o lowerdir=L4:L3:L2:L1 MNT
+  kernel overlay   mount -t overlay overlay -o ro,lowerdir=L4:L3:L2:L1 MNT
+
+The lower directories of both peers are prepared once, untimed: every layer blob
+is extracted by GNU tar (as root: numeric owners, xattrs) into its own
+directory, then the OCI whiteouts are turned into overlayfs ones (".wh.X" ->
+a 0/0 character device X; ".wh..wh..opq" -> removed, and the directory gets
+trusted.overlay.opaque=y).  Directories then get the mtime of their own tar
+entry (GNU tar's late symlink placeholders bump some), and directories a layer
+only implies get the metadata of the same directory below, as an overlay
+snapshotter's applier does.  The image is pulled into a fresh snapshotter store
+once, untimed.  After the first round, `find -printf` listings of the three
+views (path, type, mode, owner, mtime, link target, size) are compared, so a
+difference in what the tools show is reported, not timed.
+
+Timed, per tool (best of --runs; rounds interleaved, tool order rotated):
+
+  mount          command start until MNT lists the root; for snapshotter this
+                 includes building the merged tree (its cache is deleted first)
+  remount        the same again (snapshotter: the cached merged tree is used)
+  first walk     find MNT -printf '%s %m %u %g %T@\\n' >/dev/null, right after
+                 the mount, page/dentry/inode caches dropped just before
+  repeated walk  the same command again, warm
+  first read     read every regular file (1 MiB read(2)s), caches dropped
+  repeated read  the same again, warm
+  1 GiB dd       dd if=MNT/big.bin of=/dev/null bs=1M on a second image (one
+                 layer, one 1 GiB file), caches dropped first, then repeated
+
+plus the daemon's VmRSS after the walks and after the reads.  Caches are
+dropped with "sync; echo 3 > /proc/sys/vm/drop_caches", so this needs root.
+
+The 1 GiB image is built once (os.urandom(16 MiB) repeated, tar by tarfile,
+gzip level 1) into --big-layout and reused while its stamp file matches.  Its
+peers get an empty directory as a second lower layer: kernel overlayfs refuses
+a single lowerdir without an upperdir.
+
+Standard library only; reuses the layout parsing of bench_pull.py.  See
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import os
+import platform
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench_pull import (
+    DEFAULT_BENCH_DIR,
+    BenchError,
+    Image,
+    Layer,
+    _first_line,
+    _fs_type,
+    load_image,
+    remove_tree,
+    warm_page_cache,
+)
+
+BIG_TAG = "bigfile"
+BIG_NAME = "big.bin"
+BIG_SIZE = 1 << 30
+BIG_CHUNK = 16 << 20
+BIG_RECIPE = f"{BIG_NAME} {BIG_SIZE} bytes: urandom({BIG_CHUNK}) repeated; tarfile pax; gzip -1; v1"
+READ_CHUNK = 1 << 20
+MOUNT_TIMEOUT = 120.0
+WALK_FORMAT = r"%s %m %u %g %T@\n"  # find -printf does the escapes itself
+# For the (untimed) check that all three views show the same tree.  Directory
+# sizes are left out: they are whatever the file system says.
+LISTING_FORMAT = r"%P\t%y\t%m\t%U\t%G\t%T@\t%l\t%s\n"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def run(cmd: Sequence[str], what: str, *, stdout: int | None = subprocess.DEVNULL) -> bytes:
+    """Run `cmd`; BenchError with its stderr if it fails.  Returns stdout if piped."""
+    try:
+        proc = subprocess.run(
+            list(cmd), stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE, check=False
+        )
+    except OSError as e:
+        raise BenchError(f"{what}: cannot run {shlex.join(cmd)}: {e}") from e
+    if proc.returncode != 0:
+        raise BenchError(
+            f"{what} failed (exit status {proc.returncode}): {shlex.join(cmd)}\n"
+            f"--- stderr ---\n{proc.stderr.decode(errors='replace').rstrip()}"
+        )
+    return proc.stdout or b""
+
+
+def timed(cmd: Sequence[str], what: str) -> float:
+    start = time.perf_counter()
+    run(cmd, what)
+    return time.perf_counter() - start
+
+
+def drop_caches() -> None:
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError as e:
+        raise BenchError(f"cannot drop caches (needs root): {e}") from e
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mounts_under(root: Path) -> list[str]:
+    """Mount points at or below `root`, deepest first."""
+    prefix = str(root).rstrip("/") + "/"
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split(" ")
+            if len(fields) > 4:
+                mp = _unescape(fields[4])
+                if mp == str(root) or mp.startswith(prefix):
+                    found.append(mp)
+    return sorted(found, key=len, reverse=True)
+
+
+def is_mounted(path: Path) -> bool:
+    return str(path) in mounts_under(path)
+
+
+def proc_status(pid: int, key: str) -> int | None:
+    """A "kB" field of /proc/PID/status, in bytes."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b") ", 1)[1][:1] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def wait_gone(pid: int | None, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while pid is not None and alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+# --------------------------------------------------------------------------- the 1 GiB image
+
+
+class _HashingWriter(io.RawIOBase):
+    """A write-only stream that hashes and counts what passes through to `dest`."""
+
+    def __init__(self, dest: Any):
+        super().__init__()
+        self.dest = dest
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        view = memoryview(b)
+        self.sha.update(view)
+        self.dest.write(view)
+        self.size += view.nbytes
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self.size
+
+
+class _RepeatingReader(io.RawIOBase):
+    """`size` bytes: `chunk` over and over."""
+
+    def __init__(self, chunk: bytes, size: int):
+        super().__init__()
+        self.chunk = memoryview(chunk)
+        self.size = size
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        left = self.size - self.pos
+        if n < 0 or n > left:
+            n = left
+        off = self.pos % len(self.chunk)
+        n = min(n, len(self.chunk) - off)
+        self.pos += n
+        return bytes(self.chunk[off : off + n])
+
+
+def _write_blob(blobs: Path, data: bytes) -> dict[str, Any]:
+    digest = hashlib.sha256(data).hexdigest()
+    (blobs / digest).write_bytes(data)
+    return {"digest": f"sha256:{digest}", "size": len(data)}
+
+
+def build_big_layout(layout: Path, tag: str) -> None:
+    """An OCI layout with one gzip layer holding one 1 GiB file, written by hand."""
+    stamp = layout.with_name(layout.name + ".done")
+    if layout.is_dir() and stamp.is_file() and stamp.read_text().strip() == BIG_RECIPE:
+        return
+    print(f"building {layout}:{tag} ({BIG_RECIPE})", file=sys.stderr, flush=True)
+    remove_tree(layout)
+    stamp.unlink(missing_ok=True)
+    tmp = layout.with_name(f".{layout.name}.tmp")
+    remove_tree(tmp)
+    blobs = tmp / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    layer_tmp = blobs / "layer.tmp"
+    with layer_tmp.open("wb") as raw:
+        compressed = _HashingWriter(raw)
+        with gzip.GzipFile(fileobj=compressed, mode="wb", compresslevel=1, mtime=0) as gz:
+            plain = _HashingWriter(gz)
+            with tarfile.TarFile(
+                fileobj=plain, mode="w", format=tarfile.PAX_FORMAT, copybufsize=1 << 20
+            ) as tar:
+                info = tarfile.TarInfo(BIG_NAME)
+                info.size = BIG_SIZE
+                info.mode = 0o644
+                info.mtime = 1_700_000_000
+                tar.addfile(info, _RepeatingReader(os.urandom(BIG_CHUNK), BIG_SIZE))
+    layer_digest = compressed.sha.hexdigest()
+    layer_tmp.rename(blobs / layer_digest)
+    config = {
+        "architecture": {"x86_64": "amd64", "aarch64": "arm64"}.get(
+            platform.machine(), platform.machine()
+        ),
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{plain.sha.hexdigest()}"]},
+        "history": [{"created_by": "bench_mount.py: one 1 GiB file"}],
+    }
+    config_desc = _write_blob(blobs, json.dumps(config).encode())
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config_desc},
+        "layers": [
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": f"sha256:{layer_digest}",
+                "size": compressed.size,
+            }
+        ],
+    }
+    manifest_desc = _write_blob(blobs, json.dumps(manifest).encode())
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                **manifest_desc,
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }
+        ],
+    }
+    (tmp / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    (tmp / "index.json").write_text(json.dumps(index))
+    os.sync()
+    tmp.rename(layout)
+    stamp.write_text(BIG_RECIPE + "\n")
+
+
+# --------------------------------------------------------------------------- lower dirs
+
+
+TAR_FLAGS = {"gzip": ["-z"], "zstd": ["--zstd"], "none": []}
+
+
+def whiteouts_to_overlayfs(root: Path) -> tuple[int, int]:
+    """Turn OCI whiteouts under `root` into overlayfs ones; returns (whiteouts, opaque)."""
+    n_wh = n_opq = 0
+    for dirpath, _dirs, files in os.walk(root):
+        marks = [f for f in files if f.startswith(".wh.")]
+        if not marks:
+            continue
+        d = Path(dirpath)
+        st = os.lstat(d)
+        for name in marks:
+            os.unlink(d / name)
+            if name == ".wh..wh..opq":
+                os.setxattr(d, "trusted.overlay.opaque", b"y")
+                n_opq += 1
+            else:
+                target = d / name[len(".wh.") :]
+                if os.path.lexists(target):
+                    raise BenchError(f"{target}: both a whiteout and an entry in one layer")
+                os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+                n_wh += 1
+        os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return n_wh, n_opq
+
+
+def extract_lowers(image: Image, dest: Path) -> list[Path]:
+    """One directory per layer, base first, in overlayfs form."""
+    lowers: list[Path] = []
+    for i, layer in enumerate(image.layers):
+        d = dest / f"layer{i}"
+        d.mkdir(parents=True)
+        run(
+            [
+                "tar",
+                *TAR_FLAGS[layer.compression],
+                "--numeric-owner",
+                "--xattrs",
+                "--xattrs-include=*",
+                "-xpf",
+                str(layer.path),
+                "-C",
+                str(d),
+            ],
+            f"extracting layer {i}",
+        )
+        n_wh, n_opq = whiteouts_to_overlayfs(d)
+        members = tar_members(layer)
+        restore_dir_mtimes(d, members)
+        n_implied = fix_implied_dirs(d, members, lowers[::-1])
+        print(
+            f"  layer {i}: extracted to {d} ({n_wh} whiteouts, {n_opq} opaque dirs, "
+            f"{n_implied} implied dirs)",
+            file=sys.stderr,
+            flush=True,
+        )
+        lowers.append(d)
+    return lowers
+
+
+def _mtime_ns(member: tarfile.TarInfo) -> int:
+    """A member's mtime in ns, exact for pax "mtime" records (a float is not)."""
+    text = member.pax_headers.get("mtime")
+    if text:
+        sec, _, frac = text.partition(".")
+        sign = -1 if sec.startswith("-") else 1
+        return int(sec) * 10**9 + sign * int((frac + "000000000")[:9])
+    return int(member.mtime) * 10**9
+
+
+def tar_members(layer: Layer) -> dict[str, int | None]:
+    """The normalized paths a layer tar has entries for -> mtime (ns) of directories,
+    None for everything else."""
+    names: dict[str, int | None] = {}
+
+    def add(tar: tarfile.TarFile) -> None:
+        for m in tar:
+            names[os.path.normpath("/" + m.name).lstrip("/")] = _mtime_ns(m) if m.isdir() else None
+
+    if layer.compression == "zstd":
+        zstd = ["zstd", "-dc", str(layer.path)]
+        with (
+            subprocess.Popen(zstd, stdout=subprocess.PIPE) as proc,
+            tarfile.open(fileobj=proc.stdout, mode="r|") as tar,
+        ):
+            add(tar)
+        if proc.returncode != 0:
+            raise BenchError(f"zstd -dc {layer.path} failed (exit status {proc.returncode})")
+    else:
+        with tarfile.open(layer.path, mode="r|*") as tar:
+            add(tar)
+    return names
+
+
+def restore_dir_mtimes(root: Path, members: dict[str, int | None]) -> None:
+    """Set every directory that has a tar entry to that entry's mtime.  GNU tar sets
+    them itself, but replacing its placeholders for symlinks with ".." or absolute
+    targets (done last) bumps their parents' mtimes again."""
+    for rel, mtime_ns in members.items():
+        path = root / rel if rel not in ("", ".") else root
+        if mtime_ns is None:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode) and st.st_mtime_ns != mtime_ns:
+                os.utime(path, ns=(st.st_atime_ns, mtime_ns), follow_symlinks=False)
+
+
+def fix_implied_dirs(
+    root: Path, members: dict[str, int | None], lowers_top_first: Sequence[Path]
+) -> int:
+    """Directories tar made up for a child's path (no entry of their own) get the
+    metadata of the same directory in the nearest lower layer, as an overlay
+    snapshotter's applier does (containerd's mkparent); with none below: 0755
+    root:root, mtime 0 (what snapshotter's merge shows).  Returns how many."""
+    fixed = 0
+    for dirpath, _dirs, _files in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        if rel == "." or rel in members:
+            continue
+        src = None
+        for lower in lowers_top_first:
+            with contextlib.suppress(OSError):
+                st = os.lstat(lower / rel)
+                if stat.S_ISDIR(st.st_mode):
+                    src = st
+                    break
+        if src is None:
+            os.chown(dirpath, 0, 0)
+            os.chmod(dirpath, 0o755)
+            os.utime(dirpath, ns=(0, 0))
+        else:
+            os.chown(dirpath, src.st_uid, src.st_gid)
+            os.chmod(dirpath, stat.S_IMODE(src.st_mode))
+            os.utime(dirpath, ns=(src.st_atime_ns, src.st_mtime_ns))
+        fixed += 1
+    return fixed
+
+
+# --------------------------------------------------------------------------- tools
+
+
+@dataclass(frozen=True)
+class Target:
+    """One image, as each tool mounts it."""
+
+    name: str
+    digest: str  # in the snapshotter store
+    lowers: list[Path]  # base first
+
+    @property
+    def lowerdir(self) -> str:
+        return ":".join(str(p) for p in reversed(self.lowers))
+
+
+class Tool:
+    name = ""
+    short = ""
+
+    def mount_cmd(self, target: Target, mnt: Path) -> list[str]:
+        raise NotImplementedError
+
+    def umount(self, mnt: Path) -> None:
+        raise NotImplementedError
+
+    def daemon_pid(self, mnt: Path) -> int | None:
+        return None
+
+    def before_first_mount(self) -> None:
+        pass
+
+    def command(self) -> str:
+        raise NotImplementedError
+
+
+class Snapshotter(Tool):
+    name = "snapshotter"
+    short = "snap"
+
+    def __init__(self, cmd: list[str], root: Path):
+        self.cmd = cmd
+        self.root = root
+
+    def mount_cmd(self, target: Target, mnt: Path) -> list[str]:
+        return [*self.cmd, "--root", str(self.root), "mount", target.digest, str(mnt)]
+
+    def umount(self, mnt: Path) -> None:
+        run([*self.cmd, "--root", str(self.root), "umount", str(mnt)], "snapshotter umount")
+
+    def daemon_pid(self, mnt: Path) -> int | None:
+        for rec in (self.root / "mounts").glob("*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                doc = json.loads(rec.read_text())
+                if doc.get("mountpoint") == str(mnt):
+                    return int(doc["pid"])
+        return None
+
+    def before_first_mount(self) -> None:
+        # The merged-tree cache: without it, mount builds the tree from the tocs.
+        remove_tree(self.root / "merged")
+
+    def command(self) -> str:
+        return f"{shlex.join(self.cmd)} --root STORE mount DIGEST MNT"
+
+
+class FuseOverlayfs(Tool):
+    name = "fuse-overlayfs"
+    short = "fuse-ovl"
+
+    def __init__(self) -> None:
+        self.pids: dict[str, int] = {}
+
+    def mount_cmd(self, target: Target, mnt: Path) -> list[str]:
+        return ["fuse-overlayfs", "-o", f"lowerdir={target.lowerdir}", str(mnt)]
+
+    def daemon_pid(self, mnt: Path) -> int | None:
+        if str(mnt) in self.pids and alive(self.pids[str(mnt)]):
+            return self.pids[str(mnt)]
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if (
+                argv
+                and os.path.basename(argv[0]) == b"fuse-overlayfs"
+                and os.fsencode(str(mnt)) in argv
+            ):
+                self.pids[str(mnt)] = int(entry.name)
+                return int(entry.name)
+        return None
+
+    def umount(self, mnt: Path) -> None:
+        pid = self.daemon_pid(mnt)
+        run(["fusermount3", "-u", str(mnt)], "fusermount3 -u")
+        wait_gone(pid)
+        self.pids.pop(str(mnt), None)
+
+    def command(self) -> str:
+        return "fuse-overlayfs -o lowerdir=L4:L3:L2:L1 MNT"
+
+
+class KernelOverlay(Tool):
+    name = "kernel overlay"
+    short = "kernel"
+
+    def mount_cmd(self, target: Target, mnt: Path) -> list[str]:
+        return [
+            "mount",
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            f"ro,lowerdir={target.lowerdir}",
+            str(mnt),
+        ]
+
+    def umount(self, mnt: Path) -> None:
+        run(["umount", str(mnt)], "umount")
+
+    def command(self) -> str:
+        return "mount -t overlay overlay -o ro,lowerdir=L4:L3:L2:L1 MNT"
+
+
+# --------------------------------------------------------------------------- measurements
+
+# (key, label, unit); "s" lines are best (min) of the runs, "MiB" lines the max.
+METRICS: list[tuple[str, str, str]] = [
+    ("mount", "mount (first; snapshotter builds the merged tree)", "s"),
+    ("remount", "remount (snapshotter: cached merged tree)", "s"),
+    ("walk_cold", "first metadata walk (find -printf), caches dropped", "s"),
+    ("walk_warm", "repeated metadata walk", "s"),
+    ("read_cold", "first read of every regular file, caches dropped", "s"),
+    ("read_warm", "repeated read of every regular file", "s"),
+    ("dd_cold", "1 GiB file: dd bs=1M, caches dropped", "s"),
+    ("dd_warm", "1 GiB file: dd bs=1M, repeated", "s"),
+    ("rss_walk", "daemon RSS after the walks", "MiB"),
+    ("rss_read", "daemon RSS after the reads", "MiB"),
+    ("cpu_daemon", "daemon CPU time, whole round (walks + reads)", "s"),
+]
+
+
+@dataclass
+class Results:
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, key: str, value: float | None) -> None:
+        if value is not None:
+            self.values.setdefault(key, []).append(value)
+
+    def best(self, key: str, unit: str) -> float | None:
+        vals = self.values.get(key)
+        if not vals:
+            return None
+        return max(vals) if unit == "MiB" else min(vals)
+
+
+def mount_and_wait(tool: Tool, target: Target, mnt: Path) -> float:
+    """Time from the mount command's start until `mnt` lists the mounted root."""
+    parent_dev = os.stat(mnt.parent).st_dev
+    cmd = tool.mount_cmd(target, mnt)
+    start = time.perf_counter()
+    run(cmd, f"{tool.name} mount")
+    while True:
+        with contextlib.suppress(OSError):
+            if os.stat(mnt).st_dev != parent_dev and os.listdir(mnt):
+                return time.perf_counter() - start
+        if time.perf_counter() - start > MOUNT_TIMEOUT:
+            raise BenchError(f"{tool.name}: {mnt} not ready {MOUNT_TIMEOUT:.0f} s after mounting")
+        time.sleep(0.0005)
+
+
+def walk(mnt: Path) -> float:
+    return timed(["find", str(mnt), "-printf", WALK_FORMAT], "find")
+
+
+def regular_files(mnt: Path) -> list[bytes]:
+    out = run(["find", str(mnt), "-type", "f", "-print0"], "find -type f", stdout=subprocess.PIPE)
+    return [p for p in out.split(b"\0") if p]
+
+
+def read_all(files: Sequence[bytes]) -> tuple[float, int]:
+    """Read every file in READ_CHUNK read(2)s; returns seconds and bytes read."""
+    buf = bytearray(READ_CHUNK)
+    total = 0
+    start = time.perf_counter()
+    for path in files:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            while n := os.readv(fd, [buf]):
+                total += n
+        finally:
+            os.close(fd)
+    return time.perf_counter() - start, total
+
+
+def listing(mnt: Path) -> list[str]:
+    out = run(
+        ["find", str(mnt), "-mindepth", "1", "-printf", LISTING_FORMAT],
+        "find (listing)",
+        stdout=subprocess.PIPE,
+    )
+    rows = []
+    for line in out.decode(errors="surrogateescape").splitlines():
+        cols = line.split("\t")
+        if cols[1] == "d":
+            cols[-1] = "-"  # directory sizes are the file system's business
+        rows.append("\t".join(cols))
+    return sorted(rows)
+
+
+def compare_listings(listings: dict[str, list[str]], reference: str) -> dict[str, Any]:
+    ref = set(listings[reference])
+    out: dict[str, Any] = {"reference": reference, "entries": len(ref), "tools": {}}
+    for name, rows in listings.items():
+        if name == reference:
+            continue
+        mine = set(rows)
+        only_ref, only_mine = sorted(ref - mine), sorted(mine - ref)
+        out["tools"][name] = {
+            "missing_or_different": len(only_ref),
+            "extra_or_different": len(only_mine),
+            "examples": {"reference": only_ref[:5], name: only_mine[:5]},
+        }
+    return out
+
+
+@dataclass
+class Mountpoints:
+    work: Path
+
+    def get(self, tool: Tool, target: Target) -> Path:
+        p = self.work / "mnt" / f"{tool.short}-{target.name}"
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+
+@contextlib.contextmanager
+def mounted(tool: Tool, target: Target, mnt: Path) -> Iterator[float]:
+    seconds = mount_and_wait(tool, target, mnt)
+    try:
+        yield seconds
+    finally:
+        if is_mounted(mnt):
+            tool.umount(mnt)
+
+
+def one_round(
+    tool: Tool,
+    main: Target,
+    big: Target,
+    mps: Mountpoints,
+    res: Results,
+    check: dict[str, list[str]] | None,
+    counts: dict[str, dict[str, int]],
+    log: Callable[[str], None],
+) -> None:
+    mnt = mps.get(tool, main)
+    tool.before_first_mount()
+    with mounted(tool, main, mnt) as t_mount:
+        res.add("mount", t_mount)
+        pid = tool.daemon_pid(mnt)
+        cpu0 = proc_cpu_seconds(pid) if pid else None
+        drop_caches()
+        res.add("walk_cold", walk(mnt))
+        res.add("walk_warm", walk(mnt))
+        if pid:
+            rss = proc_status(pid, "VmRSS")
+            res.add("rss_walk", rss / 2**20 if rss is not None else None)
+        files = regular_files(mnt)  # untimed, warm
+        if check is not None:
+            check[tool.name] = listing(mnt)
+        drop_caches()
+        t_cold, nbytes = read_all(files)
+        t_warm, _ = read_all(files)
+        res.add("read_cold", t_cold)
+        res.add("read_warm", t_warm)
+        counts[tool.name] = {"files": len(files), "bytes": nbytes}
+        if pid:
+            rss = proc_status(pid, "VmRSS")
+            res.add("rss_read", rss / 2**20 if rss is not None else None)
+            cpu1 = proc_cpu_seconds(pid)
+            if cpu0 is not None and cpu1 is not None:
+                res.add("cpu_daemon", cpu1 - cpu0)
+    with mounted(tool, main, mnt) as t_remount:
+        res.add("remount", t_remount)
+
+    bmnt = mps.get(tool, big)
+    with mounted(tool, big, bmnt):
+        drop_caches()
+        big_file = bmnt / BIG_NAME
+        dd = ["dd", f"if={big_file}", "of=/dev/null", "bs=1M"]
+        res.add("dd_cold", timed(dd, "dd"))
+        res.add("dd_warm", timed(dd, "dd"))
+    v = res.values
+    log(
+        f"{tool.name:<15} mount {v['mount'][-1]:.3f}  remount {v['remount'][-1]:.3f}  "
+        f"walk {v['walk_cold'][-1]:.3f}/{v['walk_warm'][-1]:.3f}  "
+        f"read {v['read_cold'][-1]:.3f}/{v['read_warm'][-1]:.3f}  "
+        f"dd {v['dd_cold'][-1]:.3f}/{v['dd_warm'][-1]:.3f} s"
+    )
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def machine_info(work_root: Path, snapshotter_cmd: list[str]) -> dict[str, Any]:
+    mem_total = proc_meminfo_total()
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "machine": platform.machine(),
+        "kernel": platform.release(),
+        "mem_total_bytes": mem_total,
+        "work_dir": str(work_root),
+        "work_fs": _fs_type(work_root),
+        "python": platform.python_version(),
+        "versions": {
+            "snapshotter": _first_line([*snapshotter_cmd, "--version"]),
+            "fuse-overlayfs": _version_line(["fuse-overlayfs", "--version"], "fuse-overlayfs"),
+            "libfuse": _version_line(["fuse-overlayfs", "--version"], "FUSE library"),
+            "find": _first_line(["find", "--version"]),
+            "tar": _first_line(["tar", "--version"]),
+        },
+    }
+
+
+def _version_line(cmd: list[str], word: str) -> str | None:
+    """The first line of `cmd`'s output (stdout and stderr) that mentions `word`."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = (out.stdout + out.stderr).splitlines()
+    return next((line.strip() for line in lines if word in line), None)
+
+
+def proc_meminfo_total() -> int | None:
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def report(
+    tools: Sequence[Tool],
+    results: dict[str, Results],
+    runs: int,
+    machine: dict[str, Any],
+    images: dict[str, Any],
+    check: dict[str, Any],
+    counts: dict[str, dict[str, int]],
+) -> dict[str, Any]:
+    subject = tools[0]
+    metrics = []
+    for key, label, unit in METRICS:
+        row: dict[str, Any] = {"metric": key, "label": label, "unit": unit, "tools": {}}
+        s_best = results[subject.name].best(key, unit)
+        for t in tools:
+            best = results[t.name].best(key, unit)
+            row["tools"][t.name] = {
+                "runs": results[t.name].values.get(key, []),
+                "best": best,
+                "ratio_snapshotter_over_tool": (
+                    s_best / best if s_best is not None and best else None
+                ),
+            }
+        metrics.append(row)
+    return {
+        "machine": machine,
+        "images": images,
+        "runs": runs,
+        "commands": {t.name: t.command() for t in tools},
+        "listing_check": check,
+        "read_counts": counts,
+        "metrics": metrics,
+    }
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.1f}" if unit == "MiB" else f"{value:.3f}"
+
+
+def print_table(doc: dict[str, Any]) -> None:
+    m = doc["machine"]
+    print(
+        f"machine: nproc={m['nproc']} {m['machine']} kernel {m['kernel']}"
+        f" mem={(m['mem_total_bytes'] or 0) / 2**30:.1f} GiB  work dir {m['work_dir']}"
+        f" ({m['work_fs']})"
+    )
+    for name, img in doc["images"].items():
+        print(f"image:   {name}: {img['ref']}  {img['layers']} layers, {img['summary']}")
+    print(f"timing:  wall clock, best of {doc['runs']} runs (RSS: max of the runs)")
+    print()
+    tools = list(doc["commands"])
+    subject, peers = tools[0], tools[1:]
+    header = ["metric", "unit", *tools, *(f"snap/{p}" for p in peers)]
+    rows = [header]
+    for row in doc["metrics"]:
+        cells = [row["label"], row["unit"]]
+        cells += [_fmt(row["tools"][t]["best"], row["unit"]) for t in tools]
+        for p in peers:
+            r = row["tools"][p]["ratio_snapshotter_over_tool"]
+            cells.append("n/a" if r is None else f"{r:.2f}")
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for n, r in enumerate(rows):
+        print(
+            "  ".join(
+                f"{c:<{w}}" if i == 0 else f"{c:>{w}}"
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            ).rstrip()
+        )
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+    print()
+    print(f"ratio = {subject} / peer: below 1 means snapshotter is faster (or smaller).")
+    chk = doc["listing_check"]
+    diffs = {
+        t: v["missing_or_different"] + v["extra_or_different"] for t, v in chk["tools"].items()
+    }
+    print(
+        f"listing check ({chk['entries']} entries, against {chk['reference']}): "
+        + ", ".join(f"{t}: {d} differing lines" for t, d in diffs.items())
+    )
+    counts = doc["read_counts"]
+    print(
+        "read: "
+        + ", ".join(
+            f"{t}: {c['files']} files, {c['bytes'] / 1e6:.1f} MB" for t, c in counts.items()
+        )
+    )
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument(
+        "--layout",
+        type=Path,
+        default=DEFAULT_BENCH_DIR / "layout",
+        help="OCI image layout directory (default: $BENCH_DIR/layout)",
+    )
+    p.add_argument("--tag", default="bench", help="tag (ref.name) in index.json (default: bench)")
+    p.add_argument(
+        "--big-layout",
+        type=Path,
+        default=DEFAULT_BENCH_DIR / "layout-bigfile",
+        help="where the 1 GiB-file image is built once and reused "
+        "(default: $BENCH_DIR/layout-bigfile)",
+    )
+    p.add_argument("--runs", type=int, default=3, help="rounds per tool; best is reported")
+    p.add_argument(
+        "--snapshotter",
+        default="snapshotter",
+        metavar="CMD",
+        help="snapshotter command, split like a shell would (default: snapshotter on PATH)",
+    )
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="where the store, lower dirs and mount points are made (default: next to the layout)",
+    )
+    p.add_argument("--json", action="store_true", help="print results as one JSON document")
+    args = p.parse_args(argv)
+    if args.runs < 1:
+        p.error("--runs must be >= 1")
+    return args
+
+
+def pull(snap: Snapshotter, layout: Path, tag: str) -> str:
+    out = run(
+        [*snap.cmd, "--root", str(snap.root), "pull", "--quiet", f"oci:{layout}:{tag}"],
+        "snapshotter pull",
+        stdout=subprocess.PIPE,
+    )
+    digest = out.decode().strip().splitlines()[-1].strip()
+    if not digest.startswith("sha256:"):
+        raise BenchError(f"snapshotter pull printed {out.decode()!r}, not a digest")
+    return digest
+
+
+def cleanup(work_root: Path, tools: Sequence[Tool], log: Callable[[str], None]) -> bool:
+    """Unmount whatever is still mounted under work_root; True if nothing is left."""
+    for mp in mounts_under(work_root):
+        log(f"cleanup: unmounting {mp}")
+        pid = next((p for t in tools if (p := t.daemon_pid(Path(mp))) is not None), None)
+        for cmd in (["umount", mp], ["umount", "-l", mp]):
+            if subprocess.run(cmd, capture_output=True, check=False).returncode == 0:
+                break
+        wait_gone(pid)
+    left = mounts_under(work_root)
+    if left:
+        log(f"cleanup: still mounted, leaving {work_root} in place: {', '.join(left)}")
+    return not left
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    layout: Path = args.layout.resolve()
+    big_layout: Path = args.big_layout.resolve()
+    snapshotter_cmd = shlex.split(args.snapshotter)
+    if not snapshotter_cmd:
+        log("bench_mount: --snapshotter is empty")
+        return 2
+    if os.geteuid() != 0:
+        log("bench_mount: must run as root (drop_caches, mount -t overlay, tar as root)")
+        return 1
+    for exe in (snapshotter_cmd[0], "fuse-overlayfs", "fusermount3", "tar", "find", "dd"):
+        if shutil.which(exe) is None:
+            log(f"bench_mount: {exe}: command not found")
+            return 1
+
+    parent = args.work_dir.resolve() if args.work_dir else layout.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    work_root = Path(tempfile.mkdtemp(prefix="bench-mount-", dir=parent))
+    snap = Snapshotter(snapshotter_cmd, work_root / "store")
+    tools: list[Tool] = [snap, FuseOverlayfs(), KernelOverlay()]
+    results = {t.name: Results() for t in tools}
+    check_listings: dict[str, list[str]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    clean = False
+    try:
+        image = load_image(layout, args.tag)
+        build_big_layout(big_layout, BIG_TAG)
+        big_image = load_image(big_layout, BIG_TAG)
+
+        log(f"preparing (untimed) in {work_root}")
+        warm_page_cache(image)
+        snap.root.mkdir()
+        main_digest = pull(snap, layout, args.tag)
+        big_digest = pull(snap, big_layout, BIG_TAG)
+        log(f"  snapshotter pulled {main_digest} and {big_digest}")
+        main_lowers = extract_lowers(image, work_root / "lower" / "main")
+        big_lowers = extract_lowers(big_image, work_root / "lower" / "big")
+        # Kernel overlayfs wants two lower dirs when there is no upper: add an empty
+        # base under the one layer, for both peers alike.
+        empty = work_root / "lower" / "big" / "empty"
+        empty.mkdir()
+        main_t = Target("main", main_digest, main_lowers)
+        big_t = Target("big", big_digest, [empty, *big_lowers])
+        mps = Mountpoints(work_root)
+        os.sync()
+
+        for r in range(args.runs):
+            k = r % len(tools)
+            for tool in [*tools[k:], *tools[:k]]:
+                prefix = f"  run {r + 1}/{args.runs}  "
+                log(f"{prefix}{tool.name} ...")
+
+                def round_log(msg: str, prefix: str = prefix) -> None:
+                    log(prefix + msg)
+
+                one_round(
+                    tool,
+                    main_t,
+                    big_t,
+                    mps,
+                    results[tool.name],
+                    check_listings if r == 0 else None,
+                    counts,
+                    round_log,
+                )
+        machine = machine_info(work_root, snapshotter_cmd)
+        check = compare_listings(check_listings, KernelOverlay.name)
+        n_dirs = sum(1 for row in check_listings[KernelOverlay.name] if row.split("\t")[1] == "d")
+        images = {
+            "main": {
+                "ref": f"{layout}:{args.tag}",
+                "layers": len(image.layers),
+                "summary": f"{check['entries']} entries ({n_dirs} dirs, "
+                f"{counts[KernelOverlay.name]['files']} regular files, "
+                f"{counts[KernelOverlay.name]['bytes'] / 1e6:.1f} MB in them), "
+                f"{image.compressed_bytes / 1e6:.1f} MB compressed",
+            },
+            "big": {
+                "ref": f"{big_layout}:{BIG_TAG}",
+                "layers": len(big_image.layers),
+                "summary": f"one {BIG_SIZE / 2**30:.0f} GiB file, "
+                f"{big_image.compressed_bytes / 1e6:.1f} MB compressed",
+            },
+        }
+    except BenchError as e:
+        log(f"bench_mount: {e}")
+        return 1
+    finally:
+        clean = cleanup(work_root, tools, log)
+        if clean:
+            remove_tree(work_root)
+
+    doc = report(tools, results, args.runs, machine, images, check, counts)
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2)
+        print()
+    else:
+        print_table(doc)
+    return 0 if clean else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
