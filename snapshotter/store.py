@@ -134,10 +134,22 @@ class Staging:
 
     def __init__(self, store: Store):
         store.tmp.mkdir(parents=True, exist_ok=True)
-        token = secrets.token_hex(8)
-        self.lock_path = store.tmp / f"{token}.lock"
-        self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        while True:
+            token = secrets.token_hex(8)
+            self.lock_path = store.tmp / f"{token}.lock"
+            fd = os.open(
+                self.lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+            )
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # A sweep may have found the new lock file unlocked and removed it before our
+            # flock; then the lock guards nothing and we start over.
+            try:
+                if os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        self._lock_fd = fd
         self.path = store.tmp / token
         self.path.mkdir()
 
@@ -197,15 +209,33 @@ class Store:
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreCorrupt(f"{self.state_path}: unreadable ({exc})") from exc
 
-    def _write_state(self, state: State) -> None:
-        tmp = self.root / f"state.json.{secrets.token_hex(4)}"
-        data = json.dumps(state.to_json(), indent=1).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    def current_state(self) -> State:
+        """The committed state for a reader, after tidying up what dead pulls left.
+
+        Recovery needs the store lock, so it is only attempted when there is something to
+        recover and the store is writable; otherwise this is a plain ``read_state``.
+        """
         try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            leftovers = self.journal_path.exists() or any(self.tmp.iterdir())
+        except FileNotFoundError:
+            leftovers = False
+        if leftovers and os.access(self.root, os.W_OK):
+            with self.locked() as state:
+                return state
+        return self.read_state()
+
+    def _commit_temp(self, what: str) -> Path:
+        """A temp file for a write made under the store lock.
+
+        It lives in tmp/ (same filesystem, so it can be renamed into place), and recovery,
+        which runs under the same lock, removes any a killed commit left there.
+        """
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        return self.tmp / f"{what}-{secrets.token_hex(8)}.part"
+
+    def _write_state(self, state: State) -> None:
+        tmp = self._commit_temp("state")
+        _write_synced(tmp, json.dumps(state.to_json(), indent=1).encode())
         os.rename(tmp, self.state_path)
         _fsync_dir(self.root)
 
@@ -248,23 +278,39 @@ class Store:
         self.sweep_tmp()
 
     def sweep_tmp(self) -> None:
-        if not self.tmp.is_dir():
+        """Remove what dead pulls and dead commits left in tmp/; call under the store lock.
+
+        A staging area ``<id>/`` belongs to whoever holds the flock on ``<id>.lock``; live
+        pulls create and remove theirs at any moment (without the store lock), so every
+        entry may vanish while we look at it.  Commit temp files (``*.part``) are only
+        written under the store lock, so any found here are dead.
+        """
+        try:
+            entries = list(self.tmp.iterdir())
+        except FileNotFoundError:
             return
-        for entry in self.tmp.iterdir():
+        for entry in entries:
             if entry.suffix == ".lock":
-                fd = os.open(entry, os.O_RDWR | os.O_CLOEXEC)
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    continue  # its owner is alive
-                finally:
-                    pass
+                    fd = os.open(entry, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+                except FileNotFoundError:
+                    continue  # its owner finished meanwhile
                 try:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # its owner is alive
                     shutil.rmtree(entry.with_suffix(""), ignore_errors=True)
                     entry.unlink(missing_ok=True)
                 finally:
                     os.close(fd)
-            elif entry.is_dir() and not entry.with_suffix(".lock").exists():
+            elif entry.suffix == ".part":
+                entry.unlink(missing_ok=True)
+            elif (
+                not entry.with_suffix(".lock").exists()
+                and entry.is_dir()
+                and not entry.is_symlink()
+            ):
                 shutil.rmtree(entry, ignore_errors=True)
 
     def _referenced_paths(self, state: State) -> set[str]:
@@ -336,7 +382,7 @@ class Store:
                 os.rename(staged, target)
             for target, data in writes:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
+                tmp = self._commit_temp("blob")
                 _write_synced(tmp, data)
                 os.rename(tmp, target)
             moved = [n for n in names if state.names.get(n) not in (None, record.digest)]
