@@ -96,12 +96,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="dangling=true|false, reference=PATTERN (glob, as docker's)",
     )
 
-    p = sub.add_parser("tags", help="list the tags of a repository in a registry")
+    p = sub.add_parser(
+        "tags",
+        help="list the tags of a repository in a registry",
+        description=(
+            "List the tags of a repository in a registry (all pages of its tags/list), "
+            "with credentials from the auth files or --creds."
+        ),
+    )
     p.add_argument("reference", metavar="REF", help="e.g. registry.example:5000/app")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     _registry_arguments(p)
 
-    p = sub.add_parser("search", help="list a registry's repositories (its catalog)")
+    p = sub.add_parser(
+        "search",
+        help="list a registry's repositories (its catalog)",
+        description=(
+            "List the repositories in a registry's catalog whose names contain TERM, "
+            "as names 'pull' takes."
+        ),
+    )
     p.add_argument("registry", metavar="REGISTRY")
     p.add_argument("term", metavar="TERM", nargs="?", default="", help="substring to match")
     p.add_argument("--json", action="store_true", help="print a JSON list")
@@ -121,11 +135,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     _registry_arguments(p, creds=False)
 
-    p = sub.add_parser("logout", help="remove stored credentials for a registry")
+    p = sub.add_parser(
+        "logout",
+        help="remove stored credentials for a registry",
+        description="Remove the credentials 'login' stored for REGISTRY from the auth file.",
+    )
     p.add_argument("registry", metavar="REGISTRY")
     _registry_arguments(p, creds=False)
 
-    p = sub.add_parser("tag", help="give an image another name")
+    p = sub.add_parser(
+        "tag",
+        help="give an image another name",
+        description=(
+            "Give an image another name: NEW_NAME points at the image SOURCE_NAME "
+            "resolves to, moving away from any image it named before."
+        ),
+    )
     p.add_argument("source_name", metavar="SOURCE_NAME", help="name, digest or id prefix")
     p.add_argument("new_name", metavar="NEW_NAME")
 
@@ -154,7 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-a", "--all", action="store_true", help="remove every image not in use")
     p.add_argument("--json", action="store_true", help="print what was removed as JSON")
 
-    p = sub.add_parser("inspect", help="show an image's record as JSON")
+    p = sub.add_parser(
+        "inspect",
+        help="show an image's record as JSON",
+        description=(
+            "Print an image's record as JSON: names, manifest digest, config, platform, "
+            "and each layer's digest, diff_id, media type and size."
+        ),
+    )
     p.add_argument("image", metavar="IMAGE")
 
     p = sub.add_parser(
@@ -180,7 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--foreground", action="store_true", help="serve in this process")
     p.add_argument("--allow-other", action="store_true", help="let other users see the view")
 
-    p = sub.add_parser("umount", help="unmount a view made by 'mount'")
+    p = sub.add_parser(
+        "umount",
+        help="unmount a view made by 'mount'",
+        description=(
+            "Unmount a view made by 'mount' and end its daemon; also clears the mountpoint "
+            "of a daemon that was killed."
+        ),
+    )
     p.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
     return parser
 
@@ -308,8 +347,7 @@ def cmd_pull(store: Store, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _image_rows(state: State, digest: str) -> list[tuple[str, str]]:
-    names = state.names_of(digest)
+def _image_rows(names: list[str]) -> list[tuple[str, str]]:
     if not names:
         return [("<none>", "<none>")]
     return [(familiar_repository(split_name(n)[0]), split_name(n)[1]) for n in names]
@@ -341,8 +379,11 @@ def _glob_to_re(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z")
 
 
-def _filter_images(state: State, filters: list[str]) -> list[ImageRecord]:
-    images = sorted(state.images.values(), key=lambda r: r.pulled, reverse=True)
+def _filter_images(state: State, filters: list[str]) -> list[tuple[ImageRecord, list[str]]]:
+    """Images that pass ``filters`` (docker's: keys AND, repeated reference= OR), newest
+    first, each with the names to show: with reference filters, only the matching ones."""
+    dangling: bool | None = None
+    patterns: list[re.Pattern[str]] = []
     for text in filters:
         key, sep, value = text.partition("=")
         if not sep:
@@ -350,31 +391,40 @@ def _filter_images(state: State, filters: list[str]) -> list[ImageRecord]:
         if key == "dangling":
             if value not in ("true", "false", "1", "0"):
                 raise InvalidReference(f"filter {text!r}: dangling takes true or false")
-            want = value in ("true", "1")
-            images = [r for r in images if (not state.names_of(r.digest)) == want]
+            dangling = value in ("true", "1")
         elif key == "reference":
-            rx = _glob_to_re(value)
-
-            def matches(name: str, rx: re.Pattern[str] = rx) -> bool:
-                repo, tag = split_name(name)
-                short = familiar_repository(repo)
-                return any(rx.match(s) for s in (short, f"{short}:{tag}", repo, f"{repo}:{tag}"))
-
-            images = [r for r in images if any(matches(n) for n in state.names_of(r.digest))]
+            patterns.append(_glob_to_re(value))
         else:
             raise InvalidReference(f"filter {text!r}: unknown key {key!r} (dangling, reference)")
-    return images
+
+    def matches(name: str) -> bool:
+        repo, tag = split_name(name)
+        short = familiar_repository(repo)
+        forms = (short, f"{short}:{tag}", repo, f"{repo}:{tag}")
+        return any(rx.match(s) for rx in patterns for s in forms)
+
+    out = []
+    for record in sorted(state.images.values(), key=lambda r: r.pulled, reverse=True):
+        names = state.names_of(record.digest)
+        if dangling is not None and (not names) != dangling:
+            continue
+        if patterns:
+            names = [n for n in names if matches(n)]
+            if not names:
+                continue
+        out.append((record, names))
+    return out
 
 
 def cmd_images(store: Store, args: argparse.Namespace) -> int:
-    state = store.read_state()
+    state = store.current_state()
     images = _filter_images(state, args.filter)
     mounted = in_use(store) if args.json else {}
     if args.json:
         _print_json(
             [
                 {
-                    "names": state.names_of(r.digest),
+                    "names": names,
                     "digest": r.digest,
                     "id": r.config,
                     "platform": r.platform,
@@ -385,13 +435,13 @@ def cmd_images(store: Store, args: argparse.Namespace) -> int:
                     "dangling": not state.names_of(r.digest),
                     "mounts": mounted.get(r.digest, []),
                 }
-                for r in images
+                for r, names in images
             ]
         )
         return EXIT_OK
     if args.quiet:
         seen = set()
-        for r in images:
+        for r, _ in images:
             ident = r.config if args.no_trunc else r.config.removeprefix("sha256:")[:12]
             if ident not in seen:
                 seen.add(ident)
@@ -400,9 +450,9 @@ def cmd_images(store: Store, args: argparse.Namespace) -> int:
     header = ["REPOSITORY", "TAG"] + (["DIGEST"] if args.digests else [])
     header += ["IMAGE ID", "PLATFORM", "LAYERS", "CREATED", "SIZE"]
     rows = [header]
-    for r in images:
+    for r, names in images:
         ident = r.config if args.no_trunc else r.config.removeprefix("sha256:")[:12]
-        for repo, tag in _image_rows(state, r.digest):
+        for repo, tag in _image_rows(names):
             row = [repo, tag] + ([r.digest] if args.digests else [])
             row += [ident, r.platform, str(len(r.layers)), _ago(r.created), _human_size(r.size)]
             rows.append(row)
@@ -546,15 +596,16 @@ def cmd_tags(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_search(store: Store, args: argparse.Namespace) -> int:
-    from .registry import RegistryClient
+    from .registry import RegistryClient, normalize_registry
 
     with RegistryClient(_registry_options(args)) as client:
         names = client.catalog(args.registry, args.term)
+    host = normalize_registry(args.registry)
     if args.json:
         _print_json(names)
     else:
         for name in names:
-            print(f"{args.registry}/{name}")
+            print(f"{host}/{name}")
     return EXIT_OK
 
 
