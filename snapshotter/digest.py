@@ -34,19 +34,23 @@ class Digest:
     hex: str
 
     @classmethod
-    def parse(cls, text: object) -> Digest:
+    def parse(cls, text: object, what: str = "") -> Digest:
+        """Parse by the OCI grammar; ``what`` says where the text came from, for errors."""
+        at = f"{what}: " if what else ""
         if not isinstance(text, str):
-            raise InvalidReference(f"digest {text!r}: not a string")
+            raise InvalidReference(f"{at}digest {text!r}: not a string")
         if len(text) > 256 or not _GRAMMAR.match(text):
-            raise InvalidReference(f"digest {text[:100]!r}: not a valid digest")
+            raise InvalidReference(f"{at}digest {text[:100]!r}: not a valid digest")
         algorithm, _, encoded = text.partition(":")
         known = _ALGORITHMS.get(algorithm)
         if known is None:
-            raise InvalidReference(f"digest {text[:100]!r}: unsupported algorithm {algorithm!r}")
+            raise InvalidReference(
+                f"{at}digest {text[:100]!r}: unsupported algorithm {algorithm!r}"
+            )
         length, _ = known
         if len(encoded) != length or not all(c in "0123456789abcdef" for c in encoded):
             raise InvalidReference(
-                f"digest {text[:100]!r}: {algorithm} needs {length} lowercase hex digits"
+                f"{at}digest {text[:100]!r}: {algorithm} needs {length} lowercase hex digits"
             )
         return cls(algorithm, encoded)
 
@@ -96,7 +100,8 @@ class VerifyingReader:
         self._raw = raw
         self.expected = expected
         self.size = size
-        self.what = what
+        # Callers often name the blob by its digest already ("layer 2 sha256:..."): say it once.
+        self.what = what if str(expected) in what else f"{what} {expected}"
         self._hash = expected.hasher()
         self.count = 0
 
@@ -108,7 +113,7 @@ class VerifyingReader:
             self.count += len(chunk)
             if self.size is not None and self.count > self.size:
                 raise DigestMismatch(
-                    f"{self.what} {self.expected}: longer than descriptor size {self.size}"
+                    f"{self.what}: longer than descriptor size {self.size}"
                 )
             self._hash.update(chunk)
         return chunk
@@ -128,9 +133,9 @@ class VerifyingReader:
     def verify(self) -> None:
         if self.size is not None and self.count != self.size:
             raise DigestMismatch(
-                f"{self.what} {self.expected}: size {self.count} "
+                f"{self.what}: size {self.count} "
                 f"differs from descriptor {self.size}"
             )
         actual = Digest(self.expected.algorithm, self._hash.hexdigest())
         if actual != self.expected:
-            raise DigestMismatch(f"{self.what} {self.expected}: content hashes to {actual}")
+            raise DigestMismatch(f"{self.what}: content hashes to {actual}")

@@ -200,7 +200,7 @@ class Descriptor:
         plat = obj.get("platform")
         return cls(
             media_type=_str(obj.get("mediaType"), f"{what} mediaType", default_media_type),
-            digest=Digest.parse(obj.get("digest")),
+            digest=Digest.parse(obj.get("digest"), what),
             size=size,
             annotations=_annotations(obj.get("annotations"), f"{what} annotations"),
             platform=Platform.from_json(plat, f"{what} platform") if plat is not None else None,
@@ -286,7 +286,8 @@ class ImageConfig:
         obj = load_json(data, what)
         rootfs = _obj(obj.get("rootfs", {}), f"{what} rootfs")
         diff_ids = tuple(
-            Digest.parse(d) for d in _list(rootfs.get("diff_ids"), f"{what} rootfs.diff_ids")
+            Digest.parse(d, f"{what} rootfs.diff_ids[{i}]")
+            for i, d in enumerate(_list(rootfs.get("diff_ids"), f"{what} rootfs.diff_ids"))
         )
         history = tuple(
             _obj(h, f"{what} history") for h in _list(obj.get("history"), f"{what} history")

@@ -183,7 +183,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _normalize_registry(registry: str) -> str:
+def normalize_registry(registry: str) -> str:
     """A registry as users type it (``https://index.docker.io/v1/``, ``host:5000``)."""
     text = registry.strip()
     if "://" in text:
@@ -624,7 +624,7 @@ class RegistryClient:
 
     def catalog(self, registry: str, term: str = "", page_size: int | None = None) -> list[str]:
         """Repository paths a registry lists (``/v2/_catalog``), those containing ``term``."""
-        domain = _normalize_registry(registry)
+        domain = normalize_registry(registry)
         target = _Target(domain, registry_host(domain), "", "registry:catalog:*")
         names = self._paginate(target, "/v2/_catalog", "repositories", page_size)
         return [n for n in names if term in n]
@@ -1270,7 +1270,7 @@ def login(
     at :func:`login_auth_file`; other entries are kept.  It is replaced atomically, mode
     0600.  Returns its path.
     """
-    domain = _normalize_registry(registry)
+    domain = normalize_registry(registry)
     checked = replace(options, creds=(user, password), auth_file=None)
     with RegistryClient(checked) as client:
         client._ping(domain)
@@ -1288,7 +1288,7 @@ def login(
 
 def logout(registry: str, options: RegistryOptions = DEFAULT_OPTIONS) -> Path:
     """Remove ``registry``'s entry from the auth file ``login`` writes; returns its path."""
-    domain = _normalize_registry(registry)
+    domain = normalize_registry(registry)
     path = login_auth_file(options)
     doc = _read_auth_file(path)
     auths = doc.get("auths") if doc is not None else None

@@ -410,6 +410,16 @@ class _Feeder:
         self.stop.set()
         self.thread.join()
 
+    def verify_after(self, failure: Exception, check_layer_digest: bool) -> None:
+        """Raise a digest mismatch, if the blob has one, in place of ``failure``."""
+        try:
+            self.drain()
+            self.verify(check_layer_digest)
+        except DigestMismatch as mismatch:
+            raise mismatch from failure
+        except SnapshotterError:
+            pass
+
     def verify(self, check_layer_digest: bool) -> Digest:
         self.thread.join()
         if check_layer_digest:
@@ -518,14 +528,20 @@ def unpack_layer(
     written: set[int] = set()
     try:
         try:
-            tf = tarfile.open(fileobj=feeder, mode="r:")  # type: ignore[call-overload]  # noqa: SIM115
-        except tarfile.ReadError as exc:
-            if feeder.real_end == 0:
-                tf = None  # an empty blob: a layer with no entries
-            else:
-                raise UnsafeArchive(f"{what}: not a tar archive ({exc})") from exc
-        if tf is not None:
-            _read_entries(tf, tree, data_fd, written, what, cancelled, feeder)
+            try:
+                tf = tarfile.open(fileobj=feeder, mode="r:")  # type: ignore[call-overload]  # noqa: SIM115
+            except tarfile.ReadError as exc:
+                if feeder.real_end == 0:
+                    tf = None  # an empty blob: a layer with no entries
+                else:
+                    raise UnsafeArchive(f"{what}: not a tar archive ({exc})") from exc
+            if tf is not None:
+                _read_entries(tf, tree, data_fd, written, what, cancelled, feeder)
+        except UnsafeArchive as exc:
+            # A blob that is not what its descriptor says explains a bad tar better than
+            # the tar's own complaint: verify the digests first, and report a mismatch.
+            feeder.verify_after(exc, check_layer_digest=layer_digest is not None)
+            raise
         feeder.drain()
         computed = feeder.verify(check_layer_digest=layer_digest is not None)
     finally:
