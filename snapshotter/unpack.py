@@ -53,6 +53,12 @@ WHITEOUT_OPAQUE = ".wh..wh..opq"
 NAME_MAX = 255  # the longest name a Linux file system (and FUSE) can present
 CHUNK = 1 << 20
 QUEUE_DEPTH = 8  # chunks in flight between the feeder and the parser: bounds memory
+# Bounds on what a stranger's tar may make us hold in memory.  tarfile reads a PAX or GNU
+# long-name header whole, so its size is capped as Go's archive/tar caps it; every entry
+# costs ~0.7 KiB until the layer's index is written, so a layer's entries are capped too
+# (real layers have tens of thousands; a million is ~700 MiB).
+MAX_SPECIAL_HEADER = 1 << 20
+MAX_LAYER_ENTRIES = 1_000_000
 
 ROOT_INODE = 1
 
@@ -125,6 +131,29 @@ def xattrs_of(info: tarfile.TarInfo) -> tuple[tuple[str, bytes], ...]:
         if key.startswith("SCHILY.xattr."):
             out.append((key[len("SCHILY.xattr.") :], value.encode("utf-8", "surrogateescape")))
     return tuple(sorted(out))
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses oversized PAX / GNU long-name headers before reading them."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _SPECIAL_HEADER_TYPES and self.size > MAX_SPECIAL_HEADER:
+            raise UnsafeArchive(
+                f"tar header of {self.size} bytes before {self.name!r} "
+                f"(more than {MAX_SPECIAL_HEADER})"
+            )
+        return super()._proc_member(tarfile_)  # type: ignore[misc,no-any-return]
+
+
+_SPECIAL_HEADER_TYPES = frozenset(
+    {
+        tarfile.XHDTYPE,
+        tarfile.XGLTYPE,
+        tarfile.SOLARIS_XHDTYPE,
+        tarfile.GNUTYPE_LONGNAME,
+        tarfile.GNUTYPE_LONGLINK,
+    }
+)
 
 
 class _LayerTree:
@@ -512,6 +541,7 @@ def unpack_layer(
     what: str,
     progress: ProgressFn | None = None,
     cancelled: Callable[[], bool] | None = None,
+    max_entries: int = MAX_LAYER_ENTRIES,
 ) -> UnpackResult:
     """Unpack one layer blob into the empty directory ``dest`` and verify it.
 
@@ -529,19 +559,21 @@ def unpack_layer(
     try:
         try:
             try:
-                tf = tarfile.open(fileobj=feeder, mode="r:")  # type: ignore[call-overload]  # noqa: SIM115
+                tf = tarfile.open(fileobj=feeder, mode="r:", tarinfo=_BoundedTarInfo)  # type: ignore[call-overload]  # noqa: SIM115
             except tarfile.ReadError as exc:
                 if feeder.real_end == 0:
                     tf = None  # an empty blob: a layer with no entries
                 else:
                     raise UnsafeArchive(f"{what}: not a tar archive ({exc})") from exc
             if tf is not None:
-                _read_entries(tf, tree, data_fd, written, what, cancelled, feeder)
+                _read_entries(tf, tree, data_fd, written, what, cancelled, feeder, max_entries)
         except UnsafeArchive as exc:
             # A blob that is not what its descriptor says explains a bad tar better than
             # the tar's own complaint: verify the digests first, and report a mismatch.
             feeder.verify_after(exc, check_layer_digest=layer_digest is not None)
-            raise
+            if str(exc).startswith(what):
+                raise
+            raise UnsafeArchive(f"{what}: {exc}") from exc
         feeder.drain()
         computed = feeder.verify(check_layer_digest=layer_digest is not None)
     finally:
@@ -564,12 +596,15 @@ def _read_entries(
     what: str,
     cancelled: Callable[[], bool] | None,
     feeder: _Feeder,
+    max_entries: int,
 ) -> None:
     try:
         count = 0
         while (info := tf.next()) is not None:
             tf.members.clear()  # type: ignore[attr-defined]  # else every header stays in memory
             count += 1
+            if count > max_entries:
+                raise UnsafeArchive(f"{what}: more than {max_entries} entries")
             if cancelled is not None and count % 256 == 0 and cancelled():
                 raise SnapshotterError(f"{what}: cancelled")
             _read_entry(tf, info, tree, data_fd, written, what, feeder)

@@ -230,6 +230,31 @@ def test_whiteouts_below_a_file_of_the_same_layer_are_dropped_in_either_order(tm
         assert set(toc) == {"", "d"} and toc["d"].kind is EntryKind.FILE
 
 
+def test_a_layer_with_too_many_entries_is_refused(tmp_path):
+    layer = LayerBuilder()
+    for i in range(11):
+        layer.file(f"f{i}", b"")
+    tar = layer.tar_bytes()
+    for limit, ok in ((11, True), (10, False)):
+        dest = tmp_path / f"s{limit}"
+        dest.mkdir()
+        unpack_it = lambda dest=dest, limit=limit: unpack_layer(  # noqa: E731
+            io.BytesIO(tar),
+            dest,
+            compression="none",
+            diff_id=Digest.of_bytes(tar),
+            layer_digest=Digest.of_bytes(tar),
+            blob_size=len(tar),
+            what="layer 1",
+            max_entries=limit,
+        )
+        if ok:
+            assert len(unpack_it().toc.entries) == 12  # and the root
+        else:
+            with pytest.raises(UnsafeArchive, match=r"^layer 1: more than 10 entries$"):
+                unpack_it()
+
+
 def test_pax_global_header_and_long_names(tmp_path):
     long_path = "/".join(["d" * 100] * 5) + "/file"
     toc = entries(unpack(tmp_path, LayerBuilder().file(long_path, b"x")))
@@ -442,6 +467,16 @@ HOSTILE = [
         "root-file",
         lambda o: LayerBuilder().file("./", b"x", raw_name=True),
         "replace the layer root",
+    ),
+    Hostile(  # tarfile would read the whole header into memory
+        "huge-pax-header",
+        lambda o: LayerBuilder().file("a", b"x", xattrs={"user.big": b"x" * (2 << 20)}),
+        "tar header of",
+    ),
+    Hostile(
+        "huge-gnu-long-name",
+        lambda o: LayerBuilder(format=tarfile.GNU_FORMAT).file("n" * (2 << 20), b"x"),
+        "tar header of",
     ),
     Hostile(
         "device-named-like-host",
