@@ -11,20 +11,23 @@
 A transport resolves a reference to one image (picking the manifest for a platform from an
 index) and hands out blob readers; it never unpacks anything.  Archives are read in place:
 each blob is a byte range of the archive file, opened afresh per reader so layers can be
-read by several threads at once.
+read by several threads at once.  A gzip- or zstd-compressed archive (``docker save | gzip``)
+is first decompressed whole into an unlinked temporary file, as skopeo does.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import tarfile
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
-from .digest import Digest, verify_bytes
+from .digest import Digest, Readable, verify_bytes
 from .errors import InvalidReference, NotFound, UnsupportedMedia
 from .oci import (
     ANNOTATION_CONTAINERD_NAME,
@@ -135,11 +138,18 @@ class ResolvedImage:
 
 
 class _Section:
-    """A read-only view of ``size`` bytes at ``offset`` of a file; owns its descriptor."""
+    """A read-only view of ``size`` bytes at ``offset`` of a file; owns its descriptor.
 
-    def __init__(self, path: Path, offset: int, size: int):
-        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
-        self._file.seek(offset)
+    ``source`` is a path, or a descriptor to share (duplicated; reads use pread, so views
+    of one descriptor read concurrently without racing on its offset).
+    """
+
+    def __init__(self, source: Path | int, offset: int, size: int):
+        if isinstance(source, int):
+            self._fd = os.dup(source)
+        else:
+            self._fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        self._pos = offset
         self._left = size
 
     def read(self, n: int = -1, /) -> bytes:
@@ -147,12 +157,15 @@ class _Section:
             return b""
         if n is None or n < 0 or n > self._left:
             n = self._left
-        chunk = self._file.read(n)
+        chunk = os.pread(self._fd, n, self._pos)
+        self._pos += len(chunk)
         self._left -= len(chunk)
         return chunk
 
     def close(self) -> None:
-        self._file.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def __enter__(self) -> _Section:
         return self
@@ -205,8 +218,19 @@ class _TarFiles(_Files):
     def __init__(self, path: Path):
         self.path = path
         self.members: dict[str, tarfile.TarInfo] = {}
+        # ``docker save | gzip`` (or zstd): like skopeo, read a decompressed copy, kept in
+        # an unlinked temporary file that disappears with us however we end.
+        self._copy: IO[bytes] | None = None
+        compression = _sniff(lambda: _Section(path, 0, 4))
+        if compression != "none":
+            self._copy = _decompressed_copy(path, compression)
         try:
-            with tarfile.open(path, mode="r:") as tf:
+            if self._copy is not None:
+                self._copy.seek(0)
+                tf = tarfile.open(fileobj=self._copy, mode="r:")  # noqa: SIM115
+            else:
+                tf = tarfile.open(path, mode="r:")  # noqa: SIM115
+            with tf:
                 for info in tf:
                     self.members[_clean(info.name)] = info
         except tarfile.TarError as exc:
@@ -236,7 +260,10 @@ class _TarFiles(_Files):
     def opener(self, relpath: str, what: str) -> tuple[Opener, int]:
         info = self._resolve(relpath, what)
         offset, size = info.offset_data, info.size
-        return (lambda: _Section(self.path, offset, size)), size
+        copy = self._copy  # the opener keeps the decompressed copy open as long as it lives
+        if copy is None:
+            return (lambda: _Section(self.path, offset, size)), size
+        return (lambda: _Section(copy.fileno(), offset, size)), size
 
     def exists(self, relpath: str) -> bool:
         try:
@@ -244,6 +271,28 @@ class _TarFiles(_Files):
         except NotFound:
             return False
         return True
+
+
+def _decompressed_copy(path: Path, compression: str) -> IO[bytes]:
+    """The whole archive decompressed into an anonymous file under $TMPDIR or /var/tmp."""
+    copy = tempfile.TemporaryFile(dir=os.environ.get("TMPDIR") or "/var/tmp")  # noqa: SIM115
+    try:
+        with open(path, "rb") as raw:
+            reader: Readable
+            if compression == "gzip":
+                from isal import igzip
+
+                reader = igzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[no-untyped-call]
+            else:
+                import zstandard
+
+                reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+            while chunk := reader.read(1 << 20):
+                copy.write(chunk)
+    except Exception as exc:  # I/O errors and the decompressors' own
+        copy.close()
+        raise InvalidReference(f"archive {path}: cannot decompress ({compression}): {exc}") from exc
+    return copy
 
 
 def _clean(name: str) -> str:

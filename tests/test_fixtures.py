@@ -8,12 +8,14 @@ device numbers, xattrs, hardlink groups, whiteouts and opaque markers.
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import need_root, need_tool
+import zstandard
+from conftest import need_root, need_tool, tree_state
 from oracle import assert_same_tree, decompress_to, gnu_tar_tree, oci_layers, snapshot_tree
 
 from snapshotter.digest import Digest
@@ -345,3 +347,44 @@ def test_symlink_targets_are_stored_verbatim(fixtures_dir, cli, store_root):
     assert links["dir1/attack-symlink-absolute.txt"] == "/../secret.txt"
     assert links["dir2/dir3/absolute-symlink-inside-root.txt"] == "/dir2/../dir1/sample.txt"
     assert len(links) == 10
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+@pytest.mark.parametrize(
+    "transport,archive",
+    [
+        ("docker-archive", f"{DA}/snyk--hello-world-docker24.tar"),
+        ("docker-archive", f"{DA}/ggcr--whiteout_image.tar"),
+        ("oci-archive", "oci-archive/dive--test-oci-gzip-image.tar"),
+    ],
+)
+def test_compressed_archive_pulls_like_the_plain_one(
+    fixtures_dir, cli, tmp_path, transport, archive, compression
+):
+    """``docker save | gzip`` is how archives travel; skopeo reads them, so do we."""
+    plain = fixtures_dir / archive
+    packed = tmp_path / f"image.tar.{compression}"
+    raw = plain.read_bytes()
+    packed.write_bytes(
+        gzip.compress(raw) if compression == "gzip" else zstandard.ZstdCompressor().compress(raw)
+    )
+    a = json.loads(cli("pull", "--json", "-q", f"{transport}:{plain}", root=tmp_path / "a").out)
+    b = json.loads(cli("pull", "--json", "-q", f"{transport}:{packed}", root=tmp_path / "b").out)
+    assert (b["digest"], b["id"], b["diff_ids"]) == (a["digest"], a["id"], a["diff_ids"])
+    for diff_id in a["diff_ids"]:
+        hex_ = diff_id.split(":")[1]
+        assert tree_state(tmp_path / "a" / "snapshots" / "sha256" / hex_) == tree_state(
+            tmp_path / "b" / "snapshots" / "sha256" / hex_
+        )
+
+
+def test_a_cut_compressed_archive_is_one_clear_error(fixtures_dir, cli, tmp_path, store_root):
+    packed = tmp_path / "image.tar.gz"
+    data = gzip.compress((fixtures_dir / DA / "snyk--hello-world-docker24.tar").read_bytes())
+    packed.write_bytes(data[: len(data) // 2])
+    before = tree_state(store_root)
+    result = cli("pull", "-q", f"docker-archive:{packed}")
+    assert result.rc == 1
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and "cannot decompress (gzip)" in lines[0], result.err
+    assert tree_state(store_root) == before
