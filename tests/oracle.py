@@ -38,7 +38,7 @@ class Node:
     group: tuple[str, ...] = field(default=(), compare=True)  # hardlink partners, sorted
 
 
-def _kind(st_mode: int) -> str:
+def kind_letter(st_mode: int) -> str:
     for test, letter in (
         (stat.S_ISREG, "-"),
         (stat.S_ISDIR, "d"),
@@ -52,7 +52,7 @@ def _kind(st_mode: int) -> str:
     raise AssertionError(f"unexpected file type {st_mode:o}")
 
 
-def _sha(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -122,7 +122,7 @@ def gnu_tar_tree(tar_path: Path, workdir: Path) -> dict[str, Node]:
             by_inode.setdefault(st.st_ino, []).append(rel)
     nodes: dict[str, Node] = {}
     for rel, st in raw.items():
-        kind = _kind(st.st_mode)
+        kind = kind_letter(st.st_mode)
         full = root / rel
         implied = kind == "d" and rel not in listed
         xattrs = (
@@ -145,7 +145,7 @@ def gnu_tar_tree(tar_path: Path, workdir: Path) -> dict[str, Node]:
             link=os.readlink(full) if kind == "l" else "",
             rdev=(os.major(st.st_rdev), os.minor(st.st_rdev)) if kind in "cb" else (0, 0),
             xattrs=xattrs,
-            sha256=_sha(full) if kind == "-" and st.st_size else "",
+            sha256=sha256_of(full) if kind == "-" and st.st_size else "",
             opaque=rel in opaques,
             implied=implied,
             group=tuple(sorted(by_inode[st.st_ino]))
@@ -186,7 +186,7 @@ def snapshot_tree(snapshot: Path) -> dict[str, Node]:
             link=e.link,
             rdev=(e.rdev_major, e.rdev_minor),
             xattrs=e.xattrs if kind != "l" else (),
-            sha256=_sha(data) if kind == "-" and e.size else "",
+            sha256=sha256_of(data) if kind == "-" and e.size else "",
             opaque=e.opaque,
             implied=e.implied,
             group=tuple(sorted(by_inode[e.inode]))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import io
 import json
 import os
@@ -34,6 +33,7 @@ from pathlib import Path
 import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
 from conftest import CliResult, need_root, need_tool, unavailable
+from oracle import kind_letter, sha256_of
 
 from snapshotter.mount import mounted_at
 from snapshotter.store import Store
@@ -337,28 +337,6 @@ class Seen:
     mtime_ns: int
 
 
-def _kind(mode: int) -> str:
-    for test, letter in (
-        (stat.S_ISREG, "-"),
-        (stat.S_ISDIR, "d"),
-        (stat.S_ISLNK, "l"),
-        (stat.S_ISCHR, "c"),
-        (stat.S_ISBLK, "b"),
-        (stat.S_ISFIFO, "p"),
-    ):
-        if test(mode):
-            return letter
-    raise AssertionError(f"unexpected type {mode:o}")
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def walk(root: Path) -> tuple[dict[str, Seen], dict[str, os.stat_result]]:
     """Every path under ``root`` (``""`` is the root) described with lstat & co."""
     seen: dict[str, Seen] = {}
@@ -368,7 +346,7 @@ def walk(root: Path) -> tuple[dict[str, Seen], dict[str, os.stat_result]]:
         rel = stack.pop()
         path = root / rel if rel else root
         st = os.lstat(path)
-        kind = _kind(st.st_mode)
+        kind = kind_letter(st.st_mode)
         names = [
             k
             for k in os.listxattr(path, follow_symlinks=False)
