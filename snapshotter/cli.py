@@ -229,7 +229,10 @@ def _registry_arguments(p: argparse.ArgumentParser, *, creds: bool = True) -> No
     if creds:
         g.add_argument("--creds", metavar="USER:PASS", help="credentials for the registry")
     g.add_argument(
-        "--authfile", type=Path, help="auth file (podman auth.json or docker config.json)"
+        "--authfile",
+        type=Path,
+        help="auth file (podman auth.json or docker config.json, whose credHelpers and "
+        "credsStore are asked)",
     )
     g.add_argument(
         "--tls-verify",

@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import ssl
+import subprocess
 import tempfile
 import threading
 import time
@@ -371,12 +372,85 @@ def _entry_creds(entry: object, path: Path, key: str) -> _Creds | None:
     name, secret = entry.get("username"), entry.get("password")
     if isinstance(name, str) and name and isinstance(secret, str):
         return _Creds(name, secret, str(path))
-    # TODO: identitytoken (an OAuth refresh token) and credential helpers (credsStore,
-    # credHelpers) need the token endpoint's POST flow and external programs.
+    # TODO: identitytoken (an OAuth refresh token) needs the token endpoint's POST flow.
     return None
 
 
+HELPER_TIMEOUT = 30.0
+
+
+def _helper_creds(helper: str, server: str, path: Path) -> _Creds | None:
+    """Ask ``docker-credential-HELPER get`` for ``server`` (docker's credential-helper protocol).
+
+    None when the helper has no credentials for it; an error when it cannot be run or
+    answers nonsense.  Neither its output nor its stderr is ever quoted (they may hold
+    secrets).
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", helper):
+        raise RegistryError(f"auth file {path}: credential helper {helper[:60]!r} is not a name")
+    program = f"docker-credential-{helper}"
+    try:
+        done = subprocess.run(
+            [program, "get"],
+            input=server.encode(),
+            capture_output=True,
+            timeout=HELPER_TIMEOUT,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise RegistryError(
+            f"auth file {path}: credential helper {program} is not on PATH"
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise RegistryError(
+            f"credential helper {program}: no answer within {HELPER_TIMEOUT:.0f}s"
+        ) from None
+    except OSError as exc:
+        raise RegistryError(
+            f"credential helper {program}: cannot run it ({exc.strerror})"
+        ) from None
+    if done.returncode != 0:
+        if b"credentials not found" in done.stdout.lower() + done.stderr.lower():
+            return None
+        raise RegistryError(
+            f"credential helper {program} failed for {server} (exit status {done.returncode})"
+        )
+    try:
+        answer = json.loads(done.stdout)
+        user, secret = answer["Username"], answer["Secret"]
+    except (ValueError, KeyError, TypeError):
+        raise RegistryError(
+            f"credential helper {program}: unreadable answer for {server}"
+        ) from None
+    if not isinstance(user, str) or not isinstance(secret, str) or not user:
+        raise RegistryError(f"credential helper {program}: unreadable answer for {server}")
+    if user == "<token>":
+        raise RegistryError(
+            f"credential helper {program} holds an identity token for {server}; "
+            "those are not supported yet: use --creds or login"
+        )
+    return _Creds(user, secret, f"credential helper {program}")
+
+
+def _helper_server(domain: str) -> str:
+    """The server name docker's helpers file credentials under."""
+    return "https://index.docker.io/v1/" if domain == DEFAULT_DOMAIN else domain
+
+
 def _creds_in(doc: dict[str, object], path: Path, domain: str, repo_path: str) -> _Creds | None:
+    # docker's order: a per-registry helper, else the default store, else the file itself.
+    helpers = doc.get("credHelpers")
+    if isinstance(helpers, dict):
+        for key, helper in helpers.items():
+            if _auth_key(str(key)) == domain and isinstance(helper, str) and helper:
+                creds = _helper_creds(helper, str(key), path)
+                if creds is not None:
+                    return creds
+    store = doc.get("credsStore")
+    if isinstance(store, str) and store:
+        creds = _helper_creds(store, _helper_server(domain), path)
+        if creds is not None:
+            return creds
     auths = doc.get("auths")
     if not isinstance(auths, dict):
         return None

@@ -13,9 +13,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import random
 import stat
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -591,6 +593,66 @@ def test_htpasswd_registry_with_docker_config_authfile(
     wrong.write_text(json.dumps({"auths": {f"http://{basic.host}/": {"auth": bad}}}))
     line = failed(cli, "--authfile", str(wrong), f"{basic.host}/private/app:v1")
     assert str(wrong) in line and WRONG not in line and bad not in line
+
+
+def _credential_helper(tmp_path: Path, name: str, known: dict[str, tuple[str, str]]) -> Path:
+    """A real docker-credential-NAME program (docker's protocol) on a directory for PATH.
+
+    It answers ``get`` from ``known`` (server -> user, secret) and logs each server asked."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    db = tmp_path / f"{name}.json"
+    db.write_text(json.dumps(known))
+    program = bindir / f"docker-credential-{name}"
+    program.write_text(
+        f"""#!{sys.executable}
+import json, sys
+assert sys.argv[1:] == ["get"], sys.argv
+server = sys.stdin.read().strip()
+with open({str(tmp_path / (name + ".log"))!r}, "a") as log:
+    log.write(server + "\\n")
+known = json.load(open({str(db)!r}))
+if server not in known:
+    print("credentials not found in native keychain")
+    sys.exit(1)
+user, secret = known[server]
+print(json.dumps({{"ServerURL": server, "Username": user, "Secret": secret}}))
+"""
+    )
+    program.chmod(0o755)
+    return bindir
+
+
+def test_docker_credential_helpers(
+    basic: Registry, images: Images, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref = f"{basic.host}/private/app:v1"
+    bindir = _credential_helper(tmp_path, "snaptest", {basic.host: ALICE})
+    _credential_helper(tmp_path, "wrongpw", {basic.host: (ALICE[0], WRONG)})
+    _credential_helper(tmp_path, "empty", {})
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    config = tmp_path / "config.json"
+
+    def pull_with(doc: dict[str, Any]) -> tuple[int, str]:
+        config.write_text(json.dumps(doc))
+        result = cli("pull", "--json", "-q", "--authfile", str(config), ref)
+        return result.rc, result.err.strip()
+
+    # credHelpers names a helper for this registry: it is asked, with the registry's name
+    assert pull_with({"auths": {}, "credHelpers": {basic.host: "snaptest"}}) == (0, "")
+    assert (tmp_path / "snaptest.log").read_text().split() == [basic.host]
+    # credsStore is the default helper: when it knows nothing, the file's auths still count
+    auth = base64.b64encode(":".join(ALICE).encode()).decode()
+    rc, err = pull_with({"auths": {basic.host: {"auth": auth}}, "credsStore": "empty"})
+    assert (rc, err) == (0, "")
+    assert (tmp_path / "empty.log").read_text().split() == [basic.host]
+    # a helper's wrong password fails like any other, naming the helper and never the secret
+    rc, err = pull_with({"auths": {}, "credHelpers": {basic.host: "wrongpw"}})
+    assert rc == 1 and "authentication failed" in err and "docker-credential-wrongpw" in err
+    assert WRONG not in err and len(err.splitlines()) == 1
+    # a helper that is not installed is a clear error, not an anonymous attempt
+    rc, err = pull_with({"auths": {}, "credHelpers": {basic.host: "absent"}})
+    assert rc == 1 and err.endswith("credential helper docker-credential-absent is not on PATH")
 
 
 def test_token_registry_with_creds(
