@@ -24,6 +24,7 @@ from .reference import Reference, familiar_repository, split_name
 from .store import ImageRecord, State, Store, check_not_in_use, default_root, in_use
 
 if TYPE_CHECKING:
+    from .pull import PullResult
     from .registry import RegistryOptions as RegistryOptionsT
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CHECK = 0, 1, 2, 3
@@ -70,9 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", metavar="SOURCE")
     _registry_arguments(p)
     p.add_argument("--name", help="name the image in the store (default: the source's tag)")
-    p.add_argument(
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
         "--platform",
         help="OS/ARCH[/VARIANT] to pick from an image index (default: the host's)",
+    )
+    which.add_argument(
+        "--all-platforms",
+        action="store_true",
+        help="keep every image of an image index (manifest list), and the index itself: the "
+        "name then points at the index, and 'inspect'/'mount' pick the host's platform from "
+        "it (or --platform); a source that is one image is pulled as usual",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -81,7 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "images",
         help="list images in the store",
-        description="List images: one row per name; images without a name show as <none>.",
+        description=(
+            "List images: one row per name; images without a name show as <none>. A name "
+            "that points at an image index (pull --all-platforms) gives a row for each "
+            "platform's image."
+        ),
     )
     p.add_argument("--json", action="store_true", help="one JSON document, an object per image")
     p.add_argument("--digests", action="store_true", help="show manifest digests")
@@ -184,10 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="show an image's record as JSON",
         description=(
             "Print an image's record as JSON: names, manifest digest, config, platform, "
-            "and each layer's digest, diff_id, media type and size."
+            "and each layer's digest, diff_id, media type and size. A name of an image "
+            "index gives the image for the host's platform, or --platform's, with the "
+            "index's digest under 'index'."
         ),
     )
     p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--platform", help="OS/ARCH[/VARIANT] to pick from an index")
 
     p = sub.add_parser(
         "mount",
@@ -208,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="mount the image as it stood after its first N layers (0 = empty)",
+    )
+    p.add_argument(
+        "--platform", help="OS/ARCH[/VARIANT] to pick from an index (default: the host's)"
     )
     p.add_argument("--foreground", action="store_true", help="serve in this process")
     p.add_argument("--allow-other", action="store_true", help="let other users see the view")
@@ -307,6 +326,8 @@ def cmd_pull(store: Store, args: argparse.Namespace) -> int:
 
     platform = Platform.parse(args.platform) if args.platform else None
     name = Reference.parse(args.name).name() if args.name else None
+    if args.all_platforms:
+        return _pull_all_platforms(store, args, name)
     progress = for_stream(sys.stderr, quiet=args.quiet)
     try:
         options = _registry_options(args)
@@ -324,20 +345,7 @@ def cmd_pull(store: Store, args: argparse.Namespace) -> int:
     finally:
         progress.close()
     if args.json:
-        _print_json(
-            {
-                "digest": result.digest,
-                "id": result.config,
-                "names": result.names,
-                "moved": result.moved,
-                "platform": result.platform,
-                "layers": result.layers,
-                "unpacked": result.unpacked,
-                "reused": result.reused,
-                "size": result.size,
-                "diff_ids": result.diff_ids,
-            }
-        )
+        _print_json(_pull_json(result))
     else:
         print(result.digest)
     shown = ", ".join(result.names) or "<none>"
@@ -346,6 +354,70 @@ def cmd_pull(store: Store, args: argparse.Namespace) -> int:
         f"pulled {shown} ({result.platform}, {result.layers} layer{plural}: "
         f"{result.unpacked} unpacked, "
         f"{result.reused} already stored; {_human_size(result.size)})"
+    )
+    return EXIT_OK
+
+
+def _pull_json(result: PullResult) -> dict[str, object]:
+    return {
+        "digest": result.digest,
+        "id": result.config,
+        "names": result.names,
+        "moved": result.moved,
+        "platform": result.platform,
+        "layers": result.layers,
+        "unpacked": result.unpacked,
+        "reused": result.reused,
+        "size": result.size,
+        "diff_ids": result.diff_ids,
+    }
+
+
+def _pull_all_platforms(store: Store, args: argparse.Namespace, name: str | None) -> int:
+    import trio
+
+    from .progress import for_stream
+    from .pull import pull_all
+
+    progress = for_stream(sys.stderr, quiet=args.quiet)
+    try:
+        options = _registry_options(args)
+        result = trio.run(
+            lambda: pull_all(
+                store,
+                args.source,
+                name=name,
+                progress=progress,
+                jobs=args.jobs,
+                registry=options,
+            )
+        )
+    finally:
+        progress.close()
+    if args.json:
+        # One shape whatever the source: the images list has one entry for a plain image.
+        _print_json(
+            {
+                "digest": result.digest,
+                "media_type": result.media_type,
+                "index": result.is_index,
+                "names": result.names,
+                "moved": result.moved,
+                "unpacked": result.unpacked,
+                "reused": result.reused,
+                "skipped": result.skipped,
+                "images": [_pull_json(image) for image in result.images],
+            }
+        )
+    else:
+        print(result.digest)
+    shown = ", ".join(result.names) or "<none>"
+    platforms = ", ".join(image.platform for image in result.images)
+    what = f"index of {len(result.images)} images" if result.is_index else "1 image"
+    skipped = f"; skipped {len(result.skipped)} non-images" if result.skipped else ""
+    progress.finish(
+        f"pulled {shown} ({what}: {platforms}; {result.unpacked} layers unpacked, "
+        f"{result.reused} already stored{skipped})"
     )
     return EXIT_OK
 
@@ -406,10 +478,11 @@ def _filter_images(state: State, filters: list[str]) -> list[tuple[ImageRecord, 
         forms = (short, f"{short}:{tag}", repo, f"{repo}:{tag}")
         return any(rx.match(s) for rx in patterns for s in forms)
 
+    named = state.reachable()
     out = []
     for record in sorted(state.images.values(), key=lambda r: r.pulled, reverse=True):
-        names = state.names_of(record.digest)
-        if dangling is not None and (not names) != dangling:
+        names = state.all_names_of(record.digest)
+        if dangling is not None and (record.digest not in named) != dangling:
             continue
         if patterns:
             names = [n for n in names if matches(n)]
@@ -424,10 +497,12 @@ def cmd_images(store: Store, args: argparse.Namespace) -> int:
     images = _filter_images(state, args.filter)
     mounted = in_use(store) if args.json else {}
     if args.json:
+        named = state.reachable()
         _print_json(
             [
                 {
                     "names": names,
+                    "indexes": state.indexes_of(r.digest),
                     "digest": r.digest,
                     "id": r.config,
                     "platform": r.platform,
@@ -435,7 +510,7 @@ def cmd_images(store: Store, args: argparse.Namespace) -> int:
                     "size": r.size,
                     "created": r.created,
                     "pulled": r.pulled,
-                    "dangling": not state.names_of(r.digest),
+                    "dangling": r.digest not in named,
                     "mounts": mounted.get(r.digest, []),
                 }
                 for r, names in images
@@ -490,16 +565,18 @@ def cmd_rmi(store: Store, args: argparse.Namespace) -> int:
 
 
 def _rmi_one(store: Store, state: State, text: str, force: bool) -> None:
+    """Drop a name, or an image or index by digest; with it goes whatever no other name
+    reaches any more (an index's images with the index's last name), as docker does."""
     name = next((n for n in store.names_for(text) if n in state.names), None)
     if name is not None and "@" not in text:
-        digest = state.names[name]
-        if len(state.names_of(digest)) == 1 and not force:
-            check_not_in_use(store, digest, text)
-        lost = store.untag(state, name)
+        reachable = state.reachable()
+        gone = reachable - state.reachable(without_names={name})
+        if not force:
+            for digest in gone & state.images.keys():
+                check_not_in_use(store, digest, text)
+        store.untag(state, name)
         print(f"Untagged: {name}")
-        if lost:
-            store.remove_image(state, lost)
-            print(f"Deleted: {lost}")
+        _remove(store, state, gone)
         return
     digest = store.resolve(state, text)
     names = state.names_of(digest)
@@ -508,24 +585,57 @@ def _rmi_one(store: Store, state: State, text: str, force: bool) -> None:
             f"image {text!r} has {len(names)} names ({', '.join(names)}); "
             "remove them by name, or use --force"
         )
+    holders = state.indexes_of(digest)
+    if holders and not force:
+        listed = "; ".join(f"{i} ({', '.join(state.names_of(i)) or '<none>'})" for i in holders)
+        raise InUse(
+            f"image {text!r} is one platform of the image index {listed}; remove the index, "
+            "or use --force"
+        )
+    gone = {digest}
+    if digest in state.indexes:
+        others = state.reachable(without_names=set(names), without_indexes={digest})
+        gone |= {e.digest for e in state.indexes[digest].manifests} - others
     if not force:
-        check_not_in_use(store, digest, text)
+        for image in gone & state.images.keys():
+            check_not_in_use(store, image, text)
     for n in names:
         print(f"Untagged: {n}")
-    store.remove_image(state, digest)
-    print(f"Deleted: {digest}")
+    _remove(store, state, gone)
+
+
+def _remove(store: Store, state: State, digests: set[str]) -> None:
+    """Remove images and indexes, indexes first (as docker lists an index's deletion)."""
+    for digest in sorted(digests, key=lambda d: (d not in state.indexes, d)):
+        if digest in state.indexes:
+            store.remove_index(state, digest)
+        elif digest in state.images:
+            store.remove_image(state, digest)
+        else:
+            continue
+        print(f"Deleted: {digest}")
 
 
 def cmd_prune(store: Store, args: argparse.Namespace) -> int:
     with store.locked() as state:
         busy = in_use(store)
         removed = []
+        named = state.reachable()
+        indexes_before = set(state.indexes)
         for digest in list(state.images):
             if digest in busy:
                 continue
-            if args.all or not state.names_of(digest):
+            if args.all or digest not in named:
                 store.remove_image(state, digest)
                 removed.append(digest)
+        # Indexes: those no name points at; with -a, every one none of whose images is busy
+        # (remove_image already dropped indexes left empty).
+        for digest, index in list(state.indexes.items()):
+            if not state.names_of(digest) or (
+                args.all and not any(e.digest in busy for e in index.manifests)
+            ):
+                store.remove_index(state, digest)
+        removed += sorted(indexes_before - state.indexes.keys())
         report = store.collect_garbage(state)
     if args.json:
         _print_json(
@@ -550,11 +660,18 @@ def cmd_inspect(store: Store, args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     state = store.read_state()
-    digest = store.resolve(state, args.image)
-    record = state.images[digest]
+    platform = Platform.parse(args.platform) if args.platform else None
+    record, index = store.resolve_image(state, args.image, platform)
     doc = asdict(record)
-    doc["names"] = state.names_of(digest)
+    doc["names"] = state.all_names_of(record.digest)
     doc["size"] = record.size
+    if index is not None:
+        doc["index"] = {
+            "digest": index.digest,
+            "media_type": index.media_type,
+            "names": state.names_of(index.digest),
+            "platforms": [e.platform for e in index.manifests],
+        }
     _print_json(doc)
     return EXIT_OK
 
@@ -563,10 +680,11 @@ def cmd_mount(store: Store, args: argparse.Namespace) -> int:
     from .mount import mount
 
     state = store.read_state()
-    digest = store.resolve(state, args.image)
+    platform = Platform.parse(args.platform) if args.platform else None
+    record, _ = store.resolve_image(state, args.image, platform)
     mount(
         store,
-        state.images[digest],
+        record,
         args.mountpoint,
         label=args.image,
         layers=args.layer,

@@ -78,7 +78,7 @@ def _check_fuse() -> None:
 
 
 def fsname_for(store: Store, record: ImageRecord, label: str, layers: int | None) -> str:
-    names = store.read_state().names_of(record.digest)
+    names = store.read_state().all_names_of(record.digest)
     name = names[0] if names else record.digest
     if layers is not None:
         name += f"@layer{layers}"

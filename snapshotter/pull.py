@@ -4,6 +4,10 @@ Layers unpack in worker threads (``trio.to_thread``), as many at once as there a
 each thread already pipelines decompression against tar parsing.  The first failure stops
 the others (they poll a shared event between tar entries), and nothing reaches the store:
 staged snapshots live under the store's ``tmp/`` until ``Store.commit_image``.
+
+``pull_all`` (``pull --all-platforms``) does the same for every image of an index at once:
+their layers are unpacked together, each diff_id once, and the index with all its images
+is registered in one commit, so a failure anywhere leaves the store as it was.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,11 +24,18 @@ import trio
 
 from .digest import Digest
 from .errors import SnapshotterError
-from .oci import Platform
+from .oci import INDEX_TYPES, Platform
 from .progress import Progress, QuietProgress
-from .store import ImageRecord, LayerRecord, Store, now_iso
+from .store import ImageRecord, IndexEntry, IndexRecord, LayerRecord, Store, now_iso
 from .toc import TOC_NAME, Toc
-from .transports import LayerSource, ResolvedImage, open_source, synthesize_manifest
+from .transports import (
+    LayerSource,
+    ResolvedImage,
+    ResolvedIndex,
+    open_source,
+    open_source_all,
+    synthesize_manifest,
+)
 
 if TYPE_CHECKING:
     from .registry import RegistryOptions
@@ -43,6 +55,24 @@ class PullResult:
     size: int  # unpacked bytes of the image
     blob_bytes: int = 0  # compressed bytes read
     diff_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class PullAllResult:
+    """What ``pull --all-platforms`` did: an index and its images, or one image."""
+
+    digest: str  # index digest, or the manifest digest of a single-image source
+    media_type: str
+    names: list[str]  # point at ``digest``
+    moved: list[str]
+    images: list[PullResult]  # index order; ``names`` of each are its own (none for an index)
+    skipped: list[str]  # index entries that are not images (attestations, artifacts)
+    unpacked: int  # distinct layers unpacked by this pull
+    reused: int  # distinct layers already in the store
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_TYPES
 
 
 @dataclass(slots=True)
@@ -72,6 +102,38 @@ async def pull(
             image.close()
 
 
+async def pull_all(
+    store: Store,
+    source: str,
+    *,
+    name: str | None = None,
+    progress: Progress | None = None,
+    jobs: int | None = None,
+    registry: RegistryOptions | None = None,
+) -> PullAllResult:
+    """Pull every image of SOURCE's index (or its one image) and, for an index, the index
+    itself, which ``name`` (default: the source's) then points at."""
+    progress = progress or QuietProgress()
+    resolved = await trio.to_thread.run_sync(open_source_all, source, registry)
+    try:
+        if isinstance(resolved, ResolvedImage):
+            one = await _pull_resolved(store, resolved, source, name, progress, jobs)
+            return PullAllResult(
+                one.digest,
+                resolved.manifest_media_type,
+                one.names,
+                one.moved,
+                [one],
+                [],
+                one.unpacked,
+                one.reused,
+            )
+        return await _pull_index(store, resolved, source, name, progress, jobs)
+    finally:
+        if resolved.close is not None:
+            resolved.close()
+
+
 async def _pull_resolved(
     store: Store,
     image: ResolvedImage,
@@ -82,31 +144,8 @@ async def _pull_resolved(
 ) -> PullResult:
     store.ensure()
     with store.staging() as staging:
-        done = await _unpack_layers(store, image, staging.path, progress, jobs)
-        layer_digests = [
-            (done[lay.diff_id].layer_digest, done[lay.diff_id].blob_size) for lay in image.layers
-        ]
-        manifest_bytes = image.manifest_bytes or synthesize_manifest(image, layer_digests)
-        manifest_digest = Digest.of_bytes(manifest_bytes)
-        record = ImageRecord(
-            digest=str(manifest_digest),
-            config=str(image.config_digest),
-            media_type=image.manifest_media_type,
-            platform=str(image.platform),
-            layers=[
-                LayerRecord(
-                    digest=str(done[lay.diff_id].layer_digest),
-                    diff_id=str(lay.diff_id),
-                    media_type=lay.media_type,
-                    size=done[lay.diff_id].blob_size,
-                    unpacked_size=done[lay.diff_id].unpacked_size,
-                )
-                for lay in image.layers
-            ],
-            created=image.config.created,
-            pulled=now_iso(),
-            source=source,
-        )
+        done = await _unpack_layers(store, image.layers, staging.path, progress, jobs)
+        record, manifest_bytes = _record(image, done, source)
         names = [name] if name else list(image.names)
         staged = {str(d): u.path for d, u in done.items() if u.path is not None}
         moved = await trio.to_thread.run_sync(
@@ -114,40 +153,150 @@ async def _pull_resolved(
                 record,
                 names,
                 staged,
-                {
-                    str(manifest_digest): manifest_bytes,
-                    str(image.config_digest): image.config_bytes,
-                },
+                {record.digest: manifest_bytes, record.config: image.config_bytes},
                 {str(u.layer_digest): str(d) for d, u in done.items()},
             )
         )
     unpacked = sum(1 for u in done.values() if u.path is not None)
-    return PullResult(
-        digest=str(manifest_digest),
+    return _result(image, record, names, moved, unpacked, len(done) - unpacked, progress)
+
+
+async def _pull_index(
+    store: Store,
+    index: ResolvedIndex,
+    source: str,
+    name: str | None,
+    progress: Progress,
+    jobs: int | None,
+) -> PullAllResult:
+    store.ensure()
+    with store.staging() as staging:
+        layers = [layer for item in index.images for layer in item.image.layers]
+        done = await _unpack_layers(store, layers, staging.path, progress, jobs)
+        records: list[ImageRecord] = []
+        blobs = {str(index.index_digest): index.index_bytes}
+        for item in index.images:
+            record, manifest_bytes = _record(item.image, done, source)
+            records.append(record)
+            blobs[record.digest] = manifest_bytes
+            blobs[record.config] = item.image.config_bytes
+        index_record = IndexRecord(
+            digest=str(index.index_digest),
+            media_type=index.media_type,
+            manifests=[
+                IndexEntry(r.digest, str(item.platform))
+                for r, item in zip(records, index.images, strict=True)
+            ],
+            pulled=now_iso(),
+            source=source,
+        )
+        names = [name] if name else list(index.names)
+        staged = {str(d): u.path for d, u in done.items() if u.path is not None}
+        moved = await trio.to_thread.run_sync(
+            lambda: store.commit(
+                records,
+                index_record,
+                names,
+                staged,
+                blobs,
+                {str(u.layer_digest): str(d) for d, u in done.items()},
+            )
+        )
+    unpacked = {d for d, u in done.items() if u.path is not None}
+    results = [
+        _result(
+            item.image,
+            record,
+            [],
+            [],
+            sum(1 for d in set(record.diff_ids) if Digest.parse(d) in unpacked),
+            sum(1 for d in set(record.diff_ids) if Digest.parse(d) not in unpacked),
+            progress,
+        )
+        for item, record in zip(index.images, records, strict=True)
+    ]
+    return PullAllResult(
+        str(index.index_digest),
+        index.media_type,
+        names,
+        moved,
+        results,
+        list(index.skipped),
+        len(unpacked),
+        len(done) - len(unpacked),
+    )
+
+
+def _record(
+    image: ResolvedImage, done: dict[Digest, _Unpacked], source: str
+) -> tuple[ImageRecord, bytes]:
+    """The store's record of ``image`` once its layers are unpacked, and its manifest."""
+    layer_digests = [
+        (done[lay.diff_id].layer_digest, done[lay.diff_id].blob_size) for lay in image.layers
+    ]
+    manifest_bytes = image.manifest_bytes or synthesize_manifest(image, layer_digests)
+    record = ImageRecord(
+        digest=str(Digest.of_bytes(manifest_bytes)),
         config=str(image.config_digest),
+        media_type=image.manifest_media_type,
+        platform=str(image.platform),
+        layers=[
+            LayerRecord(
+                digest=str(done[lay.diff_id].layer_digest),
+                diff_id=str(lay.diff_id),
+                media_type=lay.media_type,
+                size=done[lay.diff_id].blob_size,
+                unpacked_size=done[lay.diff_id].unpacked_size,
+            )
+            for lay in image.layers
+        ],
+        created=image.config.created,
+        pulled=now_iso(),
+        source=source,
+    )
+    return record, manifest_bytes
+
+
+def _result(
+    image: ResolvedImage,
+    record: ImageRecord,
+    names: list[str],
+    moved: list[str],
+    unpacked: int,
+    reused: int,
+    progress: Progress,
+) -> PullResult:
+    return PullResult(
+        digest=record.digest,
+        config=record.config,
         names=names,
         moved=moved,
         platform=str(image.platform),
         layers=len(image.layers),
         unpacked=unpacked,
-        reused=len(done) - unpacked,
+        reused=reused,
         size=record.size,
         blob_bytes=progress.done_bytes,
-        diff_ids=[str(lay.diff_id) for lay in image.layers],
+        diff_ids=record.diff_ids,
     )
 
 
 async def _unpack_layers(
-    store: Store, image: ResolvedImage, staging: Path, progress: Progress, jobs: int | None
+    store: Store,
+    layers: Sequence[LayerSource],
+    staging: Path,
+    progress: Progress,
+    jobs: int | None,
 ) -> dict[Digest, _Unpacked]:
+    """Unpack each distinct diff_id of ``layers`` once (of one image, or several)."""
     done: dict[Digest, _Unpacked] = {}
     unique: dict[Digest, LayerSource] = {}
-    for layer in image.layers:
+    for layer in layers:
         unique.setdefault(layer.diff_id, layer)
     stop = threading.Event()
     failures: list[BaseException] = []
     limiter = trio.CapacityLimiter(jobs or max(2, os.cpu_count() or 2))
-    n = len(image.layers)
+    n = len(layers)
 
     async def one(layer: LayerSource) -> None:
         label = f"layer {layer.index + 1}/{n} {layer.diff_id.short()}"
@@ -158,7 +307,6 @@ async def _unpack_layers(
                 done[layer.diff_id] = await trio.to_thread.run_sync(
                     _unpack_one,
                     store,
-                    image,
                     layer,
                     staging,
                     progress.task(label, layer.size),
@@ -180,7 +328,6 @@ async def _unpack_layers(
 
 def _unpack_one(
     store: Store,
-    image: ResolvedImage,
     layer: LayerSource,
     staging: Path,
     advance: object,
@@ -220,4 +367,4 @@ def _hash_blob(layer: LayerSource) -> tuple[Digest, int]:
     return Digest("sha256", h.hexdigest()), size
 
 
-__all__ = ["PullResult", "pull", "SnapshotterError"]
+__all__ = ["PullAllResult", "PullResult", "pull", "pull_all", "SnapshotterError"]

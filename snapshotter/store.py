@@ -2,7 +2,7 @@
 
 Layout under the store root (docs/store.md has the long form)::
 
-    state.json                    images, names -> manifest digest, layer digest -> diff_id
+    state.json                    images, indexes, names -> digest, layer digest -> diff_id
     lock                          flock: held exclusively while state changes
     journal.json                  present only while a commit is under way
     blobs/sha256/<hex>            manifests and configs, verbatim
@@ -29,17 +29,21 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .digest import Digest
 from .errors import InUse, InvalidReference, NotFound, StoreCorrupt
-from .oci import chain_ids
+from .oci import Platform, chain_ids
 from .reference import Reference
 from .toc import TOC_NAME
 
-STATE_VERSION = 1
+# Version 2 adds ``indexes``; a state without any is still written as version 1, so a store
+# that never saw ``pull --all-platforms`` stays readable by older snapshotters, and one that
+# did is refused by them rather than misread (their names could point at an index).
+STATE_VERSION = 2
+STATE_VERSIONS = (1, 2)
 
 
 def default_root() -> Path:
@@ -88,28 +92,102 @@ class ImageRecord:
 
 
 @dataclass(slots=True)
+class IndexEntry:
+    digest: str  # manifest digest of an image in ``State.images``
+    platform: str  # as the index's descriptor says (else the config), e.g. linux/arm64/v8
+
+
+@dataclass(slots=True)
+class IndexRecord:
+    """An image index (or manifest list) kept whole by ``pull --all-platforms``.
+
+    Names may point at it as at an image; the images it lists are ordinary images, shared
+    with any other index or name.  ``manifests`` lists only images that are in the store
+    (attestations and other non-images of the index are not), in the index's order, which
+    is also the order of preference when several match a platform.
+    """
+
+    digest: str  # the index blob as the source had it
+    media_type: str
+    manifests: list[IndexEntry]
+    pulled: str
+    source: str
+
+    def select(self, want: Platform) -> IndexEntry | None:
+        for entry in self.manifests:
+            with contextlib.suppress(InvalidReference):
+                if Platform.parse(entry.platform).matches(want):
+                    return entry
+        return None
+
+    @classmethod
+    def from_json(cls, obj: dict[str, object]) -> IndexRecord:
+        entries = [IndexEntry(**e) for e in obj["manifests"]]  # type: ignore[attr-defined]
+        fields = {k: v for k, v in obj.items() if k != "manifests"}
+        return cls(manifests=entries, **fields)  # type: ignore[arg-type]
+
+
+@dataclass(slots=True)
 class State:
     images: dict[str, ImageRecord] = field(default_factory=dict)
-    names: dict[str, str] = field(default_factory=dict)  # full name -> manifest digest
+    names: dict[str, str] = field(default_factory=dict)  # full name -> manifest/index digest
     layers: dict[str, str] = field(default_factory=dict)  # layer digest -> diff_id
+    indexes: dict[str, IndexRecord] = field(default_factory=dict)  # index digest -> record
 
     def names_of(self, digest: str) -> list[str]:
+        """The names pointing at ``digest`` (an image or an index) itself."""
         return sorted(n for n, d in self.names.items() if d == digest)
 
+    def indexes_of(self, digest: str) -> list[str]:
+        """The indexes that list the image ``digest``."""
+        return sorted(
+            i for i, r in self.indexes.items() if any(e.digest == digest for e in r.manifests)
+        )
+
+    def all_names_of(self, digest: str) -> list[str]:
+        """Names that reach the image ``digest``: its own and those of indexes listing it."""
+        names = set(self.names_of(digest))
+        for index in self.indexes_of(digest):
+            names.update(self.names_of(index))
+        return sorted(names)
+
+    def reachable(
+        self, *, without_names: Collection[str] = (), without_indexes: Collection[str] = ()
+    ) -> set[str]:
+        """Digests of the images and indexes some name reaches, directly or through an
+        index, not counting ``without_names`` and ``without_indexes``.  An image outside
+        this set is dangling (``<none>``)."""
+        out: set[str] = set()
+        for name, digest in self.names.items():
+            if name in without_names or digest in without_indexes:
+                continue
+            out.add(digest)
+            index = self.indexes.get(digest)
+            if index is not None:
+                out.update(e.digest for e in index.manifests)
+        return out
+
     def to_json(self) -> dict[str, object]:
-        return {
-            "version": STATE_VERSION,
+        doc: dict[str, object] = {
+            "version": STATE_VERSION if self.indexes else 1,
             "images": {d: asdict(r) for d, r in sorted(self.images.items())},
             "names": dict(sorted(self.names.items())),
             "layers": dict(sorted(self.layers.items())),
         }
+        if self.indexes:
+            doc["indexes"] = {d: asdict(r) for d, r in sorted(self.indexes.items())}
+        return doc
 
     @classmethod
     def from_json(cls, obj: dict[str, object]) -> State:
-        if obj.get("version") != STATE_VERSION:
+        if obj.get("version") not in STATE_VERSIONS:
             raise StoreCorrupt(f"state.json: unknown version {obj.get('version')!r}")
         images = {d: ImageRecord.from_json(r) for d, r in obj["images"].items()}  # type: ignore[attr-defined]
-        return cls(images, dict(obj["names"]), dict(obj["layers"]))  # type: ignore[call-overload]
+        indexes = {
+            d: IndexRecord.from_json(r)
+            for d, r in obj.get("indexes", {}).items()  # type: ignore[attr-defined]
+        }
+        return cls(images, dict(obj["names"]), dict(obj["layers"]), indexes)  # type: ignore[call-overload]
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +400,9 @@ class Store:
             for layer in image.layers:
                 dig = Digest.parse(layer.diff_id)
                 refs.add(f"snapshots/{dig.algorithm}/{dig.hex}")
+        for index_digest in state.indexes:
+            dig = Digest.parse(index_digest)
+            refs.add(f"blobs/{dig.algorithm}/{dig.hex}")
         return refs
 
     def _discard(self, path: Path) -> None:
@@ -356,8 +437,28 @@ class Store:
         the store already has that snapshot); every other diff_id of the image must already
         be in the store.  Returns the names that moved away from another image.
         """
+        return self.commit([record], None, names, staged_snapshots, blobs, layer_map)
+
+    def commit(
+        self,
+        records: list[ImageRecord],
+        index: IndexRecord | None,
+        names: Iterable[str],
+        staged_snapshots: dict[str, Path],
+        blobs: dict[str, bytes],
+        layer_map: dict[str, str],
+    ) -> list[str]:
+        """Atomically add ``records`` (and ``index``, which lists them) in one state write.
+
+        ``names`` point at ``index`` if there is one, else at the single record.  Snapshots
+        and blobs follow :meth:`commit_image`'s rules; ``blobs`` must hold every manifest,
+        config and the index.  Returns the names that moved away from another digest.
+        """
+        if index is None and len(records) != 1:
+            raise ValueError("records: without an index, commit exactly one image")
+        names = list(names)
         with self.locked() as state:
-            for diff_id in record.diff_ids:
+            for diff_id in {d for record in records for d in record.diff_ids}:
                 if diff_id not in staged_snapshots and not self.has_snapshot(Digest.parse(diff_id)):
                     raise NotFound(
                         f"snapshot {diff_id} was removed while the pull ran "
@@ -385,13 +486,20 @@ class Store:
                 tmp = self._commit_temp("blob")
                 _write_synced(tmp, data)
                 os.rename(tmp, target)
-            moved = [n for n in names if state.names.get(n) not in (None, record.digest)]
-            existing = state.images.get(record.digest)
-            if existing is not None:
-                record.pulled = existing.pulled
-            state.images[record.digest] = record
+            named = index.digest if index is not None else records[0].digest
+            moved = [n for n in names if state.names.get(n) not in (None, named)]
+            for record in records:
+                existing = state.images.get(record.digest)
+                if existing is not None:
+                    record.pulled = existing.pulled
+                state.images[record.digest] = record
+            if index is not None:
+                existing_index = state.indexes.get(index.digest)
+                if existing_index is not None:
+                    index.pulled = existing_index.pulled
+                state.indexes[index.digest] = index
             for name in names:
-                state.names[name] = record.digest
+                state.names[name] = named
             state.layers.update(layer_map)
             self._write_state(state)
             self.journal_path.unlink()
@@ -400,11 +508,12 @@ class Store:
     # -- lookups -------------------------------------------------------------------------
 
     def resolve(self, state: State, text: str) -> str:
-        """NAME, NAME@DIGEST, a digest, or a unique id/digest prefix -> manifest digest."""
+        """NAME, NAME@DIGEST, a digest, or a unique id/digest prefix -> manifest digest, or
+        the digest of an index (see :meth:`resolve_image` for the image it stands for)."""
         if "@" in text:
             _, _, digest_text = text.rpartition("@")
             digest = str(Digest.parse(digest_text))
-            if digest in state.images:
+            if digest in state.images or digest in state.indexes:
                 return digest
             raise NotFound(f"image {text!r}: no image with digest {digest} in the store")
         for name in _candidate_names(text):
@@ -418,11 +527,38 @@ class Store:
                 if Digest.parse(d).hex.startswith(prefix)
                 or Digest.parse(r.config).hex.startswith(prefix)
             }
+            hits.update(d for d in state.indexes if Digest.parse(d).hex.startswith(prefix))
             if len(hits) == 1:
                 return hits.pop()
             if len(hits) > 1:
                 raise InvalidReference(f"image {text!r}: prefix matches {len(hits)} images")
         raise NotFound(f"image {text!r}: not in the store (see 'snapshotter images')")
+
+    def resolve_image(
+        self, state: State, text: str, platform: Platform | None = None
+    ) -> tuple[ImageRecord, IndexRecord | None]:
+        """The image ``text`` stands for, and the index it was picked from, if any.
+
+        An index gives its image for ``platform`` (default: the host's), as docker and
+        podman pick from a multi-platform image; a plain image must match ``platform`` when
+        one is given.
+        """
+        digest = self.resolve(state, text)
+        index = state.indexes.get(digest)
+        if index is None:
+            record = state.images[digest]
+            if platform is not None and not _platform_matches(record.platform, platform):
+                raise NotFound(f"image {text!r} is for {record.platform}, not {platform}")
+            return record, None
+        want = platform or Platform.host()
+        entry = index.select(want)
+        if entry is None or entry.digest not in state.images:
+            available = ", ".join(e.platform for e in index.manifests) or "none"
+            raise NotFound(
+                f"image {text!r}: index {digest} has no image for platform {want} in the "
+                f"store; available: {available} (use --platform)"
+            )
+        return state.images[entry.digest], index
 
     def names_for(self, text: str) -> list[str]:
         return _candidate_names(text)
@@ -471,9 +607,23 @@ class Store:
         return digest if not state.names_of(digest) else None
 
     def remove_image(self, state: State, digest: str) -> None:
+        """Drop an image with its names; indexes that listed it forget it, and an index left
+        with no image goes too."""
         for name in state.names_of(digest):
             del state.names[name]
         state.images.pop(digest, None)
+        for index_digest in state.indexes_of(digest):
+            index = state.indexes[index_digest]
+            index.manifests = [e for e in index.manifests if e.digest != digest]
+            if not index.manifests:
+                self.remove_index(state, index_digest)
+
+    def remove_index(self, state: State, digest: str) -> None:
+        """Drop an index with its names; its images stay (dangling if nothing else names
+        them)."""
+        for name in state.names_of(digest):
+            del state.names[name]
+        state.indexes.pop(digest, None)
 
     def collect_garbage(self, state: State) -> PruneReport:
         """Remove snapshots and blobs that no image and no live mount references.
@@ -484,6 +634,7 @@ class Store:
         self._write_state(state)
         keep_snapshots = {d for image in state.images.values() for d in image.diff_ids}
         keep_blobs = {d for image in state.images.values() for d in (image.digest, image.config)}
+        keep_blobs.update(state.indexes)
         for mount in self.live_mounts():
             keep_snapshots.update(mount.diff_ids)
         removed_snapshots: list[str] = []
@@ -536,6 +687,13 @@ def check_not_in_use(store: Store, digest: str, text: str) -> None:
             f"image {text!r} is in use by the mount at {', '.join(mounts)} "
             "(unmount it, or use --force)"
         )
+
+
+def _platform_matches(recorded: str, want: Platform) -> bool:
+    try:
+        return Platform.parse(recorded).matches(want)
+    except InvalidReference:
+        return True  # the config names no platform: nothing to check against
 
 
 def _candidate_names(text: str) -> list[str]:

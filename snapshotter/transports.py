@@ -54,7 +54,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 if TYPE_CHECKING:
-    from .registry import RegistryOptions
+    from .registry import RegistryClient, RegistryOptions
 
 
 class BlobReader(Protocol):
@@ -131,6 +131,29 @@ class ResolvedImage:
     names: tuple[str, ...]  # full names the source gives the image (may be empty)
     platform: Platform
     # Called once the layers have been read (a registry client's connections); may be None.
+    close: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexImage:
+    """One image of an index: the platform its descriptor gives (else its config's)."""
+
+    platform: Platform
+    image: ResolvedImage
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedIndex:
+    """An image index with every image it lists, each resolved up to its layers
+    (``pull --all-platforms``).  Nested indexes are flattened into ``images``."""
+
+    source: str
+    index_bytes: bytes  # verbatim, as the source had it
+    index_digest: Digest
+    media_type: str
+    images: tuple[IndexImage, ...]  # in index order; one per manifest digest
+    skipped: tuple[str, ...]  # what the index lists that is not an image, e.g. attestations
+    names: tuple[str, ...]
     close: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
 
@@ -374,8 +397,13 @@ def _default_repository(path: str) -> str:
 
 
 def _resolve_layout(
-    files: _Files, tag: str, platform: Platform | None, source: str, repository: str
-) -> ResolvedImage:
+    files: _Files,
+    tag: str,
+    platform: Platform | None,
+    source: str,
+    repository: str,
+    all_platforms: bool = False,
+) -> ResolvedImage | ResolvedIndex:
     what = f"{source}: index.json"
     index = Index.parse(files.read_small("index.json", what), what)
     images = [d for d in index.manifests if d.media_type in MANIFEST_TYPES | INDEX_TYPES]
@@ -392,6 +420,11 @@ def _resolve_layout(
     if len(candidates) == 1:
         desc = candidates[0]
     elif all(d.platform is not None and d.media_type in MANIFEST_TYPES for d in candidates):
+        if all_platforms:
+            raise NotFound(
+                f"{source}: index.json itself lists {len(candidates)} platforms; "
+                "--all-platforms needs a tag naming an image index"
+            )
         desc = select_platform(Index(index.media_type, tuple(candidates)), want, source)
     else:
         tags = sorted({d.ref_name for d in candidates if d.ref_name})
@@ -400,6 +433,20 @@ def _resolve_layout(
             f"(tags: {', '.join(tags) or 'none'})"
         )
     names = _names_for(desc, repository)
+    if all_platforms and desc.media_type in INDEX_TYPES:
+        index_bytes = _read_blob(files, desc, "image index")
+
+        def image(child: Descriptor, data: bytes) -> ResolvedImage:
+            return _from_manifest(files, data, child, (), None, source)
+
+        return _collect_index(
+            source,
+            index_bytes,
+            desc.digest,
+            names,
+            lambda child: _read_blob(files, child, "image index or manifest"),
+            image,
+        )
     seen: set[Digest] = set()
     while desc.media_type in INDEX_TYPES:
         if desc.digest in seen or len(seen) > 8:
@@ -640,9 +687,25 @@ def open_source(
     text: str, platform: Platform | None, registry: RegistryOptions | None = None
 ) -> ResolvedImage:
     """Resolve SOURCE (skopeo syntax) to one image, verified up to its layers."""
+    image = _open(text, platform, registry, all_platforms=False)
+    assert isinstance(image, ResolvedImage)
+    return image
+
+
+def open_source_all(
+    text: str, registry: RegistryOptions | None = None
+) -> ResolvedImage | ResolvedIndex:
+    """Resolve SOURCE to every image it holds: an index with all its images if SOURCE names
+    an image index or manifest list, else its one image (``pull --all-platforms``)."""
+    return _open(text, None, registry, all_platforms=True)
+
+
+def _open(
+    text: str, platform: Platform | None, registry: RegistryOptions | None, *, all_platforms: bool
+) -> ResolvedImage | ResolvedIndex:
     src = SourceRef.parse(text)
     if src.transport == "docker":
-        return _resolve_registry(Reference.parse(src.ref), platform, registry)
+        return _resolve_registry(Reference.parse(src.ref), platform, registry, all_platforms)
     path = Path(src.path)
     if src.transport == "oci":
         if not path.is_dir():
@@ -650,7 +713,12 @@ def open_source(
         if not (path / "index.json").is_file():
             raise NotFound(f"source {text!r}: {path} has no index.json; not an OCI image layout")
         return _resolve_layout(
-            _DirFiles(path), src.ref, platform, str(src), _default_repository(src.path)
+            _DirFiles(path),
+            src.ref,
+            platform,
+            str(src),
+            _default_repository(src.path),
+            all_platforms,
         )
     if not path.is_file():
         raise NotFound(f"source {text!r}: {path} is not a file")
@@ -658,7 +726,9 @@ def open_source(
     if src.transport == "oci-archive":
         if not files.exists("index.json"):
             raise NotFound(f"source {text!r}: no index.json in the archive; not an oci-archive")
-        return _resolve_layout(files, src.ref, platform, str(src), _default_repository(src.path))
+        return _resolve_layout(
+            files, src.ref, platform, str(src), _default_repository(src.path), all_platforms
+        )
     return _resolve_docker_archive(files, src.ref, platform, str(src))
 
 
@@ -666,8 +736,11 @@ def open_source(
 
 
 def _resolve_registry(
-    ref: Reference, platform: Platform | None, options: RegistryOptions | None
-) -> ResolvedImage:
+    ref: Reference,
+    platform: Platform | None,
+    options: RegistryOptions | None,
+    all_platforms: bool = False,
+) -> ResolvedImage | ResolvedIndex:
     """Resolve a registry reference; the result's ``close`` ends its client's connections."""
     from dataclasses import replace
 
@@ -677,57 +750,157 @@ def _resolve_registry(
     try:
         source = f"docker://{ref}"
         body, media_type, digest = client.manifest(ref)
+        names = (ref.name(),) if ref.tag else ()
+        if all_platforms and media_type in INDEX_TYPES:
+
+            def fetch(desc: Descriptor) -> bytes:
+                child_ref = replace(ref, tag=None, digest=desc.digest)
+                data, child_type, _ = client.manifest(child_ref)
+                if child_type not in MANIFEST_TYPES | INDEX_TYPES:
+                    raise UnsupportedMedia(
+                        f"{source}: unsupported manifest media type {child_type!r}"
+                    )
+                return data
+
+            def child(desc: Descriptor, data: bytes) -> ResolvedImage:
+                return _registry_image(client, ref, data, desc.digest, (), None)
+
+            index = _collect_index(source, body, digest, names, fetch, child)
+            return replace(index, close=client.close)
         want = platform or Platform.host()
         seen: set[Digest] = set()
         while media_type in INDEX_TYPES:
             if digest in seen or len(seen) > 8:
                 raise InvalidReference(f"{source}: image index {digest} nests in a loop")
             seen.add(digest)
-            index = Index.parse(body, f"{source}: index {digest}")
-            desc = select_platform(index, want, f"{source}: index {digest}")
+            index_doc = Index.parse(body, f"{source}: index {digest}")
+            desc = select_platform(index_doc, want, f"{source}: index {digest}")
             body, media_type, digest = client.manifest(replace(ref, tag=None, digest=desc.digest))
         if media_type not in MANIFEST_TYPES:
             raise UnsupportedMedia(f"{source}: unsupported manifest media type {media_type!r}")
-        what = f"{source}: manifest {digest}"
-        manifest = Manifest.parse(body, what)
-        if manifest.config.media_type not in CONFIG_TYPES:
-            raise UnsupportedMedia(
-                f"{what}: an artifact (config type {manifest.config.media_type!r}), "
-                "not a container image"
-            )
-        config_bytes = client.blob(ref, manifest.config.digest, size=manifest.config.size)
-        config = ImageConfig.parse(config_bytes, f"{source}: config {manifest.config.digest}")
-        _check_platform(config, platform, source)
-        if len(config.diff_ids) != len(manifest.layers):
-            raise InvalidReference(
-                f"{what}: {len(manifest.layers)} layers but the config lists "
-                f"{len(config.diff_ids)} diff_ids"
-            )
-        layers = []
-        for i, (layer, diff_id) in enumerate(zip(manifest.layers, config.diff_ids, strict=True)):
-            compression = layer_compression(layer, f"{source}: layer {i + 1}")
-
-            def opener(layer: Descriptor = layer) -> BlobReader:
-                return client.open_blob(ref, layer.digest, layer.size)
-
-            layers.append(
-                LayerSource(
-                    i, layer.media_type, compression, layer.digest, layer.size, diff_id, opener
-                )
-            )
-        names = (ref.name(),) if ref.tag else ()
-        return ResolvedImage(
-            source=source,
-            manifest_bytes=body,
-            manifest_media_type=manifest.media_type,
-            config_bytes=config_bytes,
-            config_digest=manifest.config.digest,
-            config=config,
-            layers=tuple(layers),
-            names=names,
-            platform=config.platform,
-            close=client.close,
-        )
+        image = _registry_image(client, ref, body, digest, names, platform)
+        return replace(image, close=client.close)
     except BaseException:
         client.close()
         raise
+
+
+def _registry_image(
+    client: RegistryClient,
+    ref: Reference,
+    body: bytes,
+    digest: Digest,
+    names: tuple[str, ...],
+    platform: Platform | None,
+) -> ResolvedImage:
+    """One image manifest from a registry (``body``, verified by the client), its config
+    fetched; layers are opened by the caller, through the same client."""
+    source = f"docker://{ref}"
+    what = f"{source}: manifest {digest}"
+    manifest = Manifest.parse(body, what)
+    if manifest.config.media_type not in CONFIG_TYPES:
+        raise UnsupportedMedia(
+            f"{what}: an artifact (config type {manifest.config.media_type!r}), "
+            "not a container image"
+        )
+    config_bytes = client.blob(ref, manifest.config.digest, size=manifest.config.size)
+    config = ImageConfig.parse(config_bytes, f"{source}: config {manifest.config.digest}")
+    _check_platform(config, platform, source)
+    if len(config.diff_ids) != len(manifest.layers):
+        raise InvalidReference(
+            f"{what}: {len(manifest.layers)} layers but the config lists "
+            f"{len(config.diff_ids)} diff_ids"
+        )
+    layers = []
+    for i, (layer, diff_id) in enumerate(zip(manifest.layers, config.diff_ids, strict=True)):
+        compression = layer_compression(layer, f"{source}: layer {i + 1}")
+
+        def opener(layer: Descriptor = layer) -> BlobReader:
+            return client.open_blob(ref, layer.digest, layer.size)
+
+        layers.append(
+            LayerSource(i, layer.media_type, compression, layer.digest, layer.size, diff_id, opener)
+        )
+    return ResolvedImage(
+        source=source,
+        manifest_bytes=body,
+        manifest_media_type=manifest.media_type,
+        config_bytes=config_bytes,
+        config_digest=manifest.config.digest,
+        config=config,
+        layers=tuple(layers),
+        names=names,
+        platform=config.platform,
+    )
+
+
+# -- every image of an index ----------------------------------------------------------------
+
+# buildx attaches provenance/SBOM attestations as manifests for platform unknown/unknown,
+# marked with this annotation (docker buildx docs, "attestation storage").
+_REFERENCE_TYPE = "vnd.docker.reference.type"
+
+
+def _collect_index(
+    source: str,
+    index_bytes: bytes,
+    index_digest: Digest,
+    names: tuple[str, ...],
+    fetch: Callable[[Descriptor], bytes],
+    image: Callable[[Descriptor, bytes], ResolvedImage],
+) -> ResolvedIndex:
+    """Resolve every image ``index_bytes`` lists, depth first through nested indexes.
+
+    ``fetch`` returns a child's verified bytes, ``image`` resolves a manifest.  Children
+    that are not container images (attestations, artifacts, unknown media types) are
+    skipped and reported, as they cannot be unpacked; a manifest listed twice is kept once.
+    """
+    top = Index.parse(index_bytes, f"{source}: index {index_digest}")
+    found: dict[Digest, IndexImage] = {}
+    skipped: list[str] = []
+    seen = {index_digest}
+
+    def walk(index: Index, depth: int) -> None:
+        for desc in index.manifests:
+            plat = desc.platform
+            if desc.annotations.get(_REFERENCE_TYPE) or (
+                plat is not None and (plat.os, plat.architecture) == ("unknown", "unknown")
+            ):
+                skipped.append(f"{desc.digest} ({desc.annotations.get(_REFERENCE_TYPE, plat)})")
+                continue
+            if desc.media_type in INDEX_TYPES:
+                if desc.digest in seen or depth >= 8:
+                    raise InvalidReference(f"{source}: image index {desc.digest} nests in a loop")
+                seen.add(desc.digest)
+                walk(Index.parse(fetch(desc), f"{source}: index {desc.digest}"), depth + 1)
+                continue
+            if desc.media_type not in MANIFEST_TYPES:
+                skipped.append(f"{desc.digest} ({desc.media_type})")
+                continue
+            if desc.digest in found:
+                continue
+            data = fetch(desc)
+            config = Manifest.parse(data, f"{source}: manifest {desc.digest}").config
+            if config.media_type not in CONFIG_TYPES:
+                skipped.append(f"{desc.digest} (artifact {config.media_type})")
+                continue
+            resolved = image(desc, data)
+            if plat is None or not plat.os:
+                plat = resolved.platform
+            found[desc.digest] = IndexImage(plat, resolved)
+
+    walk(top, 0)
+    if not found:
+        raise NotFound(
+            f"{source}: index {index_digest} lists no container image "
+            f"({len(skipped)} other manifests)"
+        )
+    return ResolvedIndex(
+        source=source,
+        index_bytes=index_bytes,
+        index_digest=index_digest,
+        media_type=top.media_type,
+        images=tuple(found.values()),
+        skipped=tuple(skipped),
+        names=names,
+    )
