@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -221,6 +222,20 @@ def _tls_problem(exc: BaseException) -> ssl.SSLError | None:
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _unknown_host(exc: BaseException) -> bool:
+    """True when the name does not resolve at all (not a temporary resolver failure)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, socket.gaierror):
+            return seen.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None))
+        seen = seen.__cause__ or seen.__context__
+    # httpcore re-raises resolver errors with only their text
+    text = str(exc).lower()
+    return "name or service not known" in text or "no address associated" in text
 
 
 class _Transient(Exception):
@@ -762,6 +777,9 @@ class RegistryClient:
             tls = _tls_problem(exc)
             if tls is not None and isinstance(exc, httpx.ConnectError):
                 raise RegistryError(f"{what}: tls: {_describe(tls)}") from exc
+            if isinstance(exc, httpx.ConnectError) and _unknown_host(exc):
+                # retrying cannot make a name exist (a temporary DNS failure is retried)
+                raise RegistryError(f"{what}: unknown host ({_describe(exc)})") from exc
             if isinstance(exc, httpx.TimeoutException | httpx.NetworkError):
                 raise _Transient(_describe(exc)) from exc
             if isinstance(exc, httpx.RemoteProtocolError):

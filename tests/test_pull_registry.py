@@ -722,6 +722,22 @@ def test_login_pull_logout(
 # -- not found ----------------------------------------------------------------------------
 
 
+def test_unreachable_registries_are_one_clear_line(cli: Cli, store_root: Path) -> None:
+    # nothing listens: connection errors are retried (a registry may be restarting), then
+    # reported with how many attempts were made
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again below: nothing listens there
+    line = failed(cli, f"127.0.0.1:{port}/app:1")
+    assert "cannot connect" in line and "connection refused" in line and "gave up after" in line
+    # a name that does not exist is final at once (RFC 2606 reserves .invalid)
+    line = failed(cli, "registry.snapshotter-test.invalid/app:1")
+    assert "unknown host" in line and "gave up" not in line
+    assert tree_state(store_root) == {}
+
+
 def test_unknown_tag_and_repository(anon: Registry, cli: Cli, store_root: Path) -> None:
     line = failed(cli, f"docker://{anon.host}/app:nope")
     assert "app:nope" in line and "manifest unknown" in line
