@@ -308,6 +308,40 @@ class _Quiet(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
+# -- a registry's tags pages, with the Link headers a real one does not send -----------
+
+
+class _PagesHandler(_Quiet):
+    def do_GET(self) -> None:
+        owner: PagedTags = self.owner
+        owner.asked.append(self.path)
+        if self.path == "/v2/":
+            self.reply(200, b"{}", {"Content-Type": "application/json"})
+            return
+        page = owner.pages.get(self.path)
+        if page is None:
+            self.reply(404, b'{"errors": [{"code": "NAME_UNKNOWN", "message": "no"}]}')
+            return
+        tags, link = page
+        headers = {"Content-Type": "application/json"}
+        if link:
+            headers["Link"] = link.replace("{host}", owner.host)
+        self.reply(200, json.dumps({"name": "ns/app", "tags": tags}).encode(), headers)
+
+
+class PagedTags(_Background):
+    """A plain-HTTP server on 127.0.0.1 serving ``pages``: path -> (tags, Link or None);
+    ``{host}`` in a Link becomes this server's host.  Docker's registry only ever sends
+    relative Links on its own host; other registries send absolute ones, or worse."""
+
+    handler = _PagesHandler
+
+    def __init__(self, pages: dict[str, tuple[list[str], str | None]]) -> None:
+        self.pages = pages
+        self.asked: list[str] = []
+        super().__init__()
+
+
 # -- token server ---------------------------------------------------------------------------
 
 

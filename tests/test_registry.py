@@ -1,8 +1,8 @@
 """snapshotter.registry against real registries (Debian's docker-registry) on 127.0.0.1.
 
 Images are built in code (tests/builders.py) and pushed with skopeo.  Faults come from a
-proxy in front of a real registry (tests/registry_fixtures.py); ``httpx.MockTransport``
-only plays servers for protocol corner cases the real one never shows (tag pages).
+proxy in front of a real registry (tests/registry_fixtures.py); protocol corner cases the
+real one never shows (absolute or foreign Link pages) come from small HTTP servers there.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
 from conftest import need_tool
 from registry_fixtures import (
     Fault,
     FaultProxy,
+    PagedTags,
     Registry,
     StorageServer,
     TokenServer,
@@ -329,41 +329,36 @@ def test_catalog_pages_and_term(anon: Registry, client: RegistryClient) -> None:
     assert client.catalog(anon.host, term="other") == ["other/one", "other/two"]
 
 
-def _mock_client(handler: object) -> RegistryClient:
-    """A client whose HTTP goes to ``handler`` (a corner case no real registry shows)."""
-    c = RegistryClient(FAST)
-    c._http = httpx.Client(transport=httpx.MockTransport(handler))  # type: ignore[arg-type]
-    return c
-
-
-def test_tags_follow_link_pages_mock() -> None:
-    pages = {
+def test_tags_follow_absolute_and_relative_link_pages() -> None:
+    pages: dict[str, tuple[list[str], str | None]] = {
         "/v2/ns/app/tags/list?n=2": (["a", "b"], '</v2/ns/app/tags/list?last=b&n=2>; rel="next"'),
         "/v2/ns/app/tags/list?last=b&n=2": (
             ["c", "d"],
-            '<https://registry.example/v2/ns/app/tags/list?last=d&n=2>; rel="next"',
+            '<http://{host}/v2/ns/app/tags/list?last=d&n=2>; rel="next"',
         ),
         "/v2/ns/app/tags/list?last=d&n=2": (["e"], None),
     }
-    asked: list[str] = []
+    server = PagedTags(pages)
+    try:
+        with RegistryClient(FAST) as c:
+            assert c.tags(ref(server.host, "ns/app"), page_size=2) == ["a", "b", "c", "d", "e"]
+        assert [p for p in server.asked if p != "/v2/"] == list(pages)
+    finally:
+        server.stop()
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        key = request.url.raw_path.decode()
-        asked.append(key)
-        tags, link = pages[key]
-        headers = {"Link": link} if link else {}
-        return httpx.Response(200, json={"name": "ns/app", "tags": tags}, headers=headers)
-
-    with _mock_client(handler) as c:
-        assert c.tags(ref("registry.example", "ns/app"), page_size=2) == ["a", "b", "c", "d", "e"]
-    assert asked == list(pages)
-
-    def elsewhere(request: httpx.Request) -> httpx.Response:
-        link = '<https://evil.example/v2/ns/app/tags/list?last=b>; rel="next"'
-        return httpx.Response(200, json={"tags": ["a"]}, headers={"Link": link})
-
-    with _mock_client(elsewhere) as c, pytest.raises(RegistryError, match="another host"):
-        c.tags(ref("registry.example", "ns/app"))
+    elsewhere = PagedTags(
+        {
+            "/v2/ns/app/tags/list": (
+                ["a"],
+                '<http://evil.example/v2/ns/app/tags/list?last=a>; rel="next"',
+            )
+        }
+    )
+    try:
+        with RegistryClient(FAST) as c, pytest.raises(RegistryError, match="another host"):
+            c.tags(ref(elsewhere.host, "ns/app"))
+    finally:
+        elsewhere.stop()
 
 
 # -- auth -----------------------------------------------------------------------------------
