@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
-from conftest import run_snapshotter
+from conftest import REPO, run_snapshotter
 
 COMMANDS = [
     "pull",
@@ -161,6 +163,62 @@ def test_pull_prints_only_the_manifest_digest_on_stdout(tmp_path):
 
     again = run_snapshotter("--root", str(tmp_path / "s"), "pull", layout(tmp_path, "b"))
     assert "2 layers: 1 unpacked, 1 already stored" in again.stderr
+
+
+def _run_on_a_terminal(*args: str) -> tuple[int, str, str]:
+    """Run snapshotter with stderr on a pseudo-terminal; return (rc, stdout, terminal text)."""
+    master, slave = os.openpty()
+    env = dict(os.environ, TERM="xterm", COLUMNS="120", LINES="40")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snapshotter.cli", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=env,
+    )
+    os.close(slave)
+    seen = bytearray()
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: every writer of the terminal has gone
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    return proc.wait(timeout=60), out, seen.decode(errors="replace")
+
+
+def test_pull_draws_a_bar_per_layer_on_a_terminal(tmp_path):
+    big = ImageBuilder(
+        [
+            LayerBuilder().file("a", os.urandom(3 << 20)),
+            LayerBuilder().file("b", os.urandom(1 << 20)),
+        ]
+    )
+    write_oci_layout(tmp_path / "big", {"1": big})
+    rc, out, terminal = _run_on_a_terminal(
+        "--root", str(tmp_path / "s"), "pull", f"oci:{tmp_path / 'big'}:1"
+    )
+    assert rc == 0, terminal
+    assert out == big.manifest_digest() + "\n"  # stdout stays data only
+    layers = big.built_layers()
+    for i, built in enumerate(layers, 1):
+        label = f"layer {i}/2 {built.diff_id.split(':')[1][:12]}"
+        assert label in terminal, terminal
+    assert "3.1/3.1 MB" in terminal and "1.0/1.0 MB" in terminal  # bytes, per layer, done
+    assert "\x1b[" in terminal  # drawn, with cursor control
+    assert re.search(r"pulled localhost/big:1 \(linux/amd64, 2 layers: 2 unpacked", terminal)
+
+
+def test_quiet_pull_on_a_terminal_draws_nothing(tmp_path):
+    rc, out, terminal = _run_on_a_terminal(
+        "--root", str(tmp_path / "s"), "pull", "-q", layout(tmp_path, "app")
+    )
+    assert rc == 0 and out == image("app").manifest_digest() + "\n"
+    assert terminal == ""
 
 
 def test_quiet_pull_prints_no_summary(tmp_path):
