@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 import pyfuse3
 import trio
 
-from .explore import ImageView
+from .explore import ImageView, data_name
 from .merge import Node
 from .toc import EntryKind
 
@@ -84,6 +84,7 @@ class ImageFS(pyfuse3.Operations):
         # inode, entries are made by read and the oldest is closed past MAX_OPEN_DATA_FILES.
         self._files: dict[int, int] = {}
         self._next_fh = 1
+        self._data_dirs: dict[int, int] = {}  # layer -> O_PATH fd of its data_dir
 
     def _node(self, inode: int) -> Node:
         try:
@@ -163,9 +164,14 @@ class ImageFS(pyfuse3.Operations):
         if not node.size:
             return -1
         try:
+            dir_fd = self._data_dirs.get(node.layer)
+            if dir_fd is None:
+                dir_fd = self._data_dirs[node.layer] = os.open(
+                    self.view.data_dir(node.layer), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+                )
+            # relative to the directory: no path to build, and a one-name lookup
             return os.open(
-                self.view.data_path(node.layer, node.data),
-                os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW,
+                data_name(node.data), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dir_fd
             )
         except OSError as exc:
             log.error("inode %d: cannot open its content: %s", node.inode, exc)
