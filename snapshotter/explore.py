@@ -29,8 +29,16 @@ class ImageView:
     diff_ids: tuple[str, ...]
     chain_id: str
 
+    def data_dir(self, layer: int) -> Path:
+        return self.snapshots[layer] / "data"
+
     def data_path(self, layer: int, data: int) -> Path:
-        return self.snapshots[layer] / "data" / f"{data:x}"
+        return self.data_dir(layer) / data_name(data)
+
+
+def data_name(data: int) -> str:
+    """The name of content file ``data`` in its snapshot's ``data_dir``."""
+    return f"{data:x}"
 
 
 def open_tree(store: Store, record: ImageRecord, layers: int | None = None) -> ImageView:

@@ -7,6 +7,14 @@ numbered once), so lookup counts need no bookkeeping and ``forget`` has nothing 
 
 Writes never reach us: the mount is ``ro`` and the kernel answers EROFS; the write
 handlers pyfuse3 would call are left unimplemented (ENOSYS) as a second line.
+
+Every request costs the daemon far more than the kernel's cache would, so with the
+pyfuse3 that scripts/bootstrap builds (third_party/pyfuse3/, feature ``no_open_inode``)
+``open`` and ``opendir`` answer ENOSYS: the kernel then never sends open, release, opendir
+or releasedir again, keeps file pages (FOPEN_KEEP_CACHE) and directory listings
+(FOPEN_CACHE_DIR) across opens, and names the inode where a file handle would be.  Reads
+then open the data file themselves and keep a bounded set of descriptors.  With a stock
+pyfuse3 the view is the same, one open/release (opendir/releasedir) pair per open slower.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from collections.abc import Callable, Sequence
 import pyfuse3
 import trio
 
-from .explore import ImageView
+from .explore import ImageView, data_name
 from .merge import Node
 from .toc import EntryKind
 
@@ -30,6 +38,10 @@ log = logging.getLogger(__name__)
 # The view never changes under the kernel: cache entries and attributes "forever".
 TIMEOUT = 365 * 24 * 3600.0
 BLOCK_SIZE = 4096
+# Whether pyfuse3 passes the inode as ``fh`` once open/opendir answered ENOSYS.
+NO_OPEN = "no_open_inode" in getattr(pyfuse3, "FEATURES", ())
+# Without open/release, data files stay open until this many others were opened after them.
+MAX_OPEN_DATA_FILES = 256
 
 _TYPE_BITS = {
     EntryKind.FILE: stat.S_IFREG,
@@ -62,13 +74,17 @@ def attributes(node: Node) -> pyfuse3.EntryAttributes:
 class ImageFS(pyfuse3.Operations):
     """pyfuse3 operations over one ``ImageView``."""
 
-    def __init__(self, view: ImageView):
+    def __init__(self, view: ImageView, *, no_open: bool = NO_OPEN):
         super().__init__()
         self.view = view
         self.tree = view.tree
+        self.no_open = no_open
         self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
-        self._files: dict[int, int] = {}  # fh -> host fd of the data file (-1: empty file)
+        # fh -> host fd of the data file (-1: empty file).  With no_open the fh is the
+        # inode, entries are made by read and the oldest is closed past MAX_OPEN_DATA_FILES.
+        self._files: dict[int, int] = {}
         self._next_fh = 1
+        self._data_dirs: dict[int, int] = {}  # layer -> O_PATH fd of its data_dir
 
     def _node(self, inode: int) -> Node:
         try:
@@ -109,6 +125,8 @@ class ImageFS(pyfuse3.Operations):
     async def opendir(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileHandleT:
+        if self.no_open:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # readdir gets the inode as fh
         if self._node(inode).kind is not EntryKind.DIR:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return pyfuse3.FileHandleT(inode)
@@ -129,30 +147,47 @@ class ImageFS(pyfuse3.Operations):
     async def open(
         self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
+        if self.no_open:
+            # The ro mount has the kernel refuse writes before open; reads get the inode.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         node = self._node(inode)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
         if node.kind is not EntryKind.FILE:
             raise pyfuse3.FUSEError(errno.EISDIR if node.kind is EntryKind.DIR else errno.EINVAL)
-        fd = -1
-        if node.size:
-            try:
-                fd = os.open(
-                    self.view.data_path(node.layer, node.data),
-                    os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW,
-                )
-            except OSError as exc:
-                log.error("inode %d: cannot open its content: %s", inode, exc)
-                raise pyfuse3.FUSEError(errno.EIO) from exc
         fh = self._next_fh
         self._next_fh += 1
-        self._files[fh] = fd
+        self._files[fh] = self._open_data(node)
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=True)
+
+    def _open_data(self, node: Node) -> int:
+        if not node.size:
+            return -1
+        try:
+            dir_fd = self._data_dirs.get(node.layer)
+            if dir_fd is None:
+                dir_fd = self._data_dirs[node.layer] = os.open(
+                    self.view.data_dir(node.layer), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+                )
+            # relative to the directory: no path to build, and a one-name lookup
+            return os.open(
+                data_name(node.data), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dir_fd
+            )
+        except OSError as exc:
+            log.error("inode %d: cannot open its content: %s", node.inode, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from exc
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         fd = self._files.get(fh)
         if fd is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
+            if not self.no_open:
+                raise pyfuse3.FUSEError(errno.EBADF)
+            node = self._node(fh)
+            if node.kind is not EntryKind.FILE:
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            if len(self._files) >= MAX_OPEN_DATA_FILES:
+                self._close(next(iter(self._files)))
+            fd = self._files[fh] = self._open_data(node)
         if fd < 0:
             return b""
         try:
@@ -161,6 +196,9 @@ class ImageFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO) from exc
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        self._close(fh)
+
+    def _close(self, fh: int) -> None:
         fd = self._files.pop(fh, -1)
         if fd >= 0:
             os.close(fd)
