@@ -248,6 +248,8 @@ class Store:
     """One store root.  Methods that change state take the lock themselves."""
 
     def __init__(self, root: Path):
+        # Absolute once and for all: a mount's daemon changes to / and must still find it.
+        root = Path(os.path.abspath(root))
         self.root = root
         self.blobs = root / "blobs"
         self.snapshots = root / "snapshots"

@@ -21,6 +21,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
-from conftest import CliResult, need_root, need_tool, unavailable
+from conftest import REPO, CliResult, need_root, need_tool, unavailable
 from oracle import kind_letter, sha256_of
 
 from snapshotter.mount import mounted_at
@@ -826,6 +827,33 @@ def test_mount_then_umount_leaves_nothing_behind(tmp_path, cli, store_root, smal
         assert list((store_root / "mounts").iterdir()) == []  # record and daemon log
     result = cli("umount", str(mp))
     assert result.rc == 1 and "not mounted" in result.err
+
+
+def test_relative_root_and_mountpoint_work_from_any_directory(tmp_path, cli, store_root, small):
+    """The daemon changes to /: a relative --root or MOUNTPOINT must not break its reads."""
+    (tmp_path / "mp").mkdir()
+    rel_root = f"root-{os.getpid()}-{time.monotonic_ns()}"  # a name / surely lacks
+    (tmp_path / rel_root).symlink_to(store_root)
+    command = [sys.executable, "-m", "snapshotter.cli", "--root", rel_root]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    mp = tmp_path / "mp"
+    pids: list[int] = []
+    try:
+        done = subprocess.run(
+            [*command, "mount", small, "mp"], cwd=tmp_path, capture_output=True, text=True, env=env
+        )
+        assert done.returncode == 0, done.stderr
+        pids = daemons(store_root, mp)
+        assert len(pids) == 1, pids  # recorded in the store, under the absolute mountpoint
+        assert len((mp / "d" / "a").read_bytes()) == 5000 and sorted(os.listdir(mp)) == ["c", "d"]
+        assert not (Path("/") / rel_root).exists()  # nothing written relative to /
+        done = subprocess.run(
+            [*command, "umount", "mp"], cwd=tmp_path, capture_output=True, text=True, env=env
+        )
+        assert done.returncode == 0, done.stderr
+        assert not mounted_at(mp)
+    finally:
+        cleanup(cli, store_root, mp, pids)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
