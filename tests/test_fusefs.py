@@ -897,6 +897,30 @@ def test_mount_errors_exit_1_with_one_line(tmp_path, cli, store_root, small):
         cleanup(cli, store_root, mp, [])
 
 
+def test_missing_dev_fuse_is_one_line(tmp_path, store_root, small):
+    """In a private mount namespace whose /dev is an empty tmpfs, as in a container."""
+    need_root()
+    unshare = need_tool("unshare")
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    script = (
+        "mount -t tmpfs none /dev && exec "
+        f"{sys.executable} -m snapshotter.cli --root {store_root} mount {small} {mp}"
+    )
+    done = subprocess.run(
+        [unshare, "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("snapshotter: error: /dev/fuse is missing")
+    assert done.stdout == ""
+    assert not mounted_at(mp) and daemons(store_root) == []
+
+
 def test_umount_after_kill_9_clears_the_mountpoint(tmp_path, cli, store_root, small):
     mp = tmp_path / "mp"
     mp.mkdir()
