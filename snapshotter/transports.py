@@ -466,14 +466,40 @@ def _from_manifest(
     platform: Platform | None,
     source: str,
 ) -> ResolvedImage:
-    what = f"{source}: manifest {desc.digest}"
+    def layer_opener(layer: Descriptor) -> Opener:
+        return files.opener(_blob_path(layer.digest), f"{source}: layer {layer.digest}")[0]
+
+    return _image(
+        source,
+        manifest_bytes,
+        desc.digest,
+        names,
+        platform,
+        read_config=lambda config: _read_blob(files, config, "config"),
+        layer_opener=layer_opener,
+    )
+
+
+def _image(
+    source: str,
+    manifest_bytes: bytes,
+    digest: Digest,
+    names: tuple[str, ...],
+    platform: Platform | None,
+    *,
+    read_config: Callable[[Descriptor], bytes],
+    layer_opener: Callable[[Descriptor], Opener],
+) -> ResolvedImage:
+    """One image from its (verified) manifest, whatever the transport: the config read and
+    checked against the manifest and ``platform``, each layer given an opener."""
+    what = f"{source}: manifest {digest}"
     manifest = Manifest.parse(manifest_bytes, what)
     if manifest.config.media_type not in CONFIG_TYPES:
         raise UnsupportedMedia(
             f"{what}: an artifact (config type {manifest.config.media_type!r}), "
             "not a container image"
         )
-    config_bytes = _read_blob(files, manifest.config, "config")
+    config_bytes = read_config(manifest.config)
     config = ImageConfig.parse(config_bytes, f"{source}: config {manifest.config.digest}")
     _check_platform(config, platform, source)
     if len(config.diff_ids) != len(manifest.layers):
@@ -484,7 +510,7 @@ def _from_manifest(
     layers = []
     for i, (layer, diff_id) in enumerate(zip(manifest.layers, config.diff_ids, strict=True)):
         compression = layer_compression(layer, f"{source}: layer {i + 1}")
-        opener, size = files.opener(_blob_path(layer.digest), f"{source}: layer {layer.digest}")
+        opener = layer_opener(layer)
         layers.append(
             LayerSource(i, layer.media_type, compression, layer.digest, layer.size, diff_id, opener)
         )
@@ -795,42 +821,18 @@ def _registry_image(
 ) -> ResolvedImage:
     """One image manifest from a registry (``body``, verified by the client), its config
     fetched; layers are opened by the caller, through the same client."""
-    source = f"docker://{ref}"
-    what = f"{source}: manifest {digest}"
-    manifest = Manifest.parse(body, what)
-    if manifest.config.media_type not in CONFIG_TYPES:
-        raise UnsupportedMedia(
-            f"{what}: an artifact (config type {manifest.config.media_type!r}), "
-            "not a container image"
-        )
-    config_bytes = client.blob(ref, manifest.config.digest, size=manifest.config.size)
-    config = ImageConfig.parse(config_bytes, f"{source}: config {manifest.config.digest}")
-    _check_platform(config, platform, source)
-    if len(config.diff_ids) != len(manifest.layers):
-        raise InvalidReference(
-            f"{what}: {len(manifest.layers)} layers but the config lists "
-            f"{len(config.diff_ids)} diff_ids"
-        )
-    layers = []
-    for i, (layer, diff_id) in enumerate(zip(manifest.layers, config.diff_ids, strict=True)):
-        compression = layer_compression(layer, f"{source}: layer {i + 1}")
 
-        def opener(layer: Descriptor = layer) -> BlobReader:
-            return client.open_blob(ref, layer.digest, layer.size)
+    def layer_opener(layer: Descriptor) -> Opener:
+        return lambda: client.open_blob(ref, layer.digest, layer.size)
 
-        layers.append(
-            LayerSource(i, layer.media_type, compression, layer.digest, layer.size, diff_id, opener)
-        )
-    return ResolvedImage(
-        source=source,
-        manifest_bytes=body,
-        manifest_media_type=manifest.media_type,
-        config_bytes=config_bytes,
-        config_digest=manifest.config.digest,
-        config=config,
-        layers=tuple(layers),
-        names=names,
-        platform=config.platform,
+    return _image(
+        f"docker://{ref}",
+        body,
+        digest,
+        names,
+        platform,
+        read_config=lambda config: client.blob(ref, config.digest, size=config.size),
+        layer_opener=layer_opener,
     )
 
 
