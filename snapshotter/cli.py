@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import InUse, InvalidReference, NotFound, SnapshotterError
@@ -24,6 +24,7 @@ from .reference import Reference, familiar_repository, split_name
 from .store import ImageRecord, State, Store, check_not_in_use, default_root, in_use
 
 if TYPE_CHECKING:
+    from .progress import Progress
     from .pull import PullResult
     from .registry import RegistryOptions as RegistryOptionsT
 
@@ -330,18 +331,8 @@ def cmd_pull(store: Store, args: argparse.Namespace) -> int:
         return _pull_all_platforms(store, args, name)
     progress = for_stream(sys.stderr, quiet=args.quiet)
     try:
-        options = _registry_options(args)
-        result = trio.run(
-            lambda: pull(
-                store,
-                args.source,
-                name=name,
-                platform=platform,
-                progress=progress,
-                jobs=args.jobs,
-                registry=options,
-            )
-        )
+        kwargs = _pull_kwargs(args, name, progress)
+        result = trio.run(lambda: pull(store, args.source, platform=platform, **kwargs))
     finally:
         progress.close()
     if args.json:
@@ -356,6 +347,16 @@ def cmd_pull(store: Store, args: argparse.Namespace) -> int:
         f"{result.reused} already stored; {_human_size(result.size)})"
     )
     return EXIT_OK
+
+
+def _pull_kwargs(args: argparse.Namespace, name: str | None, progress: Progress) -> dict[str, Any]:
+    """What every pull takes from the command line besides its source and platform."""
+    return {
+        "name": name,
+        "progress": progress,
+        "jobs": args.jobs,
+        "registry": _registry_options(args),
+    }
 
 
 def _pull_json(result: PullResult) -> dict[str, object]:
@@ -381,17 +382,8 @@ def _pull_all_platforms(store: Store, args: argparse.Namespace, name: str | None
 
     progress = for_stream(sys.stderr, quiet=args.quiet)
     try:
-        options = _registry_options(args)
-        result = trio.run(
-            lambda: pull_all(
-                store,
-                args.source,
-                name=name,
-                progress=progress,
-                jobs=args.jobs,
-                registry=options,
-            )
-        )
+        kwargs = _pull_kwargs(args, name, progress)
+        result = trio.run(lambda: pull_all(store, args.source, **kwargs))
     finally:
         progress.close()
     if args.json:
