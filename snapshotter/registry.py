@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, closing, contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -270,8 +270,16 @@ class _Creds:
     user: str
     password: str = field(repr=False)
     source: str  # an auth file's path, or a phrase for explicit credentials
+    # An OAuth2 refresh token ("identitytoken", or a helper's "<token>" user): traded at the
+    # token realm with grant_type=refresh_token (distribution's oauth.md), never sent as Basic.
+    identity_token: str | None = field(default=None, repr=False)
 
     def basic(self) -> str:
+        if self.identity_token is not None:
+            raise RegistryError(
+                f"credentials from {self.source} are an identity token, which only a token "
+                "server takes, but this registry asks for basic auth"
+            )
         raw = f"{self.user}:{self.password}".encode()
         return "Basic " + base64.b64encode(raw).decode("ascii")
 
@@ -372,6 +380,9 @@ def _auth_key(key: str) -> str:
 def _entry_creds(entry: object, path: Path, key: str) -> _Creds | None:
     if not isinstance(entry, dict):
         return None
+    identity = entry.get("identitytoken")
+    if isinstance(identity, str) and identity:
+        return _Creds("<token>", "", str(path), identity_token=identity)
     auth = entry.get("auth")
     if isinstance(auth, str) and auth:
         try:
@@ -387,7 +398,6 @@ def _entry_creds(entry: object, path: Path, key: str) -> _Creds | None:
     name, secret = entry.get("username"), entry.get("password")
     if isinstance(name, str) and name and isinstance(secret, str):
         return _Creds(name, secret, str(path))
-    # TODO: identitytoken (an OAuth refresh token) needs the token endpoint's POST flow.
     return None
 
 
@@ -439,11 +449,8 @@ def _helper_creds(helper: str, server: str, path: Path) -> _Creds | None:
         ) from None
     if not isinstance(user, str) or not isinstance(secret, str) or not user:
         raise RegistryError(f"credential helper {program}: unreadable answer for {server}")
-    if user == "<token>":
-        raise RegistryError(
-            f"credential helper {program} holds an identity token for {server}; "
-            "those are not supported yet: use --creds or login"
-        )
+    if user == "<token>":  # docker's convention for an identity token
+        return _Creds(user, "", f"credential helper {program}", identity_token=secret)
     return _Creds(user, secret, f"credential helper {program}")
 
 
@@ -982,13 +989,26 @@ class RegistryClient:
                 "not sending credentials"
             )
         params = {k: v for k, v in (("service", service), ("scope", scope)) if v}
-        headers = {"Authorization": creds.basic()} if creds is not None else {}
         log.debug("%s: token for %r from %s", target.what, scope, realm_url.host)
         client = self._client()
+        if creds is not None and creds.identity_token is not None:
+            # distribution's oauth.md: trade the refresh token for an access token
+            request = client.build_request(
+                "POST",
+                realm_url,
+                data={
+                    **params,
+                    "grant_type": "refresh_token",
+                    "refresh_token": creds.identity_token,
+                    "client_id": "snapshotter",
+                },
+            )
+        else:
+            headers = {"Authorization": creds.basic()} if creds is not None else {}
+            request = client.build_request("GET", realm_url, params=params, headers=headers)
         # Redirects are followed by httpx, which drops Authorization across origins.
-        with client.stream(
-            "GET", realm_url, params=params, headers=headers, follow_redirects=True
-        ) as resp:
+        resp = client.send(request, stream=True, follow_redirects=True)
+        with closing(resp):
             if resp.status_code in _RETRY_STATUSES:
                 raise _Transient(
                     f"token server {realm_url.host} answered {resp.status_code}",

@@ -375,19 +375,41 @@ class _TokenHandler(_Quiet):
         body = {"token": token, "access_token": token, "expires_in": 300}
         self.reply(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
 
+    def do_POST(self) -> None:
+        owner: TokenServer = self.owner
+        length = int(self.headers.get("Content-Length") or 0)
+        form = parse_qs(self.rfile.read(length).decode())
+        scopes = [s for value in form.get("scope", []) for s in value.split()]
+        service = form.get("service", [""])[0]
+        grant = form.get("grant_type", [""])[0]
+        user = owner.refresh_tokens.get(form.get("refresh_token", [""])[0])
+        if grant != "refresh_token" or user is None or not form.get("client_id"):
+            owner.requests.append(TokenRequest(f"!{grant}", scopes, service))
+            self.reply(401, b'{"error":"invalid_grant"}', {"Content-Type": "application/json"})
+            return
+        owner.requests.append(TokenRequest(user, scopes, service))
+        token = owner.issue(user, scopes, service)
+        body = {"access_token": token, "expires_in": 300, "scope": " ".join(scopes)}
+        self.reply(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
+
 
 class TokenServer(_Background):
-    """docker/distribution token auth: Basic in, a JWT signed by ``self.cert`` out.
+    """docker/distribution token auth: Basic in (GET), or an OAuth2 refresh token in (POST,
+    distribution's oauth.md), a JWT signed by ``self.cert`` out.
 
     Known users get every action they ask for; anonymous callers get none.
+    ``refresh_tokens`` maps identity tokens to the user they stand for.
     """
 
     handler = _TokenHandler
     issuer = "snapshotter-test-issuer"
     service = "snapshotter-test-registry"
 
-    def __init__(self, directory: Path, users: dict[str, str]) -> None:
+    def __init__(
+        self, directory: Path, users: dict[str, str], refresh_tokens: dict[str, str] | None = None
+    ) -> None:
         self.users = users
+        self.refresh_tokens = refresh_tokens or {}
         self.requests: list[TokenRequest] = []
         self.cert = make_cert(directory, "token-signer", is_ca=True)
         super().__init__()

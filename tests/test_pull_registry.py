@@ -43,6 +43,7 @@ from snapshotter.store import Store
 
 ALICE = ("alice", "alice-Secret-pw-1")  # htpasswd registry
 BOB = ("bob", "bob-Token-pw-2")  # token registry
+BOB_IDENTITY = "bob-refresh-Token-3"  # an OAuth2 refresh token the token server knows
 WRONG = "wrong-Passw0rd-zz"
 Cli = Callable[..., CliResult]
 
@@ -246,7 +247,7 @@ def token(
     tools: None, images: Images, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TokenSetup]:
     directory = tmp_path_factory.mktemp("token")
-    tokens = TokenServer(directory / "keys", dict([BOB]))
+    tokens = TokenServer(directory / "keys", dict([BOB]), {BOB_IDENTITY: BOB[0]})
     try:
         reg = start_registry(directory, auth=tokens.registry_auth())
         try:
@@ -669,6 +670,52 @@ def test_token_registry_with_creds(
     issued = token.tokens.requests[before:]
     assert issued and all(r.user == BOB[0] for r in issued)
     assert any("repository:secure/app:pull" in s for r in issued for s in r.scopes)
+
+
+def test_identity_tokens_are_traded_at_the_token_server(
+    token: TokenSetup,
+    basic: Registry,
+    images: Images,
+    cli: Cli,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docker config's identitytoken (as `az acr login` writes it) and a helper's <token> user:
+    an OAuth2 refresh token POSTed to the realm, never sent as a password."""
+    ref = f"{token.registry.host}/secure/app:v1"
+    config = tmp_path / "config.json"
+    placeholder = base64.b64encode(b"00000000-0000-0000-0000-000000000000:").decode()
+
+    def with_identity(identity: str) -> dict[str, Any]:
+        entry = {"auth": placeholder, "identitytoken": identity}
+        return {"auths": {token.registry.host: entry}}
+
+    config.write_text(json.dumps(with_identity(BOB_IDENTITY)))
+    before = len(token.tokens.requests)
+    doc = pulled(cli, "--authfile", str(config), ref)
+    assert doc["id"] == images.base.config_digest()
+    issued = token.tokens.requests[before:]
+    assert issued and all(r.user == BOB[0] for r in issued)  # granted through the refresh token
+
+    config.write_text(json.dumps(with_identity("not-a-known-token")))
+    line = failed(cli, "--authfile", str(config), ref)
+    assert str(config) in line and "not-a-known-token" not in line
+    assert token.tokens.requests[-1].user == "!refresh_token"
+
+    # a credential helper answering docker's "<token>" user hands over an identity token
+    bindir = _credential_helper(
+        tmp_path, "tokenhelper", {token.registry.host: ("<token>", BOB_IDENTITY)}
+    )
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    config.write_text(json.dumps({"credHelpers": {token.registry.host: "tokenhelper"}}))
+    assert pulled(cli, "--authfile", str(config), ref, root=tmp_path / "s2")["id"] == (
+        images.base.config_digest()
+    )
+
+    # a registry that only takes basic auth cannot use one: a clear error, no secret shown
+    config.write_text(json.dumps({"auths": {basic.host: {"identitytoken": BOB_IDENTITY}}}))
+    line = failed(cli, "--authfile", str(config), f"{basic.host}/private/app:v1")
+    assert "identity token" in line and "basic auth" in line and BOB_IDENTITY not in line
 
 
 @pytest.mark.parametrize("kind", ["htpasswd", "token"])
