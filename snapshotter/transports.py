@@ -854,8 +854,9 @@ def _collect_index(
     """Resolve every image ``index_bytes`` lists, depth first through nested indexes.
 
     ``fetch`` returns a child's verified bytes, ``image`` resolves a manifest.  Children
-    that are not container images (attestations, artifacts, unknown media types) are
-    skipped and reported, as they cannot be unpacked; a manifest listed twice is kept once.
+    that are not container images (attestations, artifacts, unknown media types) or whose
+    layers cannot be unpacked (non-distributable Windows base layers) are skipped and
+    reported; a manifest listed twice is kept once.
     """
     top = Index.parse(index_bytes, f"{source}: index {index_digest}")
     found: dict[Digest, IndexImage] = {}
@@ -886,7 +887,14 @@ def _collect_index(
             if config.media_type not in CONFIG_TYPES:
                 skipped.append(f"{desc.digest} (artifact {config.media_type})")
                 continue
-            resolved = image(desc, data)
+            try:
+                resolved = image(desc, data)
+            except UnsupportedMedia as exc:
+                # e.g. Windows images, whose base layers are non-distributable: keep the rest
+                where = str(plat) if plat is not None and plat.os else "image"
+                why = "non-distributable layers" if "foreign" in str(exc) else "unsupported media"
+                skipped.append(f"{desc.digest} ({where}: {why})")
+                continue
             if plat is None or not plat.os:
                 plat = resolved.platform
             found[desc.digest] = IndexImage(plat, resolved)

@@ -278,6 +278,62 @@ def test_attestations_are_skipped(cli: Cli, layout: Path, tmp_path: Path) -> Non
     assert doc["skipped"] == [f"{AMD64.manifest_digest()} (attestation-manifest)"]
 
 
+def test_platforms_with_foreign_layers_are_skipped_not_fatal(
+    cli: Cli, layout: Path, tmp_path: Path
+) -> None:
+    """Windows images list non-distributable base layers; the other platforms still land."""
+    copy = _copy_layout(layout, tmp_path / "windows")
+
+    def put(doc: dict[str, Any]) -> tuple[str, int]:
+        data = json.dumps(doc).encode()
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        _blob(copy, digest).write_bytes(data)
+        return digest, len(data)
+
+    config_digest, config_size = put(
+        {
+            "architecture": "amd64",
+            "os": "windows",
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "d" * 64]},
+        }
+    )
+    manifest_digest, manifest_size = put(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest,
+                "size": config_size,
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                    "digest": "sha256:" + "f" * 64,  # not in the layout, as such layers never are
+                    "size": 1000,
+                    "urls": ["https://mcr.microsoft.example/windows/servercore"],
+                }
+            ],
+        }
+    )
+    index = json.loads(_blob(copy, _index_digest(copy, "multi")).read_bytes())
+    index["manifests"].append(
+        {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest,
+            "size": manifest_size,
+            "platform": {"os": "windows", "architecture": "amd64"},
+        }
+    )
+    _retag_index(copy, "multi", index)
+    doc = _pull_json(cli, "--all-platforms", f"oci:{copy}:multi")
+    assert len(doc["images"]) == 2 and "windows" not in {i["platform"] for i in doc["images"]}
+    assert doc["skipped"] == [f"{manifest_digest} (windows/amd64: non-distributable layers)"]
+    # asked for by itself, the same image is still the clear error it always was
+    alone = cli("pull", "-q", "--platform", "windows/amd64", f"oci:{copy}:multi")
+    assert alone.rc == 1 and "non-distributable (foreign) layer" in alone.err
+
+
 def test_second_pull_reuses_everything_and_keeps_pulled_time(
     cli: Cli, store_root: Path, layout: Path
 ) -> None:
