@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 import pyfuse3
 import trio
 
+from .errors import SnapshotterError
 from .explore import ImageView, data_name
 from .merge import Node
 from .toc import EntryKind
@@ -80,6 +81,7 @@ class ImageFS(pyfuse3.Operations):
         self.tree = view.tree
         self.no_open = no_open
         self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
+        self._content_size: int | None = None  # for statfs, summed on first use
         # fh -> host fd of the data file (-1: empty file).  With no_open the fh is the
         # inode, entries are made by read and the oldest is closed past MAX_OPEN_DATA_FILES.
         self._files: dict[int, int] = {}
@@ -91,6 +93,9 @@ class ImageFS(pyfuse3.Operations):
             return self.tree.node(inode)
         except KeyError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
+        except SnapshotterError as exc:
+            log.error("inode %d: %s", inode, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from exc
 
     def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
         a = self._attrs.get(node.inode)
@@ -101,7 +106,11 @@ class ImageFS(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        node = self.tree.lookup(parent_inode, os.fsdecode(name))
+        try:
+            node = self.tree.lookup(parent_inode, os.fsdecode(name))
+        except SnapshotterError as exc:
+            log.error("inode %d: lookup %r: %s", parent_inode, name, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from exc
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._attr(node)
@@ -135,11 +144,15 @@ class ImageFS(pyfuse3.Operations):
         self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
     ) -> None:
         # The listing never changes, so an index into it is a stable next_id.
-        names, inodes = self.tree.children(fh)
-        for i in range(start_id, len(names)):
-            node = self.tree.node(inodes[i])
-            if not pyfuse3.readdir_reply(token, os.fsencode(names[i]), self._attr(node), i + 1):
-                break
+        try:
+            for i, name, inode in self.tree.scan(fh, start_id):
+                if not pyfuse3.readdir_reply(token, name, self._attr(self.tree.node(inode)), i + 1):
+                    break
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENOTDIR) from None
+        except SnapshotterError as exc:
+            log.error("inode %d: readdir: %s", fh, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from exc
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         pass
@@ -219,7 +232,9 @@ class ImageFS(pyfuse3.Operations):
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
-        total = sum(n.size for n in self.tree.nodes if n is not None and n.kind is EntryKind.FILE)
+        if self._content_size is None:
+            self._content_size = self.tree.content_size()
+        total = self._content_size
         s.f_bsize = BLOCK_SIZE
         s.f_frsize = BLOCK_SIZE
         s.f_blocks = (total + BLOCK_SIZE - 1) // BLOCK_SIZE
