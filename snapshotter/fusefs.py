@@ -2,8 +2,11 @@
 
 Each handler is a few lines: inode to node, ask the tree, fill ``EntryAttributes``.  The
 image is immutable, so the kernel may cache everything: entries and attributes never time
-out and page cache is kept across opens.  Inodes live as long as the mount (the tree is
-numbered once), so lookup counts need no bookkeeping and ``forget`` has nothing to free.
+out and page cache is kept across opens.  That is also why nothing is cached here: nodes
+and attributes are made per request (the kernel asks again only after it dropped its own
+copy), so the daemon's memory is the tree's compact columns, whatever the walk.  Inodes
+live as long as the mount (the tree is numbered once), so lookup counts need no
+bookkeeping and ``forget`` has nothing to free.
 
 Writes never reach us: the mount is ``ro`` and the kernel answers EROFS; the write
 handlers pyfuse3 would call are left unimplemented (ENOSYS) as a second line.
@@ -80,7 +83,6 @@ class ImageFS(pyfuse3.Operations):
         self.view = view
         self.tree = view.tree
         self.no_open = no_open
-        self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
         self._content_size: int | None = None  # for statfs, summed on first use
         # fh -> host fd of the data file (-1: empty file).  With no_open the fh is the
         # inode, entries are made by read and the oldest is closed past MAX_OPEN_DATA_FILES.
@@ -97,12 +99,6 @@ class ImageFS(pyfuse3.Operations):
             log.error("inode %d: %s", inode, exc)
             raise pyfuse3.FUSEError(errno.EIO) from exc
 
-    def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
-        a = self._attrs.get(node.inode)
-        if a is None:
-            a = self._attrs[node.inode] = attributes(node)
-        return a
-
     async def lookup(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -113,7 +109,7 @@ class ImageFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO) from exc
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        return self._attr(node)
+        return attributes(node)
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         pass  # inodes live as long as the mount
@@ -121,7 +117,7 @@ class ImageFS(pyfuse3.Operations):
     async def getattr(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        return self._attr(self._node(inode))
+        return attributes(self._node(inode))
 
     async def readlink(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
@@ -146,7 +142,7 @@ class ImageFS(pyfuse3.Operations):
         # The listing never changes, so an index into it is a stable next_id.
         try:
             for i, name, inode in self.tree.scan(fh, start_id):
-                if not pyfuse3.readdir_reply(token, name, self._attr(self.tree.node(inode)), i + 1):
+                if not pyfuse3.readdir_reply(token, name, attributes(self.tree.node(inode)), i + 1):
                     break
         except KeyError:
             raise pyfuse3.FUSEError(errno.ENOTDIR) from None
