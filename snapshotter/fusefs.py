@@ -34,7 +34,7 @@ import trio
 
 from .errors import SnapshotterError
 from .explore import ImageView, data_name
-from .merge import Node
+from .merge import Node, Stat
 from .toc import EntryKind
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ _TYPE_BITS = {
 }
 
 
-def attributes(node: Node) -> pyfuse3.EntryAttributes:
+def attributes(node: Node | Stat) -> pyfuse3.EntryAttributes:
     a = pyfuse3.EntryAttributes()
     a.st_ino = pyfuse3.InodeT(node.inode)
     a.generation = 0
@@ -99,17 +99,26 @@ class ImageFS(pyfuse3.Operations):
             log.error("inode %d: %s", inode, exc)
             raise pyfuse3.FUSEError(errno.EIO) from exc
 
+    def _stat(self, inode: int) -> Stat:
+        try:
+            return self.tree.stat(inode)
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        except SnapshotterError as exc:
+            log.error("inode %d: %s", inode, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from exc
+
     async def lookup(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         try:
-            node = self.tree.lookup(parent_inode, os.fsdecode(name))
+            inode = self.tree.lookup_inode(parent_inode, os.fsdecode(name))
         except SnapshotterError as exc:
             log.error("inode %d: lookup %r: %s", parent_inode, name, exc)
             raise pyfuse3.FUSEError(errno.EIO) from exc
-        if node is None:
+        if inode is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        return attributes(node)
+        return attributes(self._stat(inode))
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         pass  # inodes live as long as the mount
@@ -117,7 +126,7 @@ class ImageFS(pyfuse3.Operations):
     async def getattr(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        return attributes(self._node(inode))
+        return attributes(self._stat(inode))
 
     async def readlink(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
@@ -142,7 +151,7 @@ class ImageFS(pyfuse3.Operations):
         # The listing never changes, so an index into it is a stable next_id.
         try:
             for i, name, inode in self.tree.scan(fh, start_id):
-                if not pyfuse3.readdir_reply(token, name, attributes(self.tree.node(inode)), i + 1):
+                if not pyfuse3.readdir_reply(token, name, attributes(self.tree.stat(inode)), i + 1):
                     break
         except KeyError:
             raise pyfuse3.FUSEError(errno.ENOTDIR) from None

