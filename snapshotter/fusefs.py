@@ -2,8 +2,8 @@
 
 Each handler is a few lines: inode to node, ask the tree, fill ``EntryAttributes``.  The
 image is immutable, so the kernel may cache everything: entries and attributes never time
-out and page cache is kept across opens.  That is also why nothing is cached here: nodes
-and attributes are made per request (the kernel asks again only after it dropped its own
+out and page cache is kept across opens.  That is also why nothing per inode is kept here:
+attributes are made per request (the kernel asks again only after it dropped its own
 copy), so the daemon's memory is the tree's compact columns, whatever the walk.  Inodes
 live as long as the mount (the tree is numbered once), so lookup counts need no
 bookkeeping and ``forget`` has nothing to free.

@@ -186,15 +186,16 @@ def _dec(raw: bytes) -> str:
 class MergedTree:
     """The merged view of a layer chain: inodes, directory listings, where content lives.
 
-    Columns, not objects: ``node`` builds a ``Node`` from them on each call, so hold on to
-    one only as long as it is needed.  ``children`` lists a directory in name order, which
-    never changes for the life of the tree, so an index into it is a stable readdir
-    offset; ``lookup`` is a binary search in that order.
+    Columns, not objects: ``node`` makes a new ``Node`` (equal, not identical) on each
+    call, and ``stat`` the smaller ``Stat`` FUSE needs.  ``children`` lists a directory in
+    name order, which never changes for the life of the tree, so an index into it is a
+    stable readdir offset (``scan`` resumes from one); ``lookup`` is a binary search in
+    that order.
 
     A tree built by ``merge`` and one read back from its cache file are the same columns.
-    A cache file that passed ``read``'s size and checksum tests is trusted not to point
-    outside itself; should it still do so, queries raise ``StoreCorrupt``, never read out
-    of bounds.
+    A cache file that passed ``read``'s size and checksum tests is taken to be what
+    ``write`` wrote; should one still point outside itself, queries raise
+    ``StoreCorrupt``, never read out of bounds.
     """
 
     def __init__(
