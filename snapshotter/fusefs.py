@@ -168,7 +168,7 @@ class ImageFS(pyfuse3.Operations):
         if self.no_open:
             # The ro mount has the kernel refuse writes before open; reads get the inode.
             raise pyfuse3.FUSEError(errno.ENOSYS)
-        node = self._node(inode)
+        node = self._stat(inode)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
         if node.kind is not EntryKind.FILE:
@@ -178,7 +178,7 @@ class ImageFS(pyfuse3.Operations):
         self._files[fh] = self._open_data(node)
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=True)
 
-    def _open_data(self, node: Node) -> int:
+    def _open_data(self, node: Stat) -> int:
         if not node.size:
             return -1
         try:
@@ -200,7 +200,7 @@ class ImageFS(pyfuse3.Operations):
         if fd is None:
             if not self.no_open:
                 raise pyfuse3.FUSEError(errno.EBADF)
-            node = self._node(fh)
+            node = self._stat(fh)
             if node.kind is not EntryKind.FILE:
                 raise pyfuse3.FUSEError(errno.EINVAL)
             if len(self._files) >= MAX_OPEN_DATA_FILES:

@@ -686,6 +686,7 @@ def same_tree(back: MergedTree, tree: MergedTree) -> None:
             node.mtime_ns,
         )
         assert (s.rdev_major, s.rdev_minor) == (node.rdev_major, node.rdev_minor)
+        assert (s.layer, s.data) == (node.layer, node.data)
         if node.kind is EntryKind.DIR:
             names, inodes = tree.children(node.inode)
             want = [
