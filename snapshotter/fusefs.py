@@ -2,8 +2,11 @@
 
 Each handler is a few lines: inode to node, ask the tree, fill ``EntryAttributes``.  The
 image is immutable, so the kernel may cache everything: entries and attributes never time
-out and page cache is kept across opens.  Inodes live as long as the mount (the tree is
-numbered once), so lookup counts need no bookkeeping and ``forget`` has nothing to free.
+out and page cache is kept across opens.  That is also why nothing per inode is kept here:
+attributes are made per request (the kernel asks again only after it dropped its own
+copy), so the daemon's memory is the tree's compact columns, whatever the walk.  Inodes
+live as long as the mount (the tree is numbered once), so lookup counts need no
+bookkeeping and ``forget`` has nothing to free.
 
 Writes never reach us: the mount is ``ro`` and the kernel answers EROFS; the write
 handlers pyfuse3 would call are left unimplemented (ENOSYS) as a second line.
@@ -29,8 +32,9 @@ from collections.abc import Callable, Sequence
 import pyfuse3
 import trio
 
+from .errors import SnapshotterError
 from .explore import ImageView, data_name
-from .merge import Node
+from .merge import Node, Stat
 from .toc import EntryKind
 
 log = logging.getLogger(__name__)
@@ -53,7 +57,7 @@ _TYPE_BITS = {
 }
 
 
-def attributes(node: Node) -> pyfuse3.EntryAttributes:
+def attributes(node: Node | Stat) -> pyfuse3.EntryAttributes:
     a = pyfuse3.EntryAttributes()
     a.st_ino = pyfuse3.InodeT(node.inode)
     a.generation = 0
@@ -79,7 +83,7 @@ class ImageFS(pyfuse3.Operations):
         self.view = view
         self.tree = view.tree
         self.no_open = no_open
-        self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
+        self._content_size: int | None = None  # for statfs, summed on first use
         # fh -> host fd of the data file (-1: empty file).  With no_open the fh is the
         # inode, entries are made by read and the oldest is closed past MAX_OPEN_DATA_FILES.
         self._files: dict[int, int] = {}
@@ -91,20 +95,30 @@ class ImageFS(pyfuse3.Operations):
             return self.tree.node(inode)
         except KeyError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
+        except SnapshotterError as exc:
+            log.error("inode %d: %s", inode, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from exc
 
-    def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
-        a = self._attrs.get(node.inode)
-        if a is None:
-            a = self._attrs[node.inode] = attributes(node)
-        return a
+    def _stat(self, inode: int) -> Stat:
+        try:
+            return self.tree.stat(inode)
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        except SnapshotterError as exc:
+            log.error("inode %d: %s", inode, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from exc
 
     async def lookup(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        node = self.tree.lookup(parent_inode, os.fsdecode(name))
-        if node is None:
+        try:
+            inode = self.tree.lookup_inode(parent_inode, os.fsdecode(name))
+        except SnapshotterError as exc:
+            log.error("inode %d: lookup %r: %s", parent_inode, name, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from exc
+        if inode is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        return self._attr(node)
+        return attributes(self._stat(inode))
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         pass  # inodes live as long as the mount
@@ -112,7 +126,7 @@ class ImageFS(pyfuse3.Operations):
     async def getattr(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        return self._attr(self._node(inode))
+        return attributes(self._stat(inode))
 
     async def readlink(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
@@ -135,11 +149,15 @@ class ImageFS(pyfuse3.Operations):
         self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
     ) -> None:
         # The listing never changes, so an index into it is a stable next_id.
-        names, inodes = self.tree.children(fh)
-        for i in range(start_id, len(names)):
-            node = self.tree.node(inodes[i])
-            if not pyfuse3.readdir_reply(token, os.fsencode(names[i]), self._attr(node), i + 1):
-                break
+        try:
+            for i, name, inode in self.tree.scan(fh, start_id):
+                if not pyfuse3.readdir_reply(token, name, attributes(self.tree.stat(inode)), i + 1):
+                    break
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENOTDIR) from None
+        except SnapshotterError as exc:
+            log.error("inode %d: readdir: %s", fh, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from exc
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         pass
@@ -150,7 +168,7 @@ class ImageFS(pyfuse3.Operations):
         if self.no_open:
             # The ro mount has the kernel refuse writes before open; reads get the inode.
             raise pyfuse3.FUSEError(errno.ENOSYS)
-        node = self._node(inode)
+        node = self._stat(inode)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
         if node.kind is not EntryKind.FILE:
@@ -160,7 +178,7 @@ class ImageFS(pyfuse3.Operations):
         self._files[fh] = self._open_data(node)
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=True)
 
-    def _open_data(self, node: Node) -> int:
+    def _open_data(self, node: Stat) -> int:
         if not node.size:
             return -1
         try:
@@ -182,7 +200,7 @@ class ImageFS(pyfuse3.Operations):
         if fd is None:
             if not self.no_open:
                 raise pyfuse3.FUSEError(errno.EBADF)
-            node = self._node(fh)
+            node = self._stat(fh)
             if node.kind is not EntryKind.FILE:
                 raise pyfuse3.FUSEError(errno.EINVAL)
             if len(self._files) >= MAX_OPEN_DATA_FILES:
@@ -219,7 +237,9 @@ class ImageFS(pyfuse3.Operations):
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
-        total = sum(n.size for n in self.tree.nodes if n is not None and n.kind is EntryKind.FILE)
+        if self._content_size is None:
+            self._content_size = self.tree.content_size()
+        total = self._content_size
         s.f_bsize = BLOCK_SIZE
         s.f_frsize = BLOCK_SIZE
         s.f_blocks = (total + BLOCK_SIZE - 1) // BLOCK_SIZE

@@ -742,15 +742,19 @@ def test_a_directory_of_100k_entries_lists_completely_and_once(tmp_path, cli, st
     pull(cli, tmp_path, "example.com/many:1", ImageBuilder([layer], compression="zstd"))
     mp = tmp_path / "mp"
     mp.mkdir()
-    with mounted(cli, store_root, "example.com/many:1", mp):
-        expected = [f"f{i:06d}" for i in range(n)]
-        names = os.listdir(mp / "many")
-        assert len(names) == n and sorted(names) == expected
-        with os.scandir(mp / "many") as it:
-            entries = [(e.name, e.is_file(follow_symlinks=False)) for e in it]
-        assert len(entries) == n and sorted(e[0] for e in entries) == expected
-        assert all(is_file for _, is_file in entries)
-        assert os.lstat(mp / "many/f099999").st_size == 0
+    expected = [f"f{i:06d}" for i in range(n)]
+    # The first mount merges the tocs; the second reads the merged tree from its cache.
+    for _ in ("merged", "from the cache"):
+        with mounted(cli, store_root, "example.com/many:1", mp):
+            names = os.listdir(mp / "many")
+            assert len(names) == n and sorted(names) == expected
+            with os.scandir(mp / "many") as it:
+                entries = [(e.name, e.is_file(follow_symlinks=False)) for e in it]
+            assert len(entries) == n and sorted(e[0] for e in entries) == expected
+            assert all(is_file for _, is_file in entries)
+            assert os.lstat(mp / "many/f099999").st_size == 0
+            assert not os.path.exists(mp / "many/f100000")
+        assert len(list((store_root / "merged").iterdir())) == 1
 
 
 # -- lifecycle ------------------------------------------------------------------------------

@@ -13,20 +13,26 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
+import json
 import os
+import struct
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import zstandard
 from builders import LayerBuilder, mtime_ns
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from snapshotter.digest import Digest
+from snapshotter.errors import StoreCorrupt
 from snapshotter.merge import ROOT_INODE, MergedTree, Node, merge
-from snapshotter.toc import TOC_NAME, EntryKind, Toc
+from snapshotter.toc import TOC_NAME, EntryKind, Toc, TocEntry
 from snapshotter.unpack import unpack_layer
 
 # -- the real pipeline -----------------------------------------------------------------------
@@ -657,3 +663,223 @@ def test_implied_dir_recreated_after_its_whiteout_has_fresh_metadata(tmp_path):
     tree, _ = merged(tmp_path, base, LayerBuilder().whiteout("a").file("a/new", b"n"))
     a = listing(tree)["a"]
     assert (a.mode, a.uid, a.gid, a.mtime_ns, a.xattrs) == (0o755, 0, 0, 0, ())
+
+
+# -- the cache file (merged/<chain>, MERGED_VERSION 2) --------------------------------------
+
+
+def same_tree(back: MergedTree, tree: MergedTree) -> None:
+    """``back`` answers every query as ``tree`` does."""
+    assert listing(back) == listing(tree)
+    assert back.nodes == tree.nodes
+    assert back.dirs == tree.dirs and back.parents == tree.parents
+    assert len(back) == len(tree) and back.content_size() == tree.content_size()
+    for _, node in tree.walk():
+        s = back.stat(node.inode)
+        assert s.inode == node.inode and s.kind is node.kind
+        assert (s.mode, s.nlink, s.uid, s.gid, s.size, s.mtime_ns) == (
+            node.mode,
+            node.nlink,
+            node.uid,
+            node.gid,
+            node.size,
+            node.mtime_ns,
+        )
+        assert (s.rdev_major, s.rdev_minor) == (node.rdev_major, node.rdev_minor)
+        assert (s.layer, s.data) == (node.layer, node.data)
+        if node.kind is EntryKind.DIR:
+            names, inodes = tree.children(node.inode)
+            want = [
+                (i, os.fsencode(n), c) for i, (n, c) in enumerate(zip(names, inodes, strict=True))
+            ]
+            assert list(back.scan(node.inode)) == want
+            for start in range(len(want) + 2):  # readdir resumes at any next_id
+                assert list(back.scan(node.inode, start)) == want[start:]
+            for name, inode in zip(names, inodes, strict=True):
+                assert back.lookup_inode(node.inode, name) == inode
+            assert back.lookup(node.inode, "not-there") is None
+    check_invariants(back)
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(LAYERS)
+def test_cache_file_reads_back_what_merge_made(layers):
+    ref = Reference()
+    builders = [build(ref.apply(i, ops)) for i, ops in enumerate(layers)]
+    with tempfile.TemporaryDirectory(dir=FAST_TMP) as tmp:
+        work = Path(tmp)
+        tocs, _ = unpack_all(work, builders)
+        tree = merge(tocs)
+        tree.write(work / "merged")
+        back = MergedTree.read(work / "merged")
+        same_tree(back, tree)
+        back.write(work / "again")  # and the file is a function of the tree
+        assert (work / "again").read_bytes() == (work / "merged").read_bytes()
+
+
+def example_tree(tmp_path: Path) -> MergedTree:
+    layer = (
+        LayerBuilder()
+        .dir("d", xattrs={"user.k": b"v\x00"})
+        .file("d/f", b"data", xattrs={"user.bin": b"\x00\xff\n", "user.t": b"t"})
+        .hardlink("d/g", "d/f")
+        .symlink("l", "/abs/\u00e9")
+        .chardev("c", 4, 64)
+        .fifo("p")
+        .dir("empty")
+    )
+    tree, _ = merged(tmp_path, layer)
+    return tree
+
+
+def flip(at: int) -> Callable[[bytes], bytes]:
+    def damage(good: bytes) -> bytes:
+        i = at % len(good)
+        return good[:i] + bytes([good[i] ^ 0x40]) + good[i + 1 :]
+
+    return damage
+
+
+def header_field(index: int, change: Callable[[int], int]) -> Callable[[bytes], bytes]:
+    """Rewrite one field of the header (magic, version, byte order, crc, _, counts...)."""
+
+    def damage(good: bytes) -> bytes:
+        fmt = "<8sIIIIQQQQQ"
+        fields = list(struct.unpack_from(fmt, good))
+        fields[index] = change(fields[index])
+        return struct.pack(fmt, *fields) + good[struct.calcsize(fmt) :]
+
+    return damage
+
+
+def version_1(good: bytes) -> bytes:
+    doc = {"version": 1, "nodes": [], "dirs": {}, "parents": {}}
+    return zstandard.ZstdCompressor().compress(json.dumps(doc).encode())
+
+
+DAMAGES: dict[str, Callable[[bytes], bytes]] = {
+    "empty": lambda good: b"",
+    "half a header": lambda good: good[:20],
+    "header only": lambda good: good[:64],
+    "truncated by one byte": lambda good: good[:-1],
+    "truncated in the columns": lambda good: good[: len(good) // 2],
+    "one byte appended": lambda good: good + b"\0",
+    "magic": flip(0),
+    "version": header_field(1, lambda v: v + 1),
+    "other byte order": header_field(2, lambda v: 1 - v),
+    "checksum": header_field(3, lambda v: v ^ 1),
+    "one more slot": header_field(5, lambda v: v + 1),
+    "absurd slot count": header_field(5, lambda v: 2**62),
+    "one more entry": header_field(6, lambda v: v + 1),
+    "longer names": header_field(7, lambda v: v + 10**9),
+    "a column byte": flip(80),
+    "the last blob byte": flip(-1),
+    "version 1 (zstd json)": version_1,
+    "garbage": lambda good: os.urandom(len(good)),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES.values(), ids=DAMAGES.keys())
+def test_a_damaged_cache_file_is_refused(tmp_path, damage):
+    tree = example_tree(tmp_path)
+    path = tmp_path / "tree"
+    tree.write(path)
+    MergedTree.read(path)  # the undamaged file reads
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(StoreCorrupt):
+        MergedTree.read(path)
+
+
+# A file whose checksum is right but which points outside itself: only a program could
+# write one, and queries must still answer StoreCorrupt, never IndexError or garbage.
+CRAFTED: dict[str, Callable[[MergedTree], None]] = {
+    "child inode past the end": lambda t: t._child_inode.__setitem__(0, 10**6),
+    "child inode of an empty slot": lambda t: t._child_inode.__setitem__(0, 0),
+    "child range past the table": lambda t: t._child_off.__setitem__(
+        ROOT_INODE + 1, len(t._child_inode) + 5
+    ),
+    "unknown kind": lambda t: t._kind.__setitem__(2, 200),
+    "xattr record overruns": lambda t: t._xattr_off.__setitem__(3, t._xattr_off[3] + 1),
+}
+
+
+@pytest.mark.parametrize("craft", CRAFTED.values(), ids=CRAFTED.keys())
+def test_a_crafted_cache_file_answers_store_corrupt(tmp_path, craft):
+    tree = example_tree(tmp_path)
+    craft(tree)
+    tree.write(tmp_path / "tree")
+    back = MergedTree.read(tmp_path / "tree")
+    with pytest.raises(StoreCorrupt):
+        for _, node in back.walk():
+            back.stat(node.inode)
+            if node.kind is EntryKind.DIR:
+                list(back.scan(node.inode))
+
+
+@pytest.mark.parametrize(
+    "craft",
+    [
+        lambda t: t._child_off.__setitem__(len(t._child_off) - 1, 0),
+        lambda t: t._name_off.__setitem__(len(t._name_off) - 1, 1),
+        lambda t: t._kind.__setitem__(ROOT_INODE, 1),
+    ],
+    ids=["entry count", "names length", "root not a directory"],
+)
+def test_columns_that_do_not_fit_together_are_refused_at_read(tmp_path, craft):
+    tree = example_tree(tmp_path)
+    craft(tree)
+    tree.write(tmp_path / "tree")
+    with pytest.raises(StoreCorrupt):
+        MergedTree.read(tmp_path / "tree")
+
+
+def synthetic(paths: list[tuple[str, EntryKind]]) -> Toc:
+    """A toc made in code (no tar), for trees too big to build one entry at a time."""
+    entries = [
+        TocEntry(path, kind, 0o755 if kind is EntryKind.DIR else 0o644, 0, 0, 0, 1, inode)
+        for inode, (path, kind) in enumerate(paths, start=1)
+    ]
+    return Toc("sha256:" + "0" * 64, tuple(entries))
+
+
+def test_a_directory_of_100k_entries_reads_back_and_lists_once(tmp_path):
+    n = 100_000
+    names = [f"f{i:06d}" for i in range(n)]
+    toc = synthetic([("many", EntryKind.DIR)] + [(f"many/{m}", EntryKind.FILE) for m in names])
+    merge([toc]).write(tmp_path / "tree")
+    tree = MergedTree.read(tmp_path / "tree")
+    assert len(tree) == n + 2
+    many = tree.lookup(ROOT_INODE, "many")
+    assert many is not None and many.nlink == 2
+    listed, inodes = tree.children(many.inode)
+    assert listed == names and len(set(inodes)) == n
+    # As readdir does: a chunk at a time, each resumed from the last entry's next_id.
+    seen: list[bytes] = []
+    next_id = 0
+    while chunk := list(itertools.islice(tree.scan(many.inode, next_id), 997)):
+        seen += [name for _, name, _ in chunk]
+        next_id = chunk[-1][0] + 1
+    assert seen == [os.fsencode(m) for m in names]
+    for i in [*range(0, n, 4999), n - 1]:
+        assert tree.lookup_inode(many.inode, names[i]) == inodes[i]
+    for absent in ("", "f", "f100000", "f0499995", "g"):
+        assert tree.lookup(many.inode, absent) is None
+
+
+def test_lookup_follows_name_order_where_bytes_and_str_disagree(tmp_path):
+    # "\udc80" is the undecodable byte 0x80: first in byte order, after "é" in str order.
+    names = sorted(["a", "\u00e9", "\udc80", "\udcffz", "z", "\u00e9\udc80"])
+    toc = synthetic([("d", EntryKind.DIR)] + [(f"d/{m}", EntryKind.FILE) for m in names])
+    merge([toc]).write(tmp_path / "tree")
+    tree = MergedTree.read(tmp_path / "tree")
+    d = tree.lookup(ROOT_INODE, "d")
+    assert d is not None
+    assert tree.children(d.inode)[0] == names
+    for name in names:
+        found = tree.lookup(d.inode, name)
+        assert found is not None and tree.resolve(f"d/{name}") == found
+    assert [raw for _, raw, _ in tree.scan(d.inode)] == [os.fsencode(m) for m in names]
