@@ -37,6 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import bcrypt
 import jwt
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -173,17 +174,20 @@ class Registry:
         creds: tuple[str, str] | None = None,
         all_images: bool = False,
         fmt: str | None = None,
-        auth_file: Path,
     ) -> None:
-        """``skopeo copy SOURCE docker://HOST/DEST`` (``source`` like ``oci:DIR:TAG``)."""
+        """``skopeo copy SOURCE docker://HOST/DEST`` (``source`` like ``oci:DIR:TAG``), with
+        digests kept unless ``fmt`` converts, and an empty auth file of its own (never the
+        user's)."""
         cmd = ["skopeo", "copy", "-q", "--dest-tls-verify=false"]
+        cmd += ["--format", fmt] if fmt else ["--preserve-digests"]
         if creds is not None:
             cmd += ["--dest-creds", f"{creds[0]}:{creds[1]}"]
         if all_images:
             cmd.append("--all")
-        if fmt:
-            cmd += ["--format", fmt]
         cmd += [source, f"docker://{self.host}/{dest}"]
+        auth_file = self.root.parent / "skopeo-auth.json"
+        if not auth_file.exists():
+            auth_file.write_text('{"auths": {}}')
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "REGISTRY_AUTH_FILE": str(auth_file)}
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
         if done.returncode != 0:
@@ -258,6 +262,41 @@ def start_registry(
             registry.stop()
             raise RuntimeError(f"docker-registry did not answer: {log.read_text()[-2000:]}")
         time.sleep(0.05)
+
+
+def start_htpasswd_registry(directory: Path, users: dict[str, str]) -> Registry:
+    """A registry that takes Basic auth for ``users`` (bcrypt htpasswd)."""
+    htpasswd = write_htpasswd(directory / "htpasswd", users)
+    return start_registry(
+        directory, auth={"htpasswd": {"realm": "basic-realm", "path": str(htpasswd)}}
+    )
+
+
+@dataclass
+class TlsSetup:
+    registry: Registry
+    ca_dir: Path  # a --cert-dir holding the CA that signed the registry's certificate
+
+
+def start_tls_registry(directory: Path) -> TlsSetup:
+    """A registry serving HTTPS with a certificate from a CA made here."""
+    ca = make_cert(directory / "ca", "snapshotter-test-ca", is_ca=True)
+    server = make_cert(directory / "server", "registry", ca=ca, ip=LOOPBACK)
+    ca_dir = directory / "certs.d"
+    ca_dir.mkdir()
+    (ca_dir / "ca.crt").write_bytes(ca.cert.read_bytes())
+    return TlsSetup(start_registry(directory, tls=server), ca_dir)
+
+
+def isolate_user_auth(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Point HOME at an empty directory and drop the auth-file variables, so no test reads or
+    writes the real user's auth files; returns the new HOME."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for var in ("REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "DOCKER_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    return home
 
 
 # -- small threaded HTTP servers ------------------------------------------------------------
@@ -591,3 +630,27 @@ class StorageServer(_Background):
         self.objects: dict[str, bytes] = {}
         self.seen: list[Seen] = []
         super().__init__()
+
+
+@dataclass
+class TokenSetup:
+    registry: Registry
+    tokens: TokenServer
+
+    def stop(self) -> None:
+        try:
+            self.registry.stop()
+        finally:
+            self.tokens.stop()
+
+
+def start_token_registry(
+    directory: Path, users: dict[str, str], refresh_tokens: dict[str, str] | None = None
+) -> TokenSetup:
+    """A registry behind a TokenServer made here (docker's bearer token flow)."""
+    tokens = TokenServer(directory / "keys", users, refresh_tokens)
+    try:
+        return TokenSetup(start_registry(directory, auth=tokens.registry_auth()), tokens)
+    except BaseException:
+        tokens.stop()
+        raise

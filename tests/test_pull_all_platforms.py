@@ -458,11 +458,9 @@ def registry(layout: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     directory = tmp_path_factory.mktemp("registry")
     reg = start_registry(directory)
     try:
-        auth = directory / "auth.json"
-        auth.write_text('{"auths": {}}')
-        reg.push(f"oci:{layout}:multi", "app:multi", all_images=True, auth_file=auth)
-        reg.push(f"oci:{layout}:multi", "app:list", all_images=True, fmt="v2s2", auth_file=auth)
-        reg.push(f"oci:{layout}:single", "app:single", auth_file=auth)
+        reg.push(f"oci:{layout}:multi", "app:multi", all_images=True)
+        reg.push(f"oci:{layout}:multi", "app:list", all_images=True, fmt="v2s2")
+        reg.push(f"oci:{layout}:single", "app:single")
         yield reg
     finally:
         reg.stop()
@@ -514,10 +512,8 @@ def test_registry_tampered_blob_adds_nothing(
     need_tool("skopeo")
     reg = start_registry(tmp_path / "tampered")
     try:
-        auth = tmp_path / "auth.json"
-        auth.write_text('{"auths": {}}')
-        reg.push(f"oci:{layout}:multi", "app:multi", all_images=True, auth_file=auth)
-        reg.push(f"oci:{layout}:single", "app:single", auth_file=auth)
+        reg.push(f"oci:{layout}:multi", "app:multi", all_images=True)
+        reg.push(f"oci:{layout}:single", "app:single")
         _pull_json(cli, f"docker://{reg.host}/app:single")
         before = _store_files(store_root)
         data = reg.blob_path(ARM64.built_layers()[-1].digest)

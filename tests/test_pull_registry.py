@@ -16,7 +16,6 @@ import json
 import os
 import random
 import stat
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,10 +30,13 @@ from registry_fixtures import (
     Fault,
     FaultProxy,
     Registry,
-    TokenServer,
-    make_cert,
+    TlsSetup,
+    TokenSetup,
+    isolate_user_auth,
+    start_htpasswd_registry,
     start_registry,
-    write_htpasswd,
+    start_tls_registry,
+    start_token_registry,
 )
 
 from snapshotter.digest import Digest
@@ -154,50 +156,18 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
     return Images(layout, base, derived, zstd, mixed, big, amd64, arm64, victim, victim_config)
 
 
-def push(
-    reg: Registry,
-    source: str,
-    dest: str,
-    auth_file: Path,
-    *,
-    creds: tuple[str, str] | None = None,
-    all_images: bool = False,
-    fmt: str | None = None,
-) -> None:
-    """``skopeo copy --preserve-digests SOURCE docker://HOST/DEST`` (unless converting)."""
-    cmd = ["skopeo", "copy", "-q", "--dest-tls-verify=false"]
-    cmd += ["--format", fmt] if fmt else ["--preserve-digests"]
-    if creds is not None:
-        cmd += ["--dest-creds", f"{creds[0]}:{creds[1]}"]
-    if all_images:
-        cmd.append("--all")
-    cmd += [source, f"docker://{reg.host}/{dest}"]
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "REGISTRY_AUTH_FILE": str(auth_file)}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
-    if done.returncode != 0:
-        raise RuntimeError(f"skopeo push to {dest} failed: {done.stderr.strip()}")
-
-
-def _empty_auth(directory: Path) -> Path:
-    path = directory / "skopeo-auth.json"
-    path.write_text('{"auths": {}}')
-    return path
-
-
 @pytest.fixture(scope="module")
 def anon(
     tools: None, images: Images, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Registry]:
-    directory = tmp_path_factory.mktemp("anon")
-    reg = start_registry(directory)
+    reg = start_registry(tmp_path_factory.mktemp("anon"))
     try:
-        auth = _empty_auth(directory)
         for tag in ("base", "derived", "zstd", "mixed", "big", "victim", "victim-config"):
-            push(reg, images.oci(tag), f"app:{tag}", auth)
-        push(reg, images.oci("base"), "app:v1.0", auth)
-        push(reg, images.oci("multi"), "app:multi", auth, all_images=True)
-        push(reg, images.oci("base"), "app:docker", auth, fmt="v2s2")
-        push(reg, images.oci("base"), "team/tools:1", auth)
+            reg.push(images.oci(tag), f"app:{tag}")
+        reg.push(images.oci("base"), "app:v1.0")
+        reg.push(images.oci("multi"), "app:multi", all_images=True)
+        reg.push(images.oci("base"), "app:docker", fmt="v2s2")
+        reg.push(images.oci("base"), "team/tools:1")
         yield reg
     finally:
         reg.stop()
@@ -224,74 +194,43 @@ def fresh_proxy(proxy: FaultProxy) -> FaultProxy:
 def basic(
     tools: None, images: Images, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Registry]:
-    directory = tmp_path_factory.mktemp("htpasswd")
-    htpasswd = write_htpasswd(directory / "htpasswd", dict([ALICE]))
-    reg = start_registry(
-        directory, auth={"htpasswd": {"realm": "basic-realm", "path": str(htpasswd)}}
-    )
+    reg = start_htpasswd_registry(tmp_path_factory.mktemp("htpasswd"), dict([ALICE]))
     try:
-        push(reg, images.oci("base"), "private/app:v1", _empty_auth(directory), creds=ALICE)
+        reg.push(images.oci("base"), "private/app:v1", creds=ALICE)
         yield reg
     finally:
         reg.stop()
-
-
-@dataclass
-class TokenSetup:
-    registry: Registry
-    tokens: TokenServer
 
 
 @pytest.fixture(scope="module")
 def token(
     tools: None, images: Images, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TokenSetup]:
-    directory = tmp_path_factory.mktemp("token")
-    tokens = TokenServer(directory / "keys", dict([BOB]), {BOB_IDENTITY: BOB[0]})
+    setup = start_token_registry(
+        tmp_path_factory.mktemp("token"), dict([BOB]), {BOB_IDENTITY: BOB[0]}
+    )
     try:
-        reg = start_registry(directory, auth=tokens.registry_auth())
-        try:
-            push(reg, images.oci("base"), "secure/app:v1", _empty_auth(directory), creds=BOB)
-            yield TokenSetup(reg, tokens)
-        finally:
-            reg.stop()
+        setup.registry.push(images.oci("base"), "secure/app:v1", creds=BOB)
+        yield setup
     finally:
-        tokens.stop()
-
-
-@dataclass
-class TlsSetup:
-    registry: Registry
-    ca_dir: Path
+        setup.stop()
 
 
 @pytest.fixture(scope="module")
 def tls(
     tools: None, images: Images, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TlsSetup]:
-    directory = tmp_path_factory.mktemp("tls")
-    ca = make_cert(directory / "ca", "snapshotter-test-ca", is_ca=True)
-    server = make_cert(directory / "server", "registry", ca=ca, ip="127.0.0.1")
-    ca_dir = directory / "certs.d"
-    ca_dir.mkdir()
-    (ca_dir / "ca.crt").write_bytes(ca.cert.read_bytes())
-    reg = start_registry(directory, tls=server)
+    setup = start_tls_registry(tmp_path_factory.mktemp("tls"))
     try:
-        push(reg, images.oci("zstd"), "app:v1", _empty_auth(directory))
-        yield TlsSetup(reg, ca_dir)
+        setup.registry.push(images.oci("zstd"), "app:v1")
+        yield setup
     finally:
-        reg.stop()
+        setup.registry.stop()
 
 
 @pytest.fixture(autouse=True)
 def no_user_auth(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No test reads or writes the real user's auth files."""
-    home = tmp_path / "home"
-    home.mkdir()
-    for var in ("REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "DOCKER_CONFIG"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(home))
-    return home
+    return isolate_user_auth(monkeypatch, tmp_path)
 
 
 # -- helpers ----------------------------------------------------------------------------

@@ -26,10 +26,14 @@ from registry_fixtures import (
     PagedTags,
     Registry,
     StorageServer,
+    TlsSetup,
     TokenServer,
-    make_cert,
+    TokenSetup,
+    isolate_user_auth,
+    start_htpasswd_registry,
     start_registry,
-    write_htpasswd,
+    start_tls_registry,
+    start_token_registry,
 )
 
 from snapshotter.digest import Digest, VerifyingReader
@@ -108,28 +112,20 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
     return Images(layout, small, big, zstd, amd64, arm64, ("t1", "t2", "t3", "t4"))
 
 
-def _push_auth_file(directory: Path) -> Path:
-    path = directory / "skopeo-auth.json"
-    path.write_text('{"auths": {}}')
-    return path
-
-
 @pytest.fixture(scope="module")
 def anon(
     tools: None, images: Images, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Registry]:
-    directory = tmp_path_factory.mktemp("anon")
-    reg = start_registry(directory)
+    reg = start_registry(tmp_path_factory.mktemp("anon"))
     try:
-        auth = _push_auth_file(directory)
         for tag in ("v1", *images.extra_tags):
-            reg.push(images.oci("v1"), f"app:{tag}", auth_file=auth)
-        reg.push(images.oci("big"), "app:big", auth_file=auth)
-        reg.push(images.oci("zstd"), "app:zstd", auth_file=auth)
-        reg.push(images.oci("multi"), "app:multi", all_images=True, auth_file=auth)
-        reg.push(images.oci("v1"), "app:docker", fmt="v2s2", auth_file=auth)
+            reg.push(images.oci("v1"), f"app:{tag}")
+        reg.push(images.oci("big"), "app:big")
+        reg.push(images.oci("zstd"), "app:zstd")
+        reg.push(images.oci("multi"), "app:multi", all_images=True)
+        reg.push(images.oci("v1"), "app:docker", fmt="v2s2")
         for repo in ("other/one", "other/two", "zz"):
-            reg.push(images.oci("v1"), f"{repo}:x", auth_file=auth)
+            reg.push(images.oci("v1"), f"{repo}:x")
         yield reg
     finally:
         reg.stop()
@@ -139,78 +135,43 @@ def anon(
 def basic(
     tools: None, images: Images, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Registry]:
-    directory = tmp_path_factory.mktemp("htpasswd")
-    htpasswd = write_htpasswd(directory / "htpasswd", dict([ALICE]))
-    reg = start_registry(
-        directory, auth={"htpasswd": {"realm": "basic-realm", "path": str(htpasswd)}}
-    )
+    reg = start_htpasswd_registry(tmp_path_factory.mktemp("htpasswd"), dict([ALICE]))
     try:
-        auth = _push_auth_file(directory)
-        reg.push(images.oci("v1"), "private/app:v1", creds=ALICE, auth_file=auth)
-        reg.push(images.oci("big"), "private/app:big", creds=ALICE, auth_file=auth)
+        reg.push(images.oci("v1"), "private/app:v1", creds=ALICE)
+        reg.push(images.oci("big"), "private/app:big", creds=ALICE)
         yield reg
     finally:
         reg.stop()
-
-
-@dataclass
-class TokenSetup:
-    registry: Registry
-    tokens: TokenServer
 
 
 @pytest.fixture(scope="module")
 def token(
     tools: None, images: Images, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TokenSetup]:
-    directory = tmp_path_factory.mktemp("token")
-    tokens = TokenServer(directory / "keys", dict([BOB]))
+    setup = start_token_registry(tmp_path_factory.mktemp("token"), dict([BOB]))
     try:
-        reg = start_registry(directory, auth=tokens.registry_auth())
-        try:
-            auth = _push_auth_file(directory)
-            reg.push(images.oci("v1"), "secure/app:v1", creds=BOB, auth_file=auth)
-            reg.push(images.oci("big"), "secure/app:big", creds=BOB, auth_file=auth)
-            yield TokenSetup(reg, tokens)
-        finally:
-            reg.stop()
+        setup.registry.push(images.oci("v1"), "secure/app:v1", creds=BOB)
+        setup.registry.push(images.oci("big"), "secure/app:big", creds=BOB)
+        yield setup
     finally:
-        tokens.stop()
-
-
-@dataclass
-class TlsSetup:
-    registry: Registry
-    ca_dir: Path
+        setup.stop()
 
 
 @pytest.fixture(scope="module")
 def tls(
     tools: None, images: Images, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TlsSetup]:
-    directory = tmp_path_factory.mktemp("tls")
-    ca = make_cert(directory / "ca", "snapshotter-test-ca", is_ca=True)
-    server = make_cert(directory / "server", "registry", ca=ca, ip="127.0.0.1")
-    ca_dir = directory / "certs.d"
-    ca_dir.mkdir()
-    (ca_dir / "ca.crt").write_bytes(ca.cert.read_bytes())
-    reg = start_registry(directory, tls=server)
+    setup = start_tls_registry(tmp_path_factory.mktemp("tls"))
     try:
-        reg.push(images.oci("v1"), "app:v1", auth_file=_push_auth_file(directory))
-        yield TlsSetup(reg, ca_dir)
+        setup.registry.push(images.oci("v1"), "app:v1")
+        yield setup
     finally:
-        reg.stop()
+        setup.registry.stop()
 
 
 @pytest.fixture(autouse=True)
 def no_user_auth(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No test reads or writes the real user's auth files."""
-    home = tmp_path / "home"
-    home.mkdir()
-    for var in ("REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "DOCKER_CONFIG"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(home))
-    return home
+    return isolate_user_auth(monkeypatch, tmp_path)
 
 
 @pytest.fixture
@@ -604,7 +565,7 @@ def test_tampered_blob_in_storage(
     reg = start_registry(tmp_path / "tampered")
     proxy = FaultProxy(reg.host)
     try:
-        reg.push(images.oci("zstd"), "app:zstd", auth_file=_push_auth_file(tmp_path))
+        reg.push(images.oci("zstd"), "app:zstd")
         layer = images.zstd.built_layers()[0]
         data = reg.blob_path(layer.digest)
         raw = bytearray(data.read_bytes())
