@@ -18,6 +18,7 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -27,9 +28,46 @@ from conftest import tree_state
 from snapshotter.digest import Digest
 from snapshotter.errors import DigestMismatch, UnsafeArchive
 from snapshotter.toc import EntryKind, Toc, TocEntry
-from snapshotter.unpack import unpack_layer
+from snapshotter.unpack import UnpackResult, unpack_layer
 
 # -- unpack_layer directly -------------------------------------------------------------------
+
+
+_UNSET: Any = object()
+
+
+def fresh_dir(tmp_path: Path) -> Path:
+    dest = tmp_path / f"snap{len(list(tmp_path.iterdir()))}"
+    dest.mkdir()
+    return dest
+
+
+def unpack_blob(
+    tmp_path: Path,
+    blob: bytes,
+    tar: bytes,
+    compression: str = "none",
+    *,
+    diff_id: Digest | None = None,
+    layer_digest: Digest | None = _UNSET,
+    blob_size: int | None = _UNSET,
+    what: str = "layer",
+    dest: Path | None = None,
+    **options: Any,
+) -> UnpackResult:
+    """unpack_layer into ``dest`` (default: a fresh directory), the digests and size taken
+    from ``tar`` and ``blob`` unless given (``None`` for a source that does not say them)."""
+    dest = dest or fresh_dir(tmp_path)
+    return unpack_layer(
+        io.BytesIO(blob),
+        dest,
+        compression=compression,
+        diff_id=diff_id or Digest.of_bytes(tar),
+        layer_digest=Digest.of_bytes(blob) if layer_digest is _UNSET else layer_digest,
+        blob_size=len(blob) if blob_size is _UNSET else blob_size,
+        what=what,
+        **options,
+    )
 
 
 def unpack(tmp_path: Path, layer: LayerBuilder | bytes, compression: str = "none") -> Toc:
@@ -39,17 +77,8 @@ def unpack(tmp_path: Path, layer: LayerBuilder | bytes, compression: str = "none
         "gzip": gzip.compress,
         "zstd": lambda b: zstandard.ZstdCompressor().compress(b),
     }[compression](tar)
-    dest = tmp_path / f"snap{len(list(tmp_path.iterdir()))}"
-    dest.mkdir()
-    result = unpack_layer(
-        io.BytesIO(blob),
-        dest,
-        compression=compression,
-        diff_id=Digest.of_bytes(tar),
-        layer_digest=Digest.of_bytes(blob),
-        blob_size=len(blob),
-        what="layer",
-    )
+    dest = fresh_dir(tmp_path)
+    result = unpack_blob(tmp_path, blob, tar, compression, dest=dest)
     assert Toc.read(dest / "toc.json.zst") == result.toc
     return result.toc
 
@@ -125,17 +154,7 @@ def test_multi_frame_zstd_and_multi_member_gzip(tmp_path):
         ),
         ("gzip", gzip.compress(tar[:half]) + gzip.compress(tar[half:])),
     ):
-        dest = tmp_path / compression
-        dest.mkdir()
-        result = unpack_layer(
-            io.BytesIO(blob),
-            dest,
-            compression=compression,
-            diff_id=Digest.of_bytes(tar),
-            layer_digest=Digest.of_bytes(blob),
-            blob_size=len(blob),
-            what="layer",
-        )
+        result = unpack_blob(tmp_path, blob, tar, compression)
         assert sorted(result.toc.by_path()) == ["", "a", "b"]
 
 
@@ -235,24 +254,10 @@ def test_a_layer_with_too_many_entries_is_refused(tmp_path):
     for i in range(11):
         layer.file(f"f{i}", b"")
     tar = layer.tar_bytes()
-    for limit, ok in ((11, True), (10, False)):
-        dest = tmp_path / f"s{limit}"
-        dest.mkdir()
-        unpack_it = lambda dest=dest, limit=limit: unpack_layer(  # noqa: E731
-            io.BytesIO(tar),
-            dest,
-            compression="none",
-            diff_id=Digest.of_bytes(tar),
-            layer_digest=Digest.of_bytes(tar),
-            blob_size=len(tar),
-            what="layer 1",
-            max_entries=limit,
-        )
-        if ok:
-            assert len(unpack_it().toc.entries) == 12  # and the root
-        else:
-            with pytest.raises(UnsafeArchive, match=r"^layer 1: more than 10 entries$"):
-                unpack_it()
+    result = unpack_blob(tmp_path, tar, tar, what="layer 1", max_entries=11)
+    assert len(result.toc.entries) == 12  # and the root
+    with pytest.raises(UnsafeArchive, match=r"^layer 1: more than 10 entries$"):
+        unpack_blob(tmp_path, tar, tar, what="layer 1", max_entries=10)
 
 
 def test_pax_global_header_and_long_names(tmp_path):
@@ -272,50 +277,35 @@ def test_pax_global_header_and_long_names(tmp_path):
 def test_digest_and_size_are_verified(tmp_path, mutate, message):
     tar = LayerBuilder().file("a", b"x" * 5000).tar_bytes()
     blob = gzip.compress(tar)
-    dest = tmp_path / "s"
-    dest.mkdir()
     with pytest.raises(DigestMismatch, match=message):
-        unpack_layer(
-            io.BytesIO(mutate(blob)),
-            dest,
-            compression="gzip",
-            diff_id=Digest.of_bytes(tar),
+        unpack_blob(
+            tmp_path,
+            mutate(blob),
+            tar,
+            "gzip",
             layer_digest=Digest.of_bytes(blob),
             blob_size=len(blob),
-            what="layer",
         )
 
 
 def test_diff_id_is_verified(tmp_path):
     tar = LayerBuilder().file("a", b"x").tar_bytes()
-    dest = tmp_path / "s"
-    dest.mkdir()
     with pytest.raises(DigestMismatch, match="rootfs.diff_ids"):
-        unpack_layer(
-            io.BytesIO(tar),
-            dest,
-            compression="none",
-            diff_id=Digest.of_bytes(b"other"),
-            layer_digest=Digest.of_bytes(tar),
-            blob_size=len(tar),
-            what="layer",
-        )
+        unpack_blob(tmp_path, tar, tar, diff_id=Digest.of_bytes(b"other"))
 
 
 def test_corrupt_compressed_data_is_a_clear_error(tmp_path):
     blob = gzip.compress(LayerBuilder().file("a", os.urandom(100_000)).tar_bytes())
     broken = blob[:200] + bytes(100) + blob[300:]
-    dest = tmp_path / "s"
-    dest.mkdir()
     with pytest.raises((DigestMismatch, UnsafeArchive)):
-        unpack_layer(
-            io.BytesIO(broken),
-            dest,
-            compression="gzip",
+        unpack_blob(
+            tmp_path,
+            broken,
+            b"",
+            "gzip",
             diff_id=Digest.of_bytes(b""),
             layer_digest=None,
             blob_size=None,
-            what="layer",
         )
 
 
@@ -325,7 +315,7 @@ def test_memory_stays_flat_with_layer_size(tmp_path):
 import gzip, hashlib, io, os, resource, sys, tarfile, zlib
 from pathlib import Path
 from snapshotter.digest import Digest
-from snapshotter.unpack import unpack_layer
+from snapshotter.unpack import UnpackResult, unpack_layer
 size = 1 << 30
 blob_path = Path(sys.argv[1]) / "layer.gz"
 h = hashlib.sha256()
