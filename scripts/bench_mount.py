@@ -75,9 +75,11 @@ from bench_pull import (
     BenchError,
     Image,
     Layer,
-    _first_line,
-    _fs_type,
+    bench_parser,
+    first_line,
     load_image,
+    machine_info,
+    parse_bench_args,
     remove_tree,
     warm_page_cache,
 )
@@ -770,23 +772,12 @@ def one_round(
 # --------------------------------------------------------------------------- reporting
 
 
-def machine_info(work_root: Path, snapshotter_cmd: list[str]) -> dict[str, Any]:
-    mem_total = proc_meminfo_total()
+def mount_tool_versions() -> dict[str, str | None]:
     return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "machine": platform.machine(),
-        "kernel": platform.release(),
-        "mem_total_bytes": mem_total,
-        "work_dir": str(work_root),
-        "work_fs": _fs_type(work_root),
-        "python": platform.python_version(),
-        "versions": {
-            "snapshotter": _first_line([*snapshotter_cmd, "--version"]),
-            "fuse-overlayfs": _version_line(["fuse-overlayfs", "--version"], "fuse-overlayfs"),
-            "libfuse": _version_line(["fuse-overlayfs", "--version"], "FUSE library"),
-            "find": _first_line(["find", "--version"]),
-            "tar": _first_line(["tar", "--version"]),
-        },
+        "fuse-overlayfs": _version_line(["fuse-overlayfs", "--version"], "fuse-overlayfs"),
+        "libfuse": _version_line(["fuse-overlayfs", "--version"], "FUSE library"),
+        "find": first_line(["find", "--version"]),
+        "tar": first_line(["tar", "--version"]),
     }
 
 
@@ -798,14 +789,6 @@ def _version_line(cmd: list[str], word: str) -> str | None:
         return None
     lines = (out.stdout + out.stderr).splitlines()
     return next((line.strip() for line in lines if word in line), None)
-
-
-def proc_meminfo_total() -> int | None:
-    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    return None
 
 
 def report(
@@ -904,14 +887,13 @@ def print_table(doc: dict[str, Any]) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument(
-        "--layout",
-        type=Path,
-        default=DEFAULT_BENCH_DIR / "layout",
-        help="OCI image layout directory (default: $BENCH_DIR/layout)",
+    p = bench_parser(
+        __doc__,
+        layout_help="OCI image layout directory (default: $BENCH_DIR/layout)",
+        runs=3,
+        work_dir_help="where the store, lower dirs and mount points are made "
+        "(default: next to the layout)",
     )
-    p.add_argument("--tag", default="bench", help="tag (ref.name) in index.json (default: bench)")
     p.add_argument(
         "--big-layout",
         type=Path,
@@ -919,24 +901,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="where the 1 GiB-file image is built once and reused "
         "(default: $BENCH_DIR/layout-bigfile)",
     )
-    p.add_argument("--runs", type=int, default=3, help="rounds per tool; best is reported")
-    p.add_argument(
-        "--snapshotter",
-        default="snapshotter",
-        metavar="CMD",
-        help="snapshotter command, split like a shell would (default: snapshotter on PATH)",
-    )
-    p.add_argument(
-        "--work-dir",
-        type=Path,
-        default=None,
-        help="where the store, lower dirs and mount points are made (default: next to the layout)",
-    )
-    p.add_argument("--json", action="store_true", help="print results as one JSON document")
-    args = p.parse_args(argv)
-    if args.runs < 1:
-        p.error("--runs must be >= 1")
-    return args
+    return parse_bench_args(p, argv)
 
 
 def pull(snap: Snapshotter, layout: Path, tag: str) -> str:
@@ -1036,7 +1001,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     counts,
                     round_log,
                 )
-        machine = machine_info(work_root, snapshotter_cmd)
+        machine = machine_info(work_root, snapshotter_cmd, mount_tool_versions())
         check = compare_listings(check_listings, KernelOverlay.name)
         n_dirs = sum(1 for row in check_listings[KernelOverlay.name] if row.split("\t")[1] == "d")
         images = {

@@ -204,7 +204,7 @@ def snapshotter_tool(cmd: list[str], image: Image) -> Tool:
 
 
 def _umoci_version() -> tuple[int, ...] | None:
-    line = _first_line(["umoci", "--version"]) or ""
+    line = first_line(["umoci", "--version"]) or ""
     m = re.search(r"(\d+)\.(\d+)\.(\d+)", line)
     return tuple(int(x) for x in m.groups()) if m else None
 
@@ -341,7 +341,8 @@ def run_benchmark(tools: Sequence[Tool], runs: int, work_root: Path, include_syn
 # --------------------------------------------------------------------------- reporting
 
 
-def _first_line(cmd: list[str]) -> str | None:
+def first_line(cmd: list[str]) -> str | None:
+    """The first line a command prints (stdout, else stderr): its version, usually."""
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
@@ -370,32 +371,42 @@ def _fs_type(path: Path) -> str | None:
     return best[1] if best else None
 
 
-def machine_info(work_root: Path, snapshotter_cmd: list[str]) -> dict[str, Any]:
-    mem_total = None
+def mem_total() -> int | None:
+    """MemTotal from /proc/meminfo, in bytes."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemTotal:"):
-                    mem_total = int(line.split()[1]) * 1024
+                    return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def machine_info(
+    work_root: Path, snapshotter_cmd: list[str], versions: dict[str, str | None]
+) -> dict[str, Any]:
+    """The machine line every benchmark prints; ``versions`` are the peers' own."""
     return {
         "nproc": len(os.sched_getaffinity(0)),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "kernel": platform.release(),
-        "mem_total_bytes": mem_total,
+        "mem_total_bytes": mem_total(),
         "euid": os.geteuid(),
         "work_dir": str(work_root),
         "work_fs": _fs_type(work_root),
         "python": platform.python_version(),
-        "versions": {
-            "snapshotter": _first_line([*snapshotter_cmd, "--version"]),
-            "umoci": _first_line(["umoci", "--version"]),
-            "tar": _first_line(["tar", "--version"]),
-            "pigz": _first_line(["pigz", "--version"]) if shutil.which("pigz") else None,
-            "zstd": _first_line(["zstd", "--version"]),
-        },
+        "versions": {"snapshotter": first_line([*snapshotter_cmd, "--version"]), **versions},
+    }
+
+
+def pull_tool_versions() -> dict[str, str | None]:
+    return {
+        "umoci": first_line(["umoci", "--version"]),
+        "tar": first_line(["tar", "--version"]),
+        "pigz": first_line(["pigz", "--version"]) if shutil.which("pigz") else None,
+        "zstd": first_line(["zstd", "--version"]),
     }
 
 
@@ -482,28 +493,42 @@ def print_table(doc: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- main
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument(
-        "--layout",
-        type=Path,
-        default=DEFAULT_BENCH_DIR / "layout",
-        help="OCI image layout directory (default: $BENCH_DIR/layout, "
-        "BENCH_DIR defaults to /var/tmp/snapshotter-bench)",
-    )
+def bench_parser(
+    doc: str | None, *, layout_help: str, runs: int, work_dir_help: str
+) -> argparse.ArgumentParser:
+    """The options every benchmark script takes: --layout, --tag, --runs, --snapshotter,
+    --work-dir and --json."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
+    p.add_argument("--layout", type=Path, default=DEFAULT_BENCH_DIR / "layout", help=layout_help)
     p.add_argument("--tag", default="bench", help="tag (ref.name) in index.json (default: bench)")
-    p.add_argument("--runs", type=int, default=3, help="timed runs per tool; best is reported")
+    p.add_argument(
+        "--runs", type=int, default=runs, help=f"timed runs per tool (default: {runs})"
+    )
     p.add_argument(
         "--snapshotter",
         default="snapshotter",
         metavar="CMD",
         help="snapshotter command, split like a shell would (default: snapshotter on PATH)",
     )
-    p.add_argument(
-        "--work-dir",
-        type=Path,
-        default=None,
-        help="where fresh output dirs are created (default: next to the layout, "
+    p.add_argument("--work-dir", type=Path, default=None, help=work_dir_help)
+    p.add_argument("--json", action="store_true", help="print results as one JSON document")
+    return p
+
+
+def parse_bench_args(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    args = p.parse_args(argv)
+    if args.runs < 1:
+        p.error("--runs must be >= 1")
+    return args
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = bench_parser(
+        __doc__,
+        layout_help="OCI image layout directory (default: $BENCH_DIR/layout, "
+        "BENCH_DIR defaults to /var/tmp/snapshotter-bench)",
+        runs=3,
+        work_dir_help="where fresh output dirs are created (default: next to the layout, "
         "so every tool writes to the same on-disk filesystem)",
     )
     p.add_argument(
@@ -512,11 +537,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="end each timed run with sync(2), so tools that fsync and tools that "
         "leave dirty pages are charged alike",
     )
-    p.add_argument("--json", action="store_true", help="print results as one JSON document")
-    args = p.parse_args(argv)
-    if args.runs < 1:
-        p.error("--runs must be >= 1")
-    return args
+    return parse_bench_args(p, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -545,7 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             warm_page_cache(image)
             run_benchmark(tools, args.runs, work_root, args.include_sync)
-            machine = machine_info(work_root, snapshotter_cmd)
+            machine = machine_info(work_root, snapshotter_cmd, pull_tool_versions())
         finally:
             remove_tree(work_root)
     except BenchError as e:

@@ -48,11 +48,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pull import (  # noqa: E402 - a sibling script, not a package
-    DEFAULT_BENCH_DIR,
     BenchError,
     Image,
+    bench_parser,
+    first_line,
     load_image,
     machine_info,
+    parse_bench_args,
+    pull_tool_versions,
     remove_tree,
 )
 
@@ -293,7 +296,7 @@ def report(
     tools: Sequence[Tool],
     machine: dict[str, Any],
     runs: int,
-    load: dict[str, list[float]],
+    load: list[float],
 ) -> dict[str, Any]:
     subject = next(t for t in tools if t.is_subject)
     return {
@@ -391,33 +394,15 @@ def print_table(doc: dict[str, Any]) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument(
-        "--layout",
-        type=Path,
-        default=DEFAULT_BENCH_DIR / "layout",
-        help="OCI image layout to push (default: $BENCH_DIR/layout, made by scripts/bench-image)",
+    p = bench_parser(
+        __doc__,
+        layout_help="OCI image layout to push (default: $BENCH_DIR/layout, made by "
+        "scripts/bench-image)",
+        runs=5,
+        work_dir_help="where the registry's storage and the fresh output dirs go (default: "
+        "next to the layout, so everything is on the same filesystem)",
     )
-    p.add_argument("--tag", default="bench", help="tag (ref.name) in index.json (default: bench)")
-    p.add_argument("--runs", type=int, default=5, help="timed runs per tool (default: 5)")
-    p.add_argument(
-        "--snapshotter",
-        default="snapshotter",
-        metavar="CMD",
-        help="snapshotter command, split like a shell would (default: snapshotter on PATH)",
-    )
-    p.add_argument(
-        "--work-dir",
-        type=Path,
-        default=None,
-        help="where the registry's storage and the fresh output dirs go (default: next to "
-        "the layout, so everything is on the same filesystem)",
-    )
-    p.add_argument("--json", action="store_true", help="print results as one JSON document")
-    args = p.parse_args(argv)
-    if args.runs < 1:
-        p.error("--runs must be >= 1")
-    return args
+    return parse_bench_args(p, argv)
 
 
 def _terminate(signum: int, _frame: object) -> None:
@@ -478,10 +463,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     loads.append(_load().get("1min", 0.0))
                     run_benchmark_round(tools, r, runs_dir, source, env, digest)
                 loads.append(_load().get("1min", 0.0))
-                machine = machine_info(runs_dir, snapshotter_cmd)
-                machine["versions"]["skopeo"] = _version(["skopeo", "--version"])
-                machine["versions"]["docker-registry"] = _version(
-                    ["dpkg-query", "-W", "-f=${Version}", "docker-registry"]
+                machine = machine_info(
+                    runs_dir,
+                    snapshotter_cmd,
+                    {
+                        **pull_tool_versions(),
+                        "skopeo": first_line(["skopeo", "--version"]),
+                        "docker-registry": first_line(
+                            ["dpkg-query", "-W", "-f=${Version}", "docker-registry"]
+                        ),
+                    },
                 )
         finally:
             remove_tree(work_root)
@@ -523,15 +514,6 @@ def run_benchmark_round(
             file=sys.stderr,
             flush=True,
         )
-
-
-def _version(cmd: list[str]) -> str | None:
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    text = (out.stdout or out.stderr).strip()
-    return text.splitlines()[0] if text else None
 
 
 if __name__ == "__main__":
