@@ -112,7 +112,7 @@ class ImageFS(pyfuse3.Operations):
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         try:
-            inode = self.tree.lookup_inode(parent_inode, os.fsdecode(name))
+            inode = self.tree.lookup_raw(parent_inode, name)
         except SnapshotterError as exc:
             log.error("inode %d: lookup %r: %s", parent_inode, name, exc)
             raise pyfuse3.FUSEError(errno.EIO) from exc

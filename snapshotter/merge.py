@@ -22,6 +22,9 @@ numbers; the root is inode 1 (FUSE's root).
 A ``MergedTree`` holds no object per entry: each field is one ``array`` indexed by inode,
 names and link targets are one ``bytes`` blob each, and a directory's children are a range
 of a shared entry table, sorted by name.  ``Node`` records are made on demand, per query.
+Lookup goes through one open-addressing hash table over all entries (crc32 of the name,
+seeded with the parent's inode; at most half full), so it takes constant time whatever the
+size of the directory.
 That is what lets an image of 100k entries stay a few MiB in a daemon, and lets a cached
 tree open with a handful of ``array.fromfile`` calls (see ``MergedTree.read``).
 """
@@ -44,7 +47,11 @@ from .toc import EntryKind, Toc
 
 ROOT_INODE = 1
 # 1: zstd JSON, one row per node.  2: the binary column file described at MergedTree.read.
-MERGED_VERSION = 2
+# 3: 2 plus the lookup table.
+MERGED_VERSION = 3
+# Lookup is a hash table probe: every entry sits at most this many slots past its home
+# slot, or the tree has no table (names crafted to collide) and lookup is a binary search.
+LOOKUP_PROBES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,8 +178,8 @@ _OFFSET_COLUMNS = (
 )
 _MAGIC = b"SNAPTREE"
 # magic, version, byte order (0 little, 1 big), crc32 of everything after the header,
-# reserved, then counts: slots, entries, bytes of names, links and xattrs.
-_HEADER = struct.Struct("<8sIIIIQQQQQ")
+# reserved, then counts: slots, entries, bytes of names, links and xattrs, lookup slots.
+_HEADER = struct.Struct("<8sIIIIQQQQQQ")
 _BYTEORDER = 0 if sys.byteorder == "little" else 1
 _XATTR = struct.Struct("<II")  # key length, value length; then key, value
 _U32 = 1 << 32
@@ -192,8 +199,8 @@ class MergedTree:
     Columns, not objects: ``node`` makes a new ``Node`` (equal, not identical) on each
     call, and ``stat`` the smaller ``Stat`` FUSE needs.  ``children`` lists a directory in
     name order, which never changes for the life of the tree, so an index into it is a
-    stable readdir offset (``scan`` resumes from one); ``lookup`` is a binary search in
-    that order.
+    stable readdir offset (``scan`` resumes from one); ``lookup`` probes the hash table
+    ``lookup_table`` builds (a binary search in name order where there is none).
 
     A tree built by ``merge`` and one read back from its cache file are the same columns.
     A cache file that passed ``read``'s size and checksum tests is taken to be what
@@ -209,8 +216,11 @@ class MergedTree:
         names: bytes,
         links: bytes,
         xattrs: bytes,
+        table: array[int] | None = None,
     ):
-        """Take over columns laid out as ``_number`` writes them (checked, cheaply)."""
+        """Take over columns laid out as ``_number`` writes them (checked, cheaply).
+        ``table``: the lookup table, as ``lookup_table`` builds it from these columns
+        (built here when not given)."""
         self._kind = slots["kind"]
         self._mode = slots["mode"]
         self._nlink = slots["nlink"]
@@ -247,6 +257,11 @@ class MergedTree:
         ):
             raise StoreCorrupt("merged tree: columns do not fit together")
         self._count = n - self._kind.count(0)
+        if table is None:
+            table = lookup_table(self._kind, self._child_off, name_off, names)
+        elif len(table) & (len(table) - 1) or 0 < len(table) < 2 * m:
+            raise StoreCorrupt("merged tree: the lookup table has a bad size")
+        self._table = table
 
     # -- queries -------------------------------------------------------------------------
 
@@ -350,12 +365,33 @@ class MergedTree:
         return None if inode is None else self.node(inode)
 
     def lookup_inode(self, parent: int, name: str) -> int | None:
-        """``lookup``, giving the inode only: a binary search, O(log n) in the size of the
-        directory, with no ``Node`` made."""
+        """``lookup``, giving the inode only, with no ``Node`` made."""
+        return self.lookup_raw(parent, _enc(name))
+
+    def lookup_raw(self, parent: int, raw: bytes) -> int | None:
+        """The inode of the child of ``parent`` whose name is ``raw`` (``os.fsencode`` of
+        it, as FUSE hands names over); None if there is none or ``parent`` is no directory.
+        Constant time: a hash table probe."""
         try:
             lo, hi = self._range(parent)
         except KeyError:
             return None
+        table = self._table
+        if not table:
+            return self._bisect(lo, hi, _dec(raw))
+        names, name_off = self._names, self._name_off
+        mask = len(table) - 1
+        slot = zlib.crc32(raw, parent & 0xFFFFFFFF) & mask
+        for _ in range(LOOKUP_PROBES):
+            entry = table[slot] - 1
+            if entry < 0:
+                return None
+            if lo <= entry < hi and names[name_off[entry] : name_off[entry + 1]] == raw:
+                return self._entry_inode(entry)
+            slot = (slot + 1) & mask
+        return None  # every entry is within LOOKUP_PROBES of its home slot
+
+    def _bisect(self, lo: int, hi: int, name: str) -> int | None:
         while lo < hi:
             mid = (lo + hi) // 2
             probe = _dec(self._raw_name(mid))
@@ -408,11 +444,15 @@ class MergedTree:
     def walk(self) -> Iterator[tuple[str, Node]]:
         """Every (path, node) in depth-first name order; hardlinks appear once per name."""
         stack: list[tuple[str, int]] = [("", ROOT_INODE)]
+        seen: set[int] = set()  # directories: a crafted cache file could list one twice
         while stack:
             path, inode = stack.pop()
             node = self.node(inode)
             yield path, node
             if node.kind is EntryKind.DIR:
+                if inode in seen:
+                    raise StoreCorrupt(f"merged tree: directory {inode} is listed twice")
+                seen.add(inode)
                 lo, hi = self._range(inode)
                 for entry in range(hi - 1, lo - 1, -1):
                     name = _dec(self._raw_name(entry))
@@ -472,6 +512,7 @@ class MergedTree:
             self._names,
             self._links,
             self._xattrs,
+            self._table,
         ]
 
     def write(self, path: Path) -> None:
@@ -491,6 +532,7 @@ class MergedTree:
             len(self._names),
             len(self._links),
             len(self._xattrs),
+            len(self._table),
         )
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
@@ -509,30 +551,32 @@ class MergedTree:
 
         The file: a header (``_HEADER``: magic, version, byte order, crc32, counts), then
         each column of ``_SLOT_COLUMNS`` and ``_OFFSET_COLUMNS`` as raw native-order
-        arrays, the entry table (child inodes, name offsets), and the name, link and xattr
-        blobs.  Its size must be what the counts say and its checksum must match, so a
-        truncated, torn or scribbled-on file is refused (and rebuilt by ``open_tree``);
-        a file of another byte order or version is refused the same way.
+        arrays, the entry table (child inodes, name offsets), the name, link and xattr
+        blobs, and the lookup table.  Its size must be what the counts say and its
+        checksum must match, so a truncated, torn or scribbled-on file is refused (and
+        rebuilt by ``open_tree``); a file of another byte order or version is refused the
+        same way.
         """
         try:
             with open(path, "rb") as f:
                 head = f.read(_HEADER.size)
                 if len(head) != _HEADER.size:
                     raise StoreCorrupt(f"merged tree {path}: truncated header")
-                magic, version, order, crc, _, n, m, n_names, n_links, n_xattrs = _HEADER.unpack(
-                    head
+                magic, version, order, crc, _, n, m, n_names, n_links, n_xattrs, n_table = (
+                    _HEADER.unpack(head)
                 )
                 if magic != _MAGIC or version != MERGED_VERSION:
                     raise StoreCorrupt(f"merged tree {path}: unknown version")
                 if order != _BYTEORDER:
                     raise StoreCorrupt(f"merged tree {path}: written on another byte order")
-                if not 2 <= n < _U32 or m >= _U32:
+                if not 2 <= n < _U32 or m >= _U32 or n_table > 4 * m + 2:
                     raise StoreCorrupt(f"merged tree {path}: bad counts")
                 plan = [(c, t, n) for c, t in _SLOT_COLUMNS]
                 plan += [(c, t, n + 1) for c, t in _OFFSET_COLUMNS]
                 plan += [("child_inode", "I", m), ("name_off", "I", m + 1)]
                 expected = _HEADER.size + n_names + n_links + n_xattrs
                 expected += sum(array(t).itemsize * count for _, t, count in plan)
+                expected += array("I").itemsize * n_table
                 size = os.fstat(f.fileno()).st_size
                 if size != expected:
                     raise StoreCorrupt(
@@ -552,15 +596,52 @@ class MergedTree:
                         raise StoreCorrupt(f"merged tree {path}: truncated")
                     check = zlib.crc32(blob, check)
                     blobs.append(blob)
+                table = array("I")
+                table.fromfile(f, n_table)
+                check = zlib.crc32(table, check)
             if check != crc:
                 raise StoreCorrupt(f"merged tree {path}: checksum mismatch")
             child_inode = columns.pop("child_inode")
             name_off = columns.pop("name_off")
-            return cls(columns, child_inode, name_off, blobs[0], blobs[1], blobs[2])
+            return cls(columns, child_inode, name_off, blobs[0], blobs[1], blobs[2], table)
         except StoreCorrupt:
             raise
         except (OSError, EOFError, ValueError, struct.error) as exc:
             raise StoreCorrupt(f"merged tree {path}: unreadable ({exc})") from exc
+
+
+def lookup_table(
+    kinds: array[int], child_off: array[int], name_off: array[int], names: bytes
+) -> array[int]:
+    """The lookup table over every directory's entries: open addressing, linear probing.
+
+    Slot ``crc32(name, parent) & mask`` (or the next free one) holds entry + 1; 0 is free.
+    The table has a power-of-two size at least twice the entries, so it is at most half
+    full.  Should any entry land more than LOOKUP_PROBES slots past its home (names made
+    to collide: crc32 is no defence against a chosen name), there is no table: an empty
+    one, and lookups bisect.
+    """
+    entries = len(name_off) - 1
+    size = 1
+    while size < 2 * entries:
+        size *= 2
+    table = array("I", bytes(4 * size)) if entries else array("I")
+    mask = size - 1
+    crc32 = zlib.crc32
+    for directory, kind in enumerate(kinds):
+        if kind != _DIR:
+            continue
+        seed = directory & 0xFFFFFFFF
+        for entry in range(child_off[directory], child_off[directory + 1]):
+            slot = crc32(names[name_off[entry] : name_off[entry + 1]], seed) & mask
+            for _ in range(LOOKUP_PROBES):
+                if not table[slot]:
+                    table[slot] = entry + 1
+                    break
+                slot = (slot + 1) & mask
+            else:
+                return array("I")
+    return table
 
 
 def merge(tocs: Sequence[Toc]) -> MergedTree:

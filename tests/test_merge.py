@@ -18,6 +18,7 @@ import json
 import os
 import struct
 import tempfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -31,7 +32,7 @@ from hypothesis import strategies as st
 
 from snapshotter.digest import Digest
 from snapshotter.errors import StoreCorrupt
-from snapshotter.merge import ROOT_INODE, MergedTree, Node, merge
+from snapshotter.merge import LOOKUP_PROBES, ROOT_INODE, MergedTree, Node, merge
 from snapshotter.toc import TOC_NAME, EntryKind, Toc, TocEntry
 from snapshotter.unpack import unpack_layer
 
@@ -665,7 +666,7 @@ def test_implied_dir_recreated_after_its_whiteout_has_fresh_metadata(tmp_path):
     assert (a.mode, a.uid, a.gid, a.mtime_ns, a.xattrs) == (0o755, 0, 0, 0, ())
 
 
-# -- the cache file (merged/<chain>, MERGED_VERSION 2) --------------------------------------
+# -- the cache file (merged/<chain>, MERGED_VERSION 3) --------------------------------------
 
 
 def same_tree(back: MergedTree, tree: MergedTree) -> None:
@@ -748,7 +749,7 @@ def header_field(index: int, change: Callable[[int], int]) -> Callable[[bytes], 
     """Rewrite one field of the header (magic, version, byte order, crc, _, counts...)."""
 
     def damage(good: bytes) -> bytes:
-        fmt = "<8sIIIIQQQQQ"
+        fmt = "<8sIIIIQQQQQQ"
         fields = list(struct.unpack_from(fmt, good))
         fields[index] = change(fields[index])
         return struct.pack(fmt, *fields) + good[struct.calcsize(fmt) :]
@@ -804,6 +805,10 @@ CRAFTED: dict[str, Callable[[MergedTree], None]] = {
     ),
     "unknown kind": lambda t: t._kind.__setitem__(2, 200),
     "xattr record overruns": lambda t: t._xattr_off.__setitem__(3, t._xattr_off[3] + 1),
+    # the root's child range also covers the entries of "d": "d" is listed under itself
+    "a directory listed inside itself": lambda t: t._child_inode.__setitem__(
+        t._child_off[t.lookup_inode(ROOT_INODE, "d")], t.lookup_inode(ROOT_INODE, "d")
+    ),
 }
 
 
@@ -820,14 +825,53 @@ def test_a_crafted_cache_file_answers_store_corrupt(tmp_path, craft):
                 list(back.scan(node.inode))
 
 
+def every_slot(value: Callable[[int, MergedTree], int]) -> Callable[[MergedTree], None]:
+    def craft(tree: MergedTree) -> None:
+        for slot in range(len(tree._table)):
+            tree._table[slot] = value(slot, tree)
+
+    return craft
+
+
+LOOKUP_CRAFTED: dict[str, Callable[[MergedTree], None]] = {
+    "entries past the end": every_slot(lambda slot, t: len(t._child_inode) + 1 + slot),
+    "entries of other directories": every_slot(lambda slot, t: slot % len(t._child_inode) + 1),
+    "no free slot": every_slot(lambda slot, t: 1),
+    "empty": every_slot(lambda slot, t: 0),
+}
+
+
+@pytest.mark.parametrize("craft", LOOKUP_CRAFTED.values(), ids=LOOKUP_CRAFTED.keys())
+def test_a_crafted_lookup_table_gives_wrong_answers_not_errors(tmp_path, craft):
+    # Lookup only ever answers an entry of the right directory with the right name, and
+    # gives up after LOOKUP_PROBES slots: a table full of nonsense makes names vanish.
+    tree = example_tree(tmp_path)
+    craft(tree)
+    tree.write(tmp_path / "tree")
+    back = MergedTree.read(tmp_path / "tree")
+    for _, node in tree.walk():
+        if node.kind is EntryKind.DIR:
+            for name, inode in zip(*tree.children(node.inode), strict=True):
+                assert back.lookup_inode(node.inode, name) in (inode, None)
+            assert back.lookup_inode(node.inode, "not-there") is None
+
+
 @pytest.mark.parametrize(
     "craft",
     [
         lambda t: t._child_off.__setitem__(len(t._child_off) - 1, 0),
         lambda t: t._name_off.__setitem__(len(t._name_off) - 1, 1),
         lambda t: t._kind.__setitem__(ROOT_INODE, 1),
+        lambda t: setattr(t, "_table", t._table[:-1]),
+        lambda t: setattr(t, "_table", t._table[: len(t._table) // 2]),
     ],
-    ids=["entry count", "names length", "root not a directory"],
+    ids=[
+        "entry count",
+        "names length",
+        "root not a directory",
+        "lookup table not a power of two",
+        "lookup table over half full",
+    ],
 )
 def test_columns_that_do_not_fit_together_are_refused_at_read(tmp_path, craft):
     tree = example_tree(tmp_path)
@@ -868,6 +912,43 @@ def test_a_directory_of_100k_entries_reads_back_and_lists_once(tmp_path):
         assert tree.lookup_inode(many.inode, names[i]) == inodes[i]
     for absent in ("", "f", "f100000", "f0499995", "g"):
         assert tree.lookup(many.inode, absent) is None
+
+
+def colliding_names(count: int, directory: int, mask: int) -> list[str]:
+    """``count`` names whose lookup slots (crc32 seeded with ``directory``) all start at
+    slot 0 of a table of ``mask + 1`` slots."""
+    names: list[str] = []
+    i = 0
+    while len(names) < count:
+        name = f"n{i}"
+        if zlib.crc32(name.encode(), directory) & mask == 0:
+            names.append(name)
+        i += 1
+    return names
+
+
+@pytest.mark.parametrize("count", [LOOKUP_PROBES // 2, LOOKUP_PROBES + 1])
+def test_names_made_to_collide_turn_lookup_into_a_binary_search(tmp_path, count):
+    # "d" is inode 2; its names plus "d" itself are count + 1 entries.  Half of
+    # LOOKUP_PROBES names on one home slot still fit; more than LOOKUP_PROBES and there
+    # is no table at all: lookups bisect, and answer the same.
+    entries = count + 1
+    size = 1 << (2 * entries - 1).bit_length()
+    names = sorted(colliding_names(count, 2, size - 1))
+    toc = synthetic([("d", EntryKind.DIR)] + [(f"d/{m}", EntryKind.FILE) for m in names])
+    tree = merge([toc])
+    assert len(tree._table) == (size if count <= LOOKUP_PROBES else 0)
+    tree.write(tmp_path / "tree")
+    for t in (tree, MergedTree.read(tmp_path / "tree")):
+        d = t.lookup_inode(ROOT_INODE, "d")
+        assert d == 2
+        listed, inodes = t.children(d)
+        assert listed == names
+        for name, inode in zip(names, inodes, strict=True):
+            assert t.lookup_inode(d, name) == inode
+            assert t.lookup_raw(d, os.fsencode(name)) == inode
+        for absent in ("n", "zz", colliding_names(count + 1, 2, size - 1)[-1]):
+            assert t.lookup_inode(d, absent) is None
 
 
 def test_lookup_follows_name_order_where_bytes_and_str_disagree(tmp_path):
