@@ -54,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="store directory (default: $SNAPSHOTTER_ROOT, else /var/lib/snapshotter as root, "
         "$XDG_DATA_HOME/snapshotter otherwise)",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show tracebacks on errors (and, for mount, log every FUSE request)",
+    )
     parser.add_argument("--version", action="version", version=f"snapshotter {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -229,8 +233,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--platform", help="OS/ARCH[/VARIANT] to pick from an index (default: the host's)"
     )
-    p.add_argument("--foreground", action="store_true", help="serve in this process")
-    p.add_argument("--allow-other", action="store_true", help="let other users see the view")
+    p.add_argument(
+        "--foreground",
+        action="store_true",
+        help="serve in this process until unmounted (or SIGTERM/SIGINT) instead of in a "
+        "background daemon",
+    )
+    p.add_argument(
+        "--allow-other",
+        action="store_true",
+        help="let other users see the view (the view's modes and owners still apply); "
+        "needs root, or user_allow_other in /etc/fuse.conf",
+    )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,  # keeps a global --debug given before the command
+        help="log every FUSE request: to stderr with --foreground, else to the daemon's "
+        "log ROOT/mounts/daemon-PID.log, which is then kept after the unmount",
+    )
 
     p = sub.add_parser(
         "umount",

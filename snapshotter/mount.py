@@ -19,6 +19,8 @@ import shutil
 import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import InUse, NotFound, SnapshotterError
@@ -108,22 +110,38 @@ def mount(
         fsname_for(store, record, label, layers), allow_other=allow_other, debug=debug
     )
     if foreground:
-        _daemon(store, record, view, mp, options, ready_fd=None)
+        _daemon(store, record, view, mp, options, on_ready=None)
         return
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the daemon
         os.close(read_fd)
+        serving = False
+
+        def ready() -> None:
+            nonlocal serving
+            os.write(write_fd, READY)
+            os.close(write_fd)
+            serving = True
+
         code = 1
+        log: Path | None = None
         try:
             os.setsid()
-            _detach(store)
-            _daemon(store, record, view, mp, options, ready_fd=write_fd)
+            log = _detach(store)
+            _daemon(store, record, view, mp, options, on_ready=ready)
             code = 0
-        except BaseException as exc:  # report anything to the waiting parent, then die
-            with contextlib.suppress(OSError):
-                os.write(write_fd, f"error: {_one_line(exc)}\n".encode())
+        except BaseException as exc:
+            if serving:  # a daemon that failed while serving leaves its traceback
+                traceback.print_exc()
+                log = None
+            else:  # report to the waiting parent, which prints the one line
+                with contextlib.suppress(OSError):
+                    os.write(write_fd, f"error: {_one_line(exc)}\n".encode())
         finally:
+            if log is not None and not debug:
+                with contextlib.suppress(OSError):
+                    log.unlink()
             os._exit(code)
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as pipe:
@@ -133,26 +151,34 @@ def mount(
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
         raise SnapshotterError(message or f"the mount daemon for {str(mp)!r} died at start")
+    if debug:
+        print(f"snapshotter: FUSE requests are logged to {daemon_log(store, pid)}", file=sys.stderr)
 
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _detach(store: Store) -> None:
-    """Leave the terminal: stdin/stdout to /dev/null, stderr to a log in the store."""
+def daemon_log(store: Store, pid: int) -> Path:
+    return store.mounts / f"daemon-{pid}.log"
+
+
+def _detach(store: Store) -> Path:
+    """Leave the terminal: stdin/stdout to /dev/null, stderr to a log in the store (its
+    path is returned).  The log goes once the daemon ends cleanly, unless ``--debug``
+    asked for it; a daemon that failed leaves its traceback there."""
     os.chdir("/")
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
     os.close(devnull)
     store.mounts.mkdir(parents=True, exist_ok=True)
-    log = os.open(
-        store.mounts / f"daemon-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
-    )
+    path = daemon_log(store, os.getpid())
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.dup2(log, 2)
     os.close(log)
     sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - the process's stderr
+    return path
 
 
 def _daemon(
@@ -161,7 +187,7 @@ def _daemon(
     view: ImageView,
     mp: Path,
     options: set[str],
-    ready_fd: int | None,
+    on_ready: Callable[[], None] | None,
 ) -> None:
     import trio
 
@@ -186,17 +212,10 @@ def _daemon(
         except RuntimeError as exc:
             raise SnapshotterError(f"cannot mount at {str(mp)!r}: {exc}") from exc
 
-        def ready() -> None:
-            if ready_fd is not None:
-                os.write(ready_fd, READY)
-                os.close(ready_fd)
-
-        trio.run(fusefs.serve, ready)
+        trio.run(fusefs.serve, on_ready)
     finally:
         record_path.unlink(missing_ok=True)
         os.close(lock_fd)
-        with contextlib.suppress(OSError):
-            (store.mounts / f"daemon-{os.getpid()}.log").unlink()
 
 
 def umount(store: Store, mountpoint: Path) -> None:

@@ -925,6 +925,100 @@ def test_missing_dev_fuse_is_one_line(tmp_path, store_root, small):
     assert not mounted_at(mp) and daemons(store_root) == []
 
 
+def wait_mounted(mp: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not mounted_at(mp):
+        assert proc.poll() is None, f"mount --foreground exited with {proc.returncode}"
+        assert time.monotonic() < deadline, f"{mp} not mounted after {timeout:.0f} s"
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def foreground(store_root: Path, image: str, mp: Path, log: Path, *extra: str):
+    """``snapshotter mount --foreground`` as a child process, stderr to ``log``."""
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "snapshotter.cli", "--root", str(store_root)]
+            + ["mount", "--foreground", *extra, image, str(mp)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=REPO,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
+    try:
+        wait_mounted(mp, proc)
+        yield proc
+    finally:
+        force_unmount(mp)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+@pytest.mark.parametrize("end", ["umount", "SIGINT", "SIGTERM"])
+def test_foreground_serves_until_unmounted_or_signalled(tmp_path, cli, store_root, small, end):
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    with foreground(store_root, small, mp, tmp_path / "stderr") as proc:
+        assert (mp / "d/a").read_bytes() == b"alpha" * 1000
+        assert proc.poll() is None  # still serving, in this process: no daemon forked
+        assert daemons(store_root, mp) == [proc.pid]
+        if end == "umount":
+            assert cli("umount", str(mp)).rc == 0
+        else:
+            proc.send_signal(getattr(signal, end))
+        assert proc.wait(10) == 0, (tmp_path / "stderr").read_text()
+        assert not mounted_at(mp) and os.listdir(mp) == []
+    assert (tmp_path / "stderr").read_text() == ""
+    assert list((store_root / "mounts").iterdir()) == []
+
+
+def test_debug_in_the_foreground_logs_fuse_requests_to_stderr(tmp_path, cli, store_root, small):
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    err = tmp_path / "stderr"
+    with foreground(store_root, small, mp, err, "--debug") as proc:
+        assert (mp / "d/a").read_bytes() == b"alpha" * 1000
+        assert cli("umount", str(mp)).rc == 0
+        assert proc.wait(10) == 0
+    log = err.read_text()
+    assert "opcode: LOOKUP" in log and "opcode: READ" in log, log[-2000:]
+
+
+def test_debug_keeps_the_daemon_log_of_fuse_requests(tmp_path, cli, store_root, small):
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    with mounted(cli, store_root, small, mp, "--debug") as pid:
+        log = store_root / "mounts" / f"daemon-{pid}.log"
+        assert (mp / "c").stat().st_size == 300_000
+        assert cli("umount", str(mp)).rc == 0
+        assert gone(pid, 10)
+    assert "opcode: LOOKUP" in log.read_text()
+    # without --debug, the log of a daemon that ended cleanly goes with it
+    log.unlink()
+    with mounted(cli, store_root, small, mp) as pid:
+        assert (store_root / "mounts" / f"daemon-{pid}.log").is_file()
+    assert list((store_root / "mounts").iterdir()) == []
+
+
+def test_without_allow_other_only_the_mounting_user_sees_the_view(tmp_path, cli, store_root, small):
+    need_root()
+    world = Path(tempfile.mkdtemp(prefix="snapshotter-other-", dir="/tmp"))
+    world.chmod(0o755)
+    mp = world / "mp"
+    mp.mkdir()
+    try:
+        with mounted(cli, store_root, small, mp):
+            assert sorted(os.listdir(mp)) == ["c", "d"]  # 0755 root:root for everyone...
+            denied = as_nobody("ls", str(mp))  # ...but FUSE keeps other users out
+            assert denied.returncode != 0 and "Permission denied" in denied.stderr
+        with mounted(cli, store_root, small, mp, "--allow-other"):
+            assert as_nobody("ls", str(mp)).stdout.split() == ["c", "d"]
+    finally:
+        force_unmount(mp)
+        shutil.rmtree(world, ignore_errors=True)
+
+
 def test_umount_after_kill_9_clears_the_mountpoint(tmp_path, cli, store_root, small):
     mp = tmp_path / "mp"
     mp.mkdir()
