@@ -860,6 +860,18 @@ def test_relative_root_and_mountpoint_work_from_any_directory(tmp_path, cli, sto
         cleanup(cli, store_root, mp, pids)
 
 
+def test_fusermount3_u_ends_the_daemon_cleanly(tmp_path, cli, store_root, small):
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    with mounted(cli, store_root, small, mp) as pid:
+        assert (mp / "d/a").read_bytes() == b"alpha" * 1000
+        done = subprocess.run([need_tool("fusermount3"), "-u", str(mp)], capture_output=True)
+        assert done.returncode == 0, done.stderr
+        assert gone(pid, 10)
+        assert not mounted_at(mp) and os.listdir(mp) == []
+        assert list((store_root / "mounts").iterdir()) == []  # record and daemon log
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signals_unmount_cleanly(tmp_path, cli, store_root, small, sig):
     mp = tmp_path / "mp"
