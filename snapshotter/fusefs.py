@@ -28,6 +28,7 @@ import os
 import signal
 import stat
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import pyfuse3
 import trio
@@ -38,6 +39,7 @@ from .merge import Node, Stat
 from .toc import EntryKind
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The view never changes under the kernel: cache entries and attributes "forever".
 TIMEOUT = 365 * 24 * 3600.0
@@ -75,6 +77,18 @@ def attributes(node: Node | Stat) -> pyfuse3.EntryAttributes:
     return a
 
 
+def _ask(query: Callable[[int], T], inode: int) -> T:
+    """``query(inode)`` in FUSE's terms: ENOENT for an unknown inode, EIO (and a log
+    line) for a damaged tree."""
+    try:
+        return query(inode)
+    except KeyError:
+        raise pyfuse3.FUSEError(errno.ENOENT) from None
+    except SnapshotterError as exc:
+        log.error("inode %d: %s", inode, exc)
+        raise pyfuse3.FUSEError(errno.EIO) from exc
+
+
 class ImageFS(pyfuse3.Operations):
     """pyfuse3 operations over one ``ImageView``."""
 
@@ -91,22 +105,10 @@ class ImageFS(pyfuse3.Operations):
         self._data_dirs: dict[int, int] = {}  # layer -> O_PATH fd of its data_dir
 
     def _node(self, inode: int) -> Node:
-        try:
-            return self.tree.node(inode)
-        except KeyError:
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
-        except SnapshotterError as exc:
-            log.error("inode %d: %s", inode, exc)
-            raise pyfuse3.FUSEError(errno.EIO) from exc
+        return _ask(self.tree.node, inode)
 
     def _stat(self, inode: int) -> Stat:
-        try:
-            return self.tree.stat(inode)
-        except KeyError:
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
-        except SnapshotterError as exc:
-            log.error("inode %d: %s", inode, exc)
-            raise pyfuse3.FUSEError(errno.EIO) from exc
+        return _ask(self.tree.stat, inode)
 
     async def lookup(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
