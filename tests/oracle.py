@@ -74,13 +74,9 @@ def _listed_names(tar_path: Path) -> set[str]:
     return names
 
 
-def gnu_tar_tree(tar_path: Path, workdir: Path) -> dict[str, Node]:
-    """Extract ``tar_path`` (an uncompressed layer tar) with GNU tar and describe it."""
-    root = workdir / "gnu-root"
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
-    subprocess.run(
+def gnu_tar_extract(tar_path: Path, dest: Path) -> None:
+    """Extract an uncompressed layer tar as root would: numeric owners, modes, xattrs."""
+    result = subprocess.run(
         [
             "tar",
             "--extract",
@@ -91,11 +87,21 @@ def gnu_tar_tree(tar_path: Path, workdir: Path) -> dict[str, Node]:
             "-f",
             str(tar_path),
             "-C",
-            str(root),
+            str(dest),
         ],
-        check=True,
         capture_output=True,
+        text=True,
     )
+    assert result.returncode == 0, f"GNU tar failed on {tar_path}: {result.stderr}"
+
+
+def gnu_tar_tree(tar_path: Path, workdir: Path) -> dict[str, Node]:
+    """Extract ``tar_path`` (an uncompressed layer tar) with GNU tar and describe it."""
+    root = workdir / "gnu-root"
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    gnu_tar_extract(tar_path, root)
     listed = _listed_names(tar_path)
     raw: dict[str, os.stat_result] = {}
     for dirpath, dirnames, filenames in os.walk(root):

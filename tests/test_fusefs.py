@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
 from conftest import REPO, CliResult, need_root, need_tool, unavailable
-from oracle import kind_letter, sha256_of
+from oracle import gnu_tar_extract, kind_letter, sha256_of
 
 from snapshotter.mount import mounted_at
 from snapshotter.store import Store
@@ -280,23 +280,7 @@ def extract_for_overlay(tar: bytes, dest: Path) -> None:
     dest.mkdir()
     tar_path = dest.with_suffix(".tar")
     tar_path.write_bytes(tar)
-    result = subprocess.run(
-        [
-            "tar",
-            "--extract",
-            "--numeric-owner",
-            "--same-permissions",
-            "--xattrs",
-            "--xattrs-include=*",
-            "-f",
-            str(tar_path),
-            "-C",
-            str(dest),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr
+    gnu_tar_extract(tar_path, dest)
     markers = [
         (Path(dirpath), name)
         for dirpath, dirnames, filenames in os.walk(dest)
