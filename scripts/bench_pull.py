@@ -90,6 +90,19 @@ class Image:
     def compressed_bytes(self) -> int:
         return sum(layer.size for layer in self.layers)
 
+    def describe(self) -> dict[str, Any]:
+        """The image as the benchmarks' --json reports show it."""
+        return {
+            "layout": str(self.layout),
+            "tag": self.tag,
+            "manifest": self.manifest_digest,
+            "layers": [
+                {"digest": layer.digest, "media_type": layer.media_type, "size": layer.size}
+                for layer in self.layers
+            ],
+            "compressed_bytes": self.compressed_bytes,
+        }
+
 
 def _blob_path(layout: Path, digest: str) -> Path:
     algo, sep, hexpart = digest.partition(":")
@@ -415,16 +428,7 @@ def report(
 ) -> dict[str, Any]:
     subject = next(t for t in tools if t.is_subject)
     return {
-        "image": {
-            "layout": str(image.layout),
-            "tag": image.tag,
-            "manifest": image.manifest_digest,
-            "layers": [
-                {"digest": layer.digest, "media_type": layer.media_type, "size": layer.size}
-                for layer in image.layers
-            ],
-            "compressed_bytes": image.compressed_bytes,
-        },
+        "image": image.describe(),
         "machine": machine,
         "runs": runs,
         "include_sync": include_sync,

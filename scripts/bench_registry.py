@@ -300,16 +300,7 @@ def report(
 ) -> dict[str, Any]:
     subject = next(t for t in tools if t.is_subject)
     return {
-        "image": {
-            "layout": str(image.layout),
-            "tag": image.tag,
-            "manifest": image.manifest_digest,
-            "layers": [
-                {"digest": layer.digest, "media_type": layer.media_type, "size": layer.size}
-                for layer in image.layers
-            ],
-            "compressed_bytes": image.compressed_bytes,
-        },
+        "image": image.describe(),
         "machine": machine,
         "load_average_1min": load,
         "runs": runs,
