@@ -88,7 +88,22 @@ class Readable(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
 
 
-class VerifyingReader:
+class ReaderBase:
+    """What a ``read(n)`` stream needs to also serve ``io.BufferedReader`` and tarfile."""
+
+    def read(self, n: int = -1, /) -> bytes:
+        raise NotImplementedError
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        chunk = self.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+    def readable(self) -> bool:
+        return True
+
+
+class VerifyingReader(ReaderBase):
     """Wraps a stream; hashes and counts every byte read; ``verify()`` checks at the end.
 
     ``read`` also refuses to run past ``size`` bytes, so a blob that is longer than its
@@ -117,14 +132,6 @@ class VerifyingReader:
                 )
             self._hash.update(chunk)
         return chunk
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        chunk = self.read(len(buffer))
-        buffer[: len(chunk)] = chunk
-        return len(chunk)
-
-    def readable(self) -> bool:
-        return True
 
     def drain(self) -> None:
         while self.read(1 << 20):

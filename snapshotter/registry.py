@@ -47,7 +47,7 @@ from urllib.parse import urljoin
 
 import httpx
 
-from .digest import Digest, verify_bytes
+from .digest import Digest, ReaderBase, verify_bytes
 from .errors import DigestMismatch, InvalidReference, NotFound, RegistryError
 from .oci import (
     MAX_JSON_BLOB,
@@ -1187,7 +1187,7 @@ def _error_info(resp: httpx.Response) -> tuple[str | None, str]:
 # -- streaming blobs --------------------------------------------------------------------
 
 
-class BlobStream:
+class BlobStream(ReaderBase):
     """A blob's body as a file-like: ``read(n)`` may return fewer bytes, ``b""`` at the end.
 
     A connection that drops mid-body is resumed with ``Range: bytes=OFFSET-`` (a ``206``
@@ -1243,14 +1243,6 @@ class BlobStream:
         if self._progress is not None:
             self._progress(len(out))
         return out
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        chunk = self.read(len(buffer))
-        buffer[: len(chunk)] = chunk
-        return len(chunk)
-
-    def readable(self) -> bool:
-        return True
 
     def close(self) -> None:
         self._closed = True
