@@ -80,6 +80,7 @@ from bench_pull import (
     load_image,
     machine_info,
     parse_bench_args,
+    print_rows,
     remove_tree,
     warm_page_cache,
 )
@@ -854,16 +855,7 @@ def print_table(doc: dict[str, Any]) -> None:
             r = row["tools"][p]["ratio_snapshotter_over_tool"]
             cells.append("n/a" if r is None else f"{r:.2f}")
         rows.append(cells)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    for n, r in enumerate(rows):
-        print(
-            "  ".join(
-                f"{c:<{w}}" if i == 0 else f"{c:>{w}}"
-                for i, (c, w) in enumerate(zip(r, widths, strict=True))
-            ).rstrip()
-        )
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
+    print_rows(rows, ragged_last=False)
     print()
     print(f"ratio = {subject} / peer: below 1 means snapshotter is faster (or smaller).")
     chk = doc["listing_check"]

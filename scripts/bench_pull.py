@@ -482,16 +482,26 @@ def print_table(doc: dict[str, Any]) -> None:
                 " ".join(f"{s:.3f}" for s in r["seconds"]),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for n, row in enumerate(rows):
-        cells = [f"{row[0]:<{widths[0]}}"]
-        cells += [f"{c:>{w}}" for c, w in zip(row[1:-1], widths[1:-1], strict=True)]
-        print("  ".join([*cells, row[-1]]).rstrip())
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
+    print_rows(rows, ragged_last=True)
     print()
     print("user/sys: CPU seconds of the best run's processes (all threads and children).")
     print("ratio < 1: snapshotter is faster than that tool.")
+
+
+def print_rows(rows: Sequence[Sequence[str]], *, ragged_last: bool) -> None:
+    """Rows of cells, the first row a header underlined with dashes: the first column
+    left-aligned, the others right-aligned (the last one left as it is if
+    ``ragged_last``, for a free-form column such as every run's time)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for n, row in enumerate(rows):
+        cells = [f"{row[0]:<{widths[0]}}"]
+        middle = slice(1, -1) if ragged_last else slice(1, None)
+        cells += [f"{c:>{w}}" for c, w in zip(row[middle], widths[middle], strict=True)]
+        if ragged_last:
+            cells.append(row[-1])
+        print("  ".join(cells).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
 
 
 # --------------------------------------------------------------------------- main

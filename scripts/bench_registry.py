@@ -55,6 +55,7 @@ from bench_pull import (  # noqa: E402 - a sibling script, not a package
     load_image,
     machine_info,
     parse_bench_args,
+    print_rows,
     pull_tool_versions,
     remove_tree,
 )
@@ -365,13 +366,7 @@ def print_table(doc: dict[str, Any]) -> None:
                         " ".join(f"{s:.3f}" for s in seconds),
                     )
                 )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for n, row in enumerate(rows):
-        cells = [f"{row[0]:<{widths[0]}}"]
-        cells += [f"{c:>{w}}" for c, w in zip(row[1:-1], widths[1:-1], strict=True)]
-        print("  ".join([*cells, row[-1]]).rstrip())
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
+    print_rows(rows, ragged_last=True)
     print()
     for r in doc["results"]:
         if r["tool"] != "snapshotter":
