@@ -1,21 +1,18 @@
 """snapshotter: container images as plain directories.
 
-Layering, from the bottom up (a module imports only those above it):
+Layering, in wings from the bottom up (a wing imports only the wings below it):
 
-- ``errors``, ``digest``, ``reference``, ``oci``: the vocabulary; pure and small.
-- ``toc``: a layer's table of contents and its on-disk form.
-- ``unpack``: one layer tar -> one snapshot (toc + content files), confined.
-- ``transports``: image sources on disk (oci, oci-archive, docker-archive).
-- ``store``: the content-addressed store, its lock, journal and garbage collection.
-- ``pull``: resolve, unpack concurrently (trio), commit.
-- ``merge``: tocs -> one merged tree (pure); ``explore``: merged trees of stored images.
-- ``fusefs``: the pyfuse3 operations, thin over the merged tree (the only pyfuse3 user).
-- ``mount``: a mount's life: checks, daemon, record, unmount.
-- ``cli``: argparse; ``main(argv) -> int``.  ``cli`` and the mount daemon are the only
-  callers of ``trio.run``.
+- ``errors``, ``progress``: the exception tree; progress on stderr.
+- ``oci/``: the vocabulary: digests, references, manifests, configs; pure and small.
+- ``store/``: tocs, unpacking one layer into a snapshot, the content-addressed store.
+- ``sources/``: image sources on disk, the registry client, pull.
+- ``view/``: tocs -> one merged tree (pure), the tree of a stored image, FUSE, mount.
+- ``explore/``: questions over the merged tree and the tocs (history, blame, diff, du,
+  waste, export); pure, no printing.
+- ``cli/``: argparse, one module per command family; tables and ``--json`` live there.
+  ``cli`` and the mount daemon are the only callers of ``trio.run``.
 """
 
-from .digest import Digest
 from .errors import (
     DigestMismatch,
     InUse,
@@ -27,6 +24,7 @@ from .errors import (
     UnsafeArchive,
     UnsupportedMedia,
 )
+from .oci.digest import Digest
 
 __version__ = "0.1.0"
 

@@ -169,7 +169,7 @@ def gnu_tar_tree(tar_path: Path, workdir: Path) -> dict[str, Node]:
 
 def snapshot_tree(snapshot: Path) -> dict[str, Node]:
     """What the snapshot's toc and data files say, in the same form."""
-    from snapshotter.toc import TOC_NAME, Toc
+    from snapshotter.store.toc import TOC_NAME, Toc
 
     toc = Toc.read(snapshot / TOC_NAME)
     by_inode: dict[int, list[str]] = {}

@@ -18,8 +18,8 @@ import zstandard
 from conftest import need_root, need_tool, tree_state
 from oracle import assert_same_tree, decompress_to, gnu_tar_tree, oci_layers, snapshot_tree
 
-from snapshotter.digest import Digest
-from snapshotter.store import Store
+from snapshotter.oci.digest import Digest
+from snapshotter.store.store import Store
 
 DA, OA, OL, SY = "docker-archive", "oci-archive", "oci-layout", "synthetic"
 
@@ -299,7 +299,7 @@ def test_same_image_in_classic_and_docker25_layouts_agrees(fixtures_dir, cli, st
     assert a["id"] == b["id"]
     assert a["diff_ids"] == b["diff_ids"]
     assert b["unpacked"] == 0 and b["reused"] == 1  # the snapshot was shared, not unpacked again
-    from snapshotter.oci import chain_ids
+    from snapshotter.oci.model import chain_ids
 
     assert chain_ids([Digest.parse(d) for d in a["diff_ids"]]) == chain_ids(
         [Digest.parse(d) for d in b["diff_ids"]]

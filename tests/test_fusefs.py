@@ -36,8 +36,8 @@ from builders import ImageBuilder, LayerBuilder, write_oci_layout
 from conftest import REPO, CliResult, need_root, need_tool, unavailable
 from oracle import gnu_tar_extract, kind_letter, sha256_of
 
-from snapshotter.mount import mounted_at
-from snapshotter.store import Store
+from snapshotter.store.store import Store
+from snapshotter.view.mount import mounted_at
 
 Run = Callable[..., CliResult]
 
@@ -774,7 +774,7 @@ def test_reads_across_many_files_outlive_the_data_fd_limit(tmp_path, cli, store_
     # closes the oldest past a limit; interleaved reads of more files than that must still
     # each reach the right data.  (With a stock pyfuse3 this is an ordinary read test.)
     need_fuse()
-    from snapshotter import fusefs
+    from snapshotter.view import fusefs
 
     monkeypatch.setattr(fusefs, "MAX_OPEN_DATA_FILES", 3)  # the daemon forks from here
     contents = {f"f{i}": random.Random(i).randbytes(300_000) for i in range(8)}

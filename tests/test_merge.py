@@ -30,11 +30,11 @@ from builders import LayerBuilder, mtime_ns
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from snapshotter.digest import Digest
 from snapshotter.errors import StoreCorrupt
-from snapshotter.merge import LOOKUP_PROBES, ROOT_INODE, MergedTree, Node, merge
-from snapshotter.toc import TOC_NAME, EntryKind, Toc, TocEntry
-from snapshotter.unpack import unpack_layer
+from snapshotter.oci.digest import Digest
+from snapshotter.store.toc import TOC_NAME, EntryKind, Toc, TocEntry
+from snapshotter.store.unpack import unpack_layer
+from snapshotter.view.merge import LOOKUP_PROBES, ROOT_INODE, MergedTree, Node, merge
 
 # -- the real pipeline -----------------------------------------------------------------------
 

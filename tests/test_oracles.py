@@ -33,9 +33,9 @@ import pytest
 from conftest import need_root, need_tool
 from oracle import Node, assert_same_tree, decompress_to, gnu_tar_tree, oci_layers, snapshot_tree
 
-from snapshotter.digest import Digest
-from snapshotter.store import Store
-from snapshotter.toc import TOC_NAME, EntryKind, Toc, TocEntry
+from snapshotter.oci.digest import Digest
+from snapshotter.store.store import Store
+from snapshotter.store.toc import TOC_NAME, EntryKind, Toc, TocEntry
 
 TAG = "t"
 LAYERS = 4

@@ -27,8 +27,8 @@ from builders import ImageBuilder, LayerBuilder, write_oci_archive, write_oci_la
 from conftest import REPO, CliResult, need_tool, tree_state
 from registry_fixtures import FaultProxy, Registry, start_registry
 
-from snapshotter.oci import MT_DOCKER_LIST, MT_OCI_INDEX, Platform
-from snapshotter.store import Store
+from snapshotter.oci.model import MT_DOCKER_LIST, MT_OCI_INDEX, Platform
+from snapshotter.store.store import Store
 
 Cli = Callable[..., CliResult]
 HOST = Platform.host()

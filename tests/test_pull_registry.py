@@ -39,9 +39,9 @@ from registry_fixtures import (
     start_token_registry,
 )
 
-from snapshotter.digest import Digest
-from snapshotter.oci import Platform
-from snapshotter.store import Store
+from snapshotter.oci.digest import Digest
+from snapshotter.oci.model import Platform
+from snapshotter.store.store import Store
 
 ALICE = ("alice", "alice-Secret-pw-1")  # htpasswd registry
 BOB = ("bob", "bob-Token-pw-2")  # token registry

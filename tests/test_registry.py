@@ -1,4 +1,4 @@
-"""snapshotter.registry against real registries (Debian's docker-registry) on 127.0.0.1.
+"""snapshotter.sources.registry against real registries (Debian's docker-registry) on 127.0.0.1.
 
 Images are built in code (tests/builders.py) and pushed with skopeo.  Faults come from a
 proxy in front of a real registry (tests/registry_fixtures.py); protocol corner cases the
@@ -36,17 +36,17 @@ from registry_fixtures import (
     start_token_registry,
 )
 
-from snapshotter.digest import Digest, VerifyingReader
 from snapshotter.errors import DigestMismatch, NotFound, RegistryError
-from snapshotter.oci import (
+from snapshotter.oci.digest import Digest, VerifyingReader
+from snapshotter.oci.model import (
     MT_DOCKER_MANIFEST,
     MT_OCI_INDEX,
     MT_OCI_MANIFEST,
     Index,
     Manifest,
 )
-from snapshotter.reference import Reference
-from snapshotter.registry import (
+from snapshotter.oci.reference import Reference
+from snapshotter.sources.registry import (
     RegistryClient,
     RegistryOptions,
     is_loopback,

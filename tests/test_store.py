@@ -24,7 +24,7 @@ import pytest
 from builders import ImageBuilder, LayerBuilder, sha256_digest, write_oci_layout
 from conftest import REPO, run_snapshotter, tree_state
 
-from snapshotter.store import Staging, Store
+from snapshotter.store.store import Staging, Store
 
 # -- helpers -----------------------------------------------------------------------------------
 

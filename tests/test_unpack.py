@@ -25,10 +25,10 @@ import zstandard
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
 from conftest import tree_state
 
-from snapshotter.digest import Digest
 from snapshotter.errors import DigestMismatch, UnsafeArchive
-from snapshotter.toc import EntryKind, Toc, TocEntry
-from snapshotter.unpack import UnpackResult, unpack_layer
+from snapshotter.oci.digest import Digest
+from snapshotter.store.toc import EntryKind, Toc, TocEntry
+from snapshotter.store.unpack import UnpackResult, unpack_layer
 
 # -- unpack_layer directly -------------------------------------------------------------------
 
@@ -314,8 +314,8 @@ def test_memory_stays_flat_with_layer_size(tmp_path):
     script = r"""
 import gzip, hashlib, io, os, resource, sys, tarfile, zlib
 from pathlib import Path
-from snapshotter.digest import Digest
-from snapshotter.unpack import UnpackResult, unpack_layer
+from snapshotter.oci.digest import Digest
+from snapshotter.store.unpack import UnpackResult, unpack_layer
 size = 1 << 30
 blob_path = Path(sys.argv[1]) / "layer.gz"
 h = hashlib.sha256()
@@ -517,7 +517,7 @@ def test_hostile_layer_gets_nowhere(case, tmp_path, outside, cli, store_root):
         assert tree_state(store_root) == store_before
     else:
         assert result.rc == 0, result.err
-        from snapshotter.store import Store
+        from snapshotter.store.store import Store
 
         diff_id = json.loads(result.out)["diff_ids"][0]
         toc = Toc.read(Store(store_root).snapshot_path(Digest.parse(diff_id)) / "toc.json.zst")

@@ -23,9 +23,9 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import InUse, NotFound, SnapshotterError
-from .explore import ImageView, open_tree
-from .store import ImageRecord, Store, now_iso
+from ..errors import InUse, NotFound, SnapshotterError
+from ..store.store import ImageRecord, Store, now_iso
+from .tree import ImageView, open_tree
 
 READY = b"ok\n"
 

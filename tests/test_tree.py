@@ -12,10 +12,10 @@ import zstandard
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
 from conftest import CliResult
 
-from snapshotter.digest import Digest
-from snapshotter.explore import ImageView, open_tree
-from snapshotter.merge import MergedTree, Node
-from snapshotter.store import Store
+from snapshotter.oci.digest import Digest
+from snapshotter.store.store import Store
+from snapshotter.view.merge import MergedTree, Node
+from snapshotter.view.tree import ImageView, open_tree
 
 
 def pulled(

@@ -17,16 +17,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .errors import InUse, InvalidReference, NotFound, SnapshotterError
-from .oci import Platform
-from .reference import Reference, familiar_repository, split_name
-from .store import ImageRecord, State, Store, check_not_in_use, default_root, in_use
+from .. import __version__
+from ..errors import InUse, InvalidReference, NotFound, SnapshotterError
+from ..oci.model import Platform
+from ..oci.reference import Reference, familiar_repository, split_name
+from ..store.store import ImageRecord, State, Store, check_not_in_use, default_root, in_use
 
 if TYPE_CHECKING:
-    from .progress import Progress
-    from .pull import PullResult
-    from .registry import RegistryOptions as RegistryOptionsT
+    from ..progress import Progress
+    from ..sources.pull import PullResult
+    from ..sources.registry import RegistryOptions as RegistryOptionsT
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CHECK = 0, 1, 2, 3
 
@@ -286,7 +286,7 @@ def _registry_arguments(p: argparse.ArgumentParser, *, creds: bool = True) -> No
 
 
 def _registry_options(args: argparse.Namespace) -> RegistryOptionsT:
-    from .registry import RegistryOptions
+    from ..sources.registry import RegistryOptions
 
     creds = None
     text = getattr(args, "creds", None)
@@ -343,8 +343,8 @@ def entry_point() -> None:
 def cmd_pull(store: Store, args: argparse.Namespace) -> int:
     import trio
 
-    from .progress import for_stream
-    from .pull import pull
+    from ..progress import for_stream
+    from ..sources.pull import pull
 
     platform = Platform.parse(args.platform) if args.platform else None
     name = Reference.parse(args.name).name() if args.name else None
@@ -398,8 +398,8 @@ def _pull_json(result: PullResult) -> dict[str, object]:
 def _pull_all_platforms(store: Store, args: argparse.Namespace, name: str | None) -> int:
     import trio
 
-    from .progress import for_stream
-    from .pull import pull_all
+    from ..progress import for_stream
+    from ..sources.pull import pull_all
 
     progress = for_stream(sys.stderr, quiet=args.quiet)
     try:
@@ -690,7 +690,7 @@ def cmd_inspect(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_mount(store: Store, args: argparse.Namespace) -> int:
-    from .mount import mount
+    from ..view.mount import mount
 
     state = store.read_state()
     platform = Platform.parse(args.platform) if args.platform else None
@@ -709,14 +709,14 @@ def cmd_mount(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_umount(store: Store, args: argparse.Namespace) -> int:
-    from .mount import umount
+    from ..view.mount import umount
 
     umount(store, args.mountpoint)
     return EXIT_OK
 
 
 def cmd_tags(store: Store, args: argparse.Namespace) -> int:
-    from .registry import RegistryClient
+    from ..sources.registry import RegistryClient
 
     ref = Reference.parse(args.reference)
     with RegistryClient(_registry_options(args)) as client:
@@ -730,7 +730,7 @@ def cmd_tags(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_search(store: Store, args: argparse.Namespace) -> int:
-    from .registry import RegistryClient, normalize_registry
+    from ..sources.registry import RegistryClient, normalize_registry
 
     with RegistryClient(_registry_options(args)) as client:
         names = client.catalog(args.registry, args.term)
@@ -744,7 +744,7 @@ def cmd_search(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_login(store: Store, args: argparse.Namespace) -> int:
-    from .registry import login
+    from ..sources.registry import login
 
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
@@ -760,7 +760,7 @@ def cmd_login(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_logout(store: Store, args: argparse.Namespace) -> int:
-    from .registry import logout
+    from ..sources.registry import logout
 
     path = logout(args.registry, _registry_options(args))
     print(f"Removed login credentials for {args.registry} from {path}", file=sys.stderr)

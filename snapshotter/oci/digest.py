@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from .errors import DigestMismatch, InvalidReference
+from ..errors import DigestMismatch, InvalidReference
 
 # algorithm -> (length of the lowercase hex encoding, hashlib name)
 _ALGORITHMS: dict[str, tuple[int, str]] = {

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from .errors import StoreCorrupt, UnsafeArchive
-from .toc import EntryKind, Toc
+from ..errors import StoreCorrupt, UnsafeArchive
+from ..store.toc import EntryKind, Toc
 
 ROOT_INODE = 1
 # 1: zstd JSON, one row per node.  2: the binary column file described at MergedTree.read.
@@ -698,7 +698,7 @@ def merge(tocs: Sequence[Toc]) -> MergedTree:
 
 
 def _set_meta(node: _Build, e: object, layer: int) -> None:
-    from .toc import TocEntry
+    from ..store.toc import TocEntry
 
     assert isinstance(e, TocEntry)
     node.mode, node.uid, node.gid = e.mode, e.uid, e.gid

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .digest import Digest
-from .errors import SnapshotterError
-from .oci import INDEX_TYPES, Platform
-from .progress import Progress, QuietProgress
-from .store import ImageRecord, IndexEntry, IndexRecord, LayerRecord, Store, now_iso
-from .toc import TOC_NAME, Toc
+from ..errors import SnapshotterError
+from ..oci.digest import Digest
+from ..oci.model import INDEX_TYPES, Platform
+from ..progress import Progress, QuietProgress
+from ..store.store import ImageRecord, IndexEntry, IndexRecord, LayerRecord, Store, now_iso
+from ..store.toc import TOC_NAME, Toc
 from .transports import (
     LayerSource,
     ResolvedImage,
@@ -39,7 +39,7 @@ from .transports import (
 
 if TYPE_CHECKING:
     from .registry import RegistryOptions
-from .unpack import unpack_layer
+from ..store.unpack import unpack_layer
 
 
 @dataclass(slots=True)

@@ -12,12 +12,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .digest import Digest
-from .errors import InvalidReference, StoreCorrupt
+from ..errors import InvalidReference, StoreCorrupt
+from ..oci.digest import Digest
+from ..oci.model import chain_ids
+from ..store.store import ImageRecord, Store
+from ..store.toc import TOC_NAME, Toc
 from .merge import MergedTree, merge
-from .oci import chain_ids
-from .store import ImageRecord, Store
-from .toc import TOC_NAME, Toc
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,10 +33,10 @@ from typing import TypeVar
 import pyfuse3
 import trio
 
-from .errors import SnapshotterError
-from .explore import ImageView, data_name
+from ..errors import SnapshotterError
+from ..store.toc import EntryKind
 from .merge import Node, Stat
-from .toc import EntryKind
+from .tree import ImageView, data_name
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

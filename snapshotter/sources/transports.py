@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Protocol
 
-from .digest import Digest, Readable, verify_bytes
-from .errors import InvalidReference, NotFound, UnsupportedMedia
-from .oci import (
+from ..errors import InvalidReference, NotFound, UnsupportedMedia
+from ..oci.digest import Digest, Readable, verify_bytes
+from ..oci.model import (
     ANNOTATION_CONTAINERD_NAME,
     CONFIG_TYPES,
     FOREIGN_LAYER_TYPES,
@@ -46,7 +46,7 @@ from .oci import (
     layer_compression,
     select_platform,
 )
-from .reference import Reference, is_tag
+from ..oci.reference import Reference, is_tag
 
 TRANSPORTS = ("oci", "oci-archive", "docker-archive", "docker")
 
@@ -590,7 +590,7 @@ def _resolve_docker_archive(
     claimed = _HEX_NAME.search(config_path)
     if claimed and claimed.group(1) != config_digest.hex:
         raise_mismatch = f"{source}: config {config_path!r} hashes to {config_digest}"
-        from .errors import DigestMismatch
+        from ..errors import DigestMismatch
 
         raise DigestMismatch(raise_mismatch)
     config = ImageConfig.parse(config_bytes, f"{source}: config {config_digest}")

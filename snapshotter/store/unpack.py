@@ -32,8 +32,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from .digest import Digest, Readable, VerifyingReader
-from .errors import DigestMismatch, SnapshotterError, UnsafeArchive, UnsupportedMedia
+from ..errors import DigestMismatch, SnapshotterError, UnsafeArchive, UnsupportedMedia
+from ..oci.digest import Digest, Readable, VerifyingReader
 from .toc import (
     DATA_DIR,
     FLAG_IMPLIED,

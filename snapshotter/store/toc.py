@@ -21,7 +21,7 @@ from pathlib import Path
 
 import zstandard
 
-from .errors import StoreCorrupt
+from ..errors import StoreCorrupt
 
 TOC_NAME = "toc.json.zst"
 DATA_DIR = "data"

@@ -47,16 +47,16 @@ from urllib.parse import urljoin
 
 import httpx
 
-from .digest import Digest, ReaderBase, verify_bytes
-from .errors import DigestMismatch, InvalidReference, NotFound, RegistryError
-from .oci import (
+from ..errors import DigestMismatch, InvalidReference, NotFound, RegistryError
+from ..oci.digest import Digest, ReaderBase, verify_bytes
+from ..oci.model import (
     MAX_JSON_BLOB,
     MT_DOCKER_LIST,
     MT_DOCKER_MANIFEST,
     MT_OCI_INDEX,
     MT_OCI_MANIFEST,
 )
-from .reference import DEFAULT_DOMAIN, DEFAULT_TAG, LEGACY_DOMAINS, Reference
+from ..oci.reference import DEFAULT_DOMAIN, DEFAULT_TAG, LEGACY_DOMAINS, Reference
 
 __all__ = [
     "DEFAULT_OPTIONS",

@@ -33,10 +33,10 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .digest import Digest
-from .errors import InUse, InvalidReference, NotFound, StoreCorrupt
-from .oci import Platform, chain_ids
-from .reference import Reference
+from ..errors import InUse, InvalidReference, NotFound, StoreCorrupt
+from ..oci.digest import Digest
+from ..oci.model import Platform, chain_ids
+from ..oci.reference import Reference
 from .toc import TOC_NAME
 
 # Version 2 adds ``indexes``; a state without any is still written as version 1, so a store

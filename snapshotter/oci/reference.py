@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..errors import InvalidReference
 from .digest import Digest
-from .errors import InvalidReference
 
 DEFAULT_DOMAIN = "docker.io"
 LEGACY_DOMAINS = ("index.docker.io", "registry-1.docker.io")

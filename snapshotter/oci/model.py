@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
+from ..errors import InvalidReference, NotFound, UnsupportedMedia
 from .digest import Digest
-from .errors import InvalidReference, NotFound, UnsupportedMedia
 
 # image-spec media-types.md and the Docker schema2 equivalents.
 MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
