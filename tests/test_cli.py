@@ -16,17 +16,18 @@ import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
 from conftest import REPO, run_snapshotter
 
+# In the order --help lists them: by family (cli/pull, cli/images, cli/registry, cli/mount).
 COMMANDS = [
     "pull",
     "images",
-    "tags",
-    "search",
-    "login",
-    "logout",
     "tag",
     "rmi",
     "prune",
     "inspect",
+    "tags",
+    "search",
+    "login",
+    "logout",
     "mount",
     "umount",
 ]

@@ -101,3 +101,30 @@ def split_name(name: str) -> tuple[str, str]:
 
 def is_tag(text: str) -> bool:
     return bool(_TAG.match(text))
+
+
+def reference_pattern(pattern: str) -> re.Pattern[str]:
+    """A compiled ``images --filter reference=PATTERN``: docker matches it with Go's
+    path.Match, so '*' and '?' do not cross '/'."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            end = pattern.find("]", i + 1)
+            if end < 0:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1 : end]
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append(f"[{body}]")
+                i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out) + r"\Z")

@@ -1,0 +1,84 @@
+"""Output for people and for scripts: sizes, ages, tables, JSON.
+
+Everything the commands print goes through here, so a size or a date looks the same in
+every table, and ``--json`` documents have one style (indented, keys sorted).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from collections.abc import Sequence
+
+
+def print_json(doc: object) -> None:
+    """One JSON document on stdout: indented, keys sorted."""
+    json.dump(doc, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def print_json_lines(docs: Sequence[object]) -> None:
+    """JSON Lines on stdout, as docker's ``--format json`` writes them: one compact object
+    per line, keys in the given order."""
+    for doc in docs:
+        sys.stdout.write(json.dumps(doc, separators=(",", ":"), ensure_ascii=False) + "\n")
+
+
+def print_table(rows: Sequence[Sequence[str]], sep: str = "   ") -> None:
+    """Columns padded to their widest cell; the first row is the header, if any."""
+    if not rows:
+        return
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(sep.join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def human_size(n: int) -> str:
+    """docker's SI sizes: 1kB = 1000 bytes, 3 significant digits, no space (``4.62kB``)."""
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.3g}{unit}"
+        size /= 1000
+    return f"{n}B"
+
+
+def parse_time(created: str) -> datetime.datetime | None:
+    """An RFC 3339 time from a config or history entry (any precision); None if it is not
+    one.  A time without a zone is UTC."""
+    if not created:
+        return None
+    text = created.strip().replace("Z", "+00:00").replace("z", "+00:00")
+    # fromisoformat takes at most 6 digits of fraction; Go writes 9.
+    head, dot, rest = text.partition(".")
+    if dot:
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        text = f"{head}.{rest[: min(digits, 6)]}{rest[digits:]}"
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
+
+
+def ago(created: str) -> str:
+    """docker's CreatedSince: ``3 weeks ago``; ``N/A`` for no date (or one in 2000 or
+    before, which docker treats as none)."""
+    when = parse_time(created)
+    if when is None:
+        return created or "N/A"
+    if when <= datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC):
+        return "N/A"
+    seconds = (datetime.datetime.now(datetime.UTC) - when).total_seconds()
+    for unit, span in (
+        ("years", 31536000),
+        ("months", 2592000),
+        ("weeks", 604800),
+        ("days", 86400),
+        ("hours", 3600),
+        ("minutes", 60),
+    ):
+        if seconds >= 2 * span:
+            return f"{int(seconds // span)} {unit} ago"
+    return "Less than a minute ago" if seconds >= 0 else created

@@ -1,0 +1,161 @@
+"""Registry commands: tags, search, login, logout; and the registry options every network
+command takes (``pull`` shares them)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import InvalidReference
+from ..oci.reference import Reference
+from ..store.store import Store
+from . import EXIT_OK
+from .format import print_json
+
+if TYPE_CHECKING:
+    from ..sources.registry import RegistryOptions
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "tags",
+        help="list the tags of a repository in a registry",
+        description=(
+            "List the tags of a repository in a registry (all pages of its tags/list), "
+            "with credentials from the auth files or --creds."
+        ),
+    )
+    p.add_argument("reference", metavar="REF", help="e.g. registry.example:5000/app")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    registry_arguments(p)
+    p.set_defaults(handler=cmd_tags)
+
+    p = sub.add_parser(
+        "search",
+        help="list a registry's repositories (its catalog)",
+        description=(
+            "List the repositories in a registry's catalog whose names contain TERM, "
+            "as names 'pull' takes."
+        ),
+    )
+    p.add_argument("registry", metavar="REGISTRY")
+    p.add_argument("term", metavar="TERM", nargs="?", default="", help="substring to match")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    registry_arguments(p)
+    p.set_defaults(handler=cmd_search)
+
+    p = sub.add_parser(
+        "login",
+        help="check and store credentials for a registry",
+        description=(
+            "Verify USER/PASSWORD against REGISTRY and store them (mode 0600) in the auth file "
+            "podman uses: $REGISTRY_AUTH_FILE, else $XDG_RUNTIME_DIR/containers/auth.json."
+        ),
+    )
+    p.add_argument("registry", metavar="REGISTRY")
+    p.add_argument("-u", "--username", required=True)
+    p.add_argument("-p", "--password", help="the password (prefer --password-stdin)")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    registry_arguments(p, creds=False)
+    p.set_defaults(handler=cmd_login)
+
+    p = sub.add_parser(
+        "logout",
+        help="remove stored credentials for a registry",
+        description="Remove the credentials 'login' stored for REGISTRY from the auth file.",
+    )
+    p.add_argument("registry", metavar="REGISTRY")
+    registry_arguments(p, creds=False)
+    p.set_defaults(handler=cmd_logout)
+
+
+def registry_arguments(p: argparse.ArgumentParser, *, creds: bool = True) -> None:
+    g = p.add_argument_group("registry options (docker:// sources)")
+    if creds:
+        g.add_argument("--creds", metavar="USER:PASS", help="credentials for the registry")
+    g.add_argument(
+        "--authfile",
+        type=Path,
+        help="auth file (podman auth.json or docker config.json, whose credHelpers and "
+        "credsStore are asked)",
+    )
+    g.add_argument(
+        "--tls-verify",
+        default="true",
+        choices=["true", "false"],
+        help="verify TLS; false also allows plain HTTP (loopback registries always may)",
+    )
+    g.add_argument("--insecure", action="store_true", help="same as --tls-verify=false")
+    g.add_argument("--cert-dir", type=Path, help="directory of CA certificates (*.crt)")
+
+
+def registry_options(args: argparse.Namespace) -> RegistryOptions:
+    from ..sources.registry import RegistryOptions  # noqa: F811
+
+    creds = None
+    text = getattr(args, "creds", None)
+    if text:
+        user, sep, password = text.partition(":")
+        if not sep or not user:
+            raise InvalidReference("--creds: expected USER:PASSWORD")
+        creds = (user, password)
+    return RegistryOptions(
+        insecure=args.insecure or args.tls_verify == "false",
+        cert_dir=args.cert_dir,
+        creds=creds,
+        auth_file=args.authfile,
+    )
+
+
+def cmd_tags(store: Store, args: argparse.Namespace) -> int:
+    from ..sources.registry import RegistryClient
+
+    ref = Reference.parse(args.reference)
+    with RegistryClient(registry_options(args)) as client:
+        tags = client.tags(ref)
+    if args.json:
+        print_json(tags)
+    else:
+        for tag in tags:
+            print(tag)
+    return EXIT_OK
+
+
+def cmd_search(store: Store, args: argparse.Namespace) -> int:
+    from ..sources.registry import RegistryClient, normalize_registry
+
+    with RegistryClient(registry_options(args)) as client:
+        names = client.catalog(args.registry, args.term)
+    host = normalize_registry(args.registry)
+    if args.json:
+        print_json(names)
+    else:
+        for name in names:
+            print(f"{host}/{name}")
+    return EXIT_OK
+
+
+def cmd_login(store: Store, args: argparse.Namespace) -> int:
+    from ..sources.registry import login
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif args.password is not None:
+        password = args.password
+    else:
+        import getpass
+
+        password = getpass.getpass(f"password for {args.username}@{args.registry}: ")
+    path = login(args.registry, args.username, password, registry_options(args))
+    print(f"Login succeeded; credentials stored in {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_logout(store: Store, args: argparse.Namespace) -> int:
+    from ..sources.registry import logout
+
+    path = logout(args.registry, registry_options(args))
+    print(f"Removed login credentials for {args.registry} from {path}", file=sys.stderr)
+    return EXIT_OK
