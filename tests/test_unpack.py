@@ -9,6 +9,7 @@ every case nothing outside the store changes.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tarfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,45 @@ def test_sparse_file_keeps_its_holes(tmp_path):
     assert len(content) == size and content[:4] == b"head" and content[-4096:] == b"tail" * 1024
     assert content[4 : size - 4096].count(0) == size - 4100
     assert os.stat(path).st_blocks * 512 < 1 << 20  # holes stay holes on disk
+
+
+def sha256(content: bytes) -> str:
+    return "sha256:" + hashlib.sha256(content).hexdigest()
+
+
+def test_the_toc_records_each_files_content_digest(tmp_path):
+    size = 8 << 20
+    layer = (
+        LayerBuilder()
+        .file("a", b"hello")
+        .hardlink("b", "a")
+        .file("empty", b"")
+        .file("big", bytes(range(256)) * 8192)
+        .sparse_file("sparse", size, {0: b"head", size - 4096: b"tail" * 1024})
+        .dir("d")
+        .symlink("l", "a")
+        .file("replaced", b"first")
+        .file("replaced", b"second")
+    )
+    got = entries(unpack(tmp_path, layer))
+    assert got["a"].digest == got["b"].digest == sha256(b"hello")
+    assert got["big"].digest == sha256(bytes(range(256)) * 8192)
+    sparse = b"head" + bytes(size - 4100) + b"tail" * 1024
+    assert got["sparse"].digest == sha256(sparse)  # holes hash as the zeros they read as
+    assert got["replaced"].digest == sha256(b"second")
+    # no content, no data file, no digest
+    assert got["empty"].digest == got["d"].digest == got["l"].digest == ""
+
+
+def test_a_version_1_toc_without_digests_is_still_read(tmp_path):
+    toc = unpack(tmp_path, LayerBuilder().file("a", b"x", mode=0o600))
+    rows = [e.to_row()[:13] for e in toc.entries]
+    doc = {"version": 1, "diff_id": toc.diff_id, "entries": rows}
+    path = tmp_path / "old.toc.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(json.dumps(doc).encode()))
+    old = Toc.read(path)
+    assert old.by_path()["a"].digest == ""
+    assert [replace(e, digest="") for e in toc.entries] == list(old.entries)
 
 
 def test_missing_final_padding_is_read_like_go_but_cut_content_is_refused(tmp_path):

@@ -215,9 +215,7 @@ class Staging:
         while True:
             token = secrets.token_hex(8)
             self.lock_path = store.tmp / f"{token}.lock"
-            fd = os.open(
-                self.lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
-            )
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)
             # A sweep may have found the new lock file unlocked and removed it before our
             # flock; then the lock guards nothing and we start over.

@@ -25,7 +25,10 @@ from ..errors import StoreCorrupt
 
 TOC_NAME = "toc.json.zst"
 DATA_DIR = "data"
-TOC_VERSION = 1
+# 1: 13 columns.  2: a 14th, the content digest of regular files (sha256 computed while
+# unpacking).  Version 1 tocs are still read; their entries have no digest.
+TOC_VERSION = 2
+TOC_VERSIONS = (1, 2)
 
 
 class EntryKind(enum.Enum):
@@ -62,6 +65,7 @@ class TocEntry:
     rdev_minor: int = 0
     flags: int = 0
     xattrs: tuple[tuple[str, bytes], ...] = field(default=())
+    digest: str = ""  # regular files with content: "sha256:<hex>" of it ("" if not recorded)
 
     @property
     def opaque(self) -> bool:
@@ -94,11 +98,29 @@ class TocEntry:
             self.rdev_minor,
             self.flags,
             [[k, base64.b64encode(v).decode()] for k, v in self.xattrs] if self.xattrs else 0,
+            self.digest,
         ]
 
     @classmethod
     def from_row(cls, row: list[object]) -> TocEntry:
-        (path, kind, mode, uid, gid, size, mtime_ns, inode, link, major, minor, flags, xattrs) = row
+        if len(row) == 13:  # version 1
+            row = [*row, ""]
+        (
+            path,
+            kind,
+            mode,
+            uid,
+            gid,
+            size,
+            mtime_ns,
+            inode,
+            link,
+            major,
+            minor,
+            flags,
+            xattrs,
+            digest,
+        ) = row
         return cls(
             path=str(path),
             kind=EntryKind(kind),
@@ -115,6 +137,7 @@ class TocEntry:
             xattrs=tuple((str(k), base64.b64decode(str(v))) for k, v in xattrs)  # type: ignore[attr-defined]
             if xattrs
             else (),
+            digest=str(digest),
         )
 
 
@@ -154,7 +177,7 @@ class Toc:
         try:
             raw = zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())
             doc = json.loads(raw)
-            if doc.get("version") != TOC_VERSION:
+            if doc.get("version") not in TOC_VERSIONS:
                 raise StoreCorrupt(f"toc {path}: unknown version {doc.get('version')!r}")
             return cls(str(doc["diff_id"]), tuple(TocEntry.from_row(r) for r in doc["entries"]))
         except (OSError, ValueError, KeyError, TypeError, zstandard.ZstdError) as exc:

@@ -23,6 +23,7 @@ bounded by the queue between them, whatever the layer's size.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import tarfile
@@ -488,7 +489,10 @@ def _copy_content(
     size: int,
     sparse: list[tuple[int, int]] | None,
     what: str,
-) -> None:
+) -> str:
+    """Copy ``size`` bytes of content into a new data file ``name``; return the content's
+    ``sha256:<hex>`` (holes hashed as the zeros they read as)."""
+    h = hashlib.sha256()
     fd = os.open(
         name,
         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -497,7 +501,7 @@ def _copy_content(
     )
     try:
         if sparse is None:
-            copied = _copy_range(src, fd, size, hole=False)
+            copied = _copy_range(src, fd, size, h, hole=False)
         else:
             # Data regions from the sparse map are written; the holes between them are
             # skipped with lseek, so they stay holes in the data file.
@@ -505,18 +509,22 @@ def _copy_content(
             for offset, length in sorted(sparse):
                 if offset < pos:
                     raise UnsafeArchive(f"{what}: sparse map regions overlap")
-                copied += _copy_range(src, fd, offset - pos, hole=True)
-                copied += _copy_range(src, fd, length, hole=False)
+                copied += _copy_range(src, fd, offset - pos, h, hole=True)
+                copied += _copy_range(src, fd, length, h, hole=False)
                 pos = offset + length
-            copied += _copy_range(src, fd, size - pos, hole=True)
+            copied += _copy_range(src, fd, size - pos, h, hole=True)
             os.ftruncate(fd, size)
         if copied != size:
             raise UnsafeArchive(f"{what}: content is {copied} bytes, header says {size}")
     finally:
         os.close(fd)
+    return f"sha256:{h.hexdigest()}"
 
 
-def _copy_range(src: Readable, fd: int, length: int, *, hole: bool) -> int:
+_ZEROS = bytes(CHUNK)
+
+
+def _copy_range(src: Readable, fd: int, length: int, h: hashlib._Hash, *, hole: bool) -> int:
     done = 0
     while done < length:
         chunk = src.read(min(CHUNK, length - done))
@@ -525,8 +533,10 @@ def _copy_range(src: Readable, fd: int, length: int, *, hole: bool) -> int:
         done += len(chunk)
         if hole:
             os.lseek(fd, len(chunk), os.SEEK_CUR)
+            h.update(_ZEROS[: len(chunk)])
         else:
             _write_all(fd, chunk)
+            h.update(chunk)
     return done
 
 
@@ -555,7 +565,7 @@ def unpack_layer(
     data_fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     feeder = _Feeder(blob, compression, layer_digest, blob_size, diff_id, what, progress)
     tree = _LayerTree(what)
-    written: set[int] = set()
+    written: dict[int, str] = {}  # toc inode -> content digest, for each data file written
     try:
         try:
             try:
@@ -579,9 +589,9 @@ def unpack_layer(
     finally:
         feeder.close()
         os.close(data_fd)
-    entries = tree.finish()
+    entries = tuple(replace(e, digest=written[e.inode]) if e.has_data else e for e in tree.finish())
     live = {e.inode for e in entries if e.has_data}
-    for inode in written - live:  # content of entries replaced later in the tar
+    for inode in written.keys() - live:  # content of entries replaced later in the tar
         os.unlink(dest / DATA_DIR / f"{inode:x}")
     toc = Toc(str(diff_id), entries)
     toc.write(dest / TOC_NAME)
@@ -592,7 +602,7 @@ def _read_entries(
     tf: tarfile.TarFile,
     tree: _LayerTree,
     data_fd: int,
-    written: set[int],
+    written: dict[int, str],
     what: str,
     cancelled: Callable[[], bool] | None,
     feeder: _Feeder,
@@ -619,7 +629,7 @@ def _read_entry(
     info: tarfile.TarInfo,
     tree: _LayerTree,
     data_fd: int,
-    written: set[int],
+    written: dict[int, str],
     what: str,
     feeder: _Feeder,
 ) -> None:
@@ -710,6 +720,5 @@ def _read_entry(
             extracted = tf.extractfile(info)
             assert extracted is not None
             src = extracted
-        _copy_content(src, data_fd, f"{inode:x}", info.size, sparse, what)
-        written.add(inode)
+        written[inode] = _copy_content(src, data_fd, f"{inode:x}", info.size, sparse, what)
         feeder.check_within(info)
