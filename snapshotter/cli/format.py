@@ -6,10 +6,13 @@ every table, and ``--json`` documents have one style (indented, keys sorted).
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import sys
 from collections.abc import Sequence
+
+from ..store.toc import EntryKind
 
 
 def print_json(doc: object) -> None:
@@ -82,3 +85,91 @@ def ago(created: str) -> str:
         if seconds >= 2 * span:
             return f"{int(seconds // span)} {unit} ago"
     return "Less than a minute ago" if seconds >= 0 else created
+
+
+# -- sizes: human on a terminal, exact bytes when piped ------------------------------------
+
+
+def size_arguments(p: argparse.ArgumentParser) -> None:
+    """``--bytes`` / ``--human``: how sizes print (default: human on a terminal, exact
+    bytes when stdout is a pipe or file, so scripts get numbers)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--bytes",
+        dest="human",
+        action="store_false",
+        default=None,
+        help="print sizes as exact byte counts (the default when stdout is not a terminal)",
+    )
+    g.add_argument(
+        "--human",
+        dest="human",
+        action="store_true",
+        help="print sizes as docker does (4.62kB; the default on a terminal)",
+    )
+
+
+def wants_human(args: argparse.Namespace) -> bool:
+    human: bool | None = getattr(args, "human", None)
+    return sys.stdout.isatty() if human is None else human
+
+
+def size_text(n: int, human: bool) -> str:
+    return human_size(n) if human else str(n)
+
+
+# -- file modes ----------------------------------------------------------------------------
+
+_KIND_LETTER = {
+    EntryKind.FILE: "-",
+    EntryKind.DIR: "d",
+    EntryKind.SYMLINK: "l",
+    EntryKind.CHAR: "c",
+    EntryKind.BLOCK: "b",
+    EntryKind.FIFO: "p",
+    EntryKind.WHITEOUT: "w",
+}
+
+
+def mode_string(kind: EntryKind, mode: int) -> str:
+    """``ls -l``'s mode column: ``drwxr-xr-x``, with setuid/setgid/sticky as s/S and t/T."""
+    out = [_KIND_LETTER[kind]]
+    for shift, special, letter in ((6, 0o4000, "s"), (3, 0o2000, "s"), (0, 0o1000, "t")):
+        bits = (mode >> shift) & 7
+        out.append("r" if bits & 4 else "-")
+        out.append("w" if bits & 2 else "-")
+        if mode & special:
+            out.append(letter if bits & 1 else letter.upper())
+        else:
+            out.append("x" if bits & 1 else "-")
+    return "".join(out)
+
+
+def kind_name(kind: EntryKind) -> str:
+    """The ``type`` of an entry in ``--json`` documents."""
+    return _KIND_NAME[kind]
+
+
+_KIND_NAME = {
+    EntryKind.FILE: "file",
+    EntryKind.DIR: "dir",
+    EntryKind.SYMLINK: "symlink",
+    EntryKind.CHAR: "char",
+    EntryKind.BLOCK: "block",
+    EntryKind.FIFO: "fifo",
+    EntryKind.WHITEOUT: "whiteout",
+}
+
+
+def mtime_text(mtime_ns: int) -> str:
+    """An mtime as ``ls -l --time-style=long-iso`` in UTC: ``2024-01-01 12:00``."""
+    when = datetime.datetime.fromtimestamp(mtime_ns // 1_000_000_000, datetime.UTC)
+    return when.strftime("%Y-%m-%d %H:%M")
+
+
+def rfc3339_ns(mtime_ns: int) -> str:
+    """An mtime as RFC 3339 with nanoseconds, UTC (``2024-01-01T12:00:00.123456789Z``)."""
+    secs, ns = divmod(mtime_ns, 1_000_000_000)
+    when = datetime.datetime.fromtimestamp(secs, datetime.UTC)
+    frac = f".{ns:09d}".rstrip("0").rstrip(".")
+    return when.strftime("%Y-%m-%dT%H:%M:%S") + frac + "Z"

@@ -1,0 +1,32 @@
+"""Arguments and lookups the explore commands share: IMAGE, --platform, --layer."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..explore.image import StoredImage, open_image
+from ..oci.model import Platform
+from ..store.store import Store
+
+
+def image_arguments(p: argparse.ArgumentParser) -> None:
+    """IMAGE and --platform, as ``mount`` takes them."""
+    p.add_argument("image", metavar="IMAGE", help="name, NAME@DIGEST, digest or id prefix")
+    p.add_argument(
+        "--platform", help="OS/ARCH[/VARIANT] to pick from an index (default: the host's)"
+    )
+
+
+def layer_argument(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--layer",
+        type=int,
+        metavar="N",
+        help=f"{what} as of layer N (layers count from 1, the base; 0 is the empty image), "
+        "as 'mount --layer N' shows it",
+    )
+
+
+def stored_image(store: Store, args: argparse.Namespace) -> StoredImage:
+    platform = Platform.parse(args.platform) if getattr(args, "platform", None) else None
+    return open_image(store, args.image, platform)
