@@ -15,7 +15,6 @@ from collections.abc import Iterable
 from ..errors import SnapshotterError
 from ..explore.diff import (
     Action,
-    Change,
     ImageDiff,
     LayerDiff,
     image_diff,
@@ -40,11 +39,15 @@ diff IMAGE --layer N
   Changed means: another type, content (by digest), mode, uid, gid, symlink target,
   xattrs or device numbers (dive compares neither targets nor xattrs); an mtime alone
   only with --mtime. A directory is C only when its own metadata changed, not because
-  something in it did. Every added path is listed, but a deleted directory is one D for
-  its top path only (as podman): a whiteout of it, or its absence from an opaque
-  directory the layer re-made. A directory replaced by a file is C, and the files that
-  were in it go unlisted, like those under a D. A whiteout of a path that was not there
-  is nothing. Layer 1 is everything added.
+  something in it did; one the layer only implies (a file's path names it, the tar has
+  no entry for it) keeps the lower directory's metadata, so it is never C (unless it
+  replaced a non-directory). The root is C when a layer above the first changes its own
+  metadata. Every added path is listed, but a deleted
+  directory is one D for its top path only (as podman): a whiteout of it, or its absence
+  from an opaque directory the layer re-made. A directory replaced by a file is C, and
+  the files that were in it go unlisted, like those under a D; a file replaced by a
+  directory is C and each path in the directory A. A whiteout of a path that was not
+  there is nothing. Layer 1 is everything added. Exit status 0, or 2 on any error.
 
 diff IMAGE OTHER
   The two images' merged views (what a container sees, whiteouts applied; diffoci
@@ -101,7 +104,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--semantic ignores, file order, tar format, path spellings and mode bits beyond "
         "07777, a merged view never has)",
     )
-    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document: with --layer {layer, added, changed, deleted, "
+        "fields: {path: [field...]}}; with OTHER {files: {added, changed: [{path, fields}], "
+        "deleted}, config: [{key, image, other}], history: [{index, field, image, other}], "
+        "same, shared_layers, image, other} (null: absent)",
+    )
     p.set_defaults(handler=cmd_diff, diff_parser=p)
 
 
@@ -161,18 +171,16 @@ def _images(store: Store, args: argparse.Namespace) -> int:
 
 
 def layer_json(diff: LayerDiff) -> dict[str, object]:
-    """podman's three lists, plus ``changes``: each path with its action and fields."""
+    """podman's three lists, plus ``fields``: what changed of each changed path."""
     return {
         "layer": diff.layer,
         "added": [display_path(p) for p in diff.paths(Action.ADDED)],
         "changed": [display_path(p) for p in diff.paths(Action.CHANGED)],
         "deleted": [display_path(p) for p in diff.paths(Action.DELETED)],
-        "changes": [_change_json(c) for c in diff.changes],
+        "fields": {
+            display_path(c.path): list(c.fields) for c in diff.changes if c.action is Action.CHANGED
+        },
     }
-
-
-def _change_json(c: Change) -> dict[str, object]:
-    return {"path": display_path(c.path), "change": c.action.value, "fields": list(c.fields)}
 
 
 def images_json(diff: ImageDiff) -> dict[str, object]:

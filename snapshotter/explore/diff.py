@@ -48,6 +48,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from ..errors import StoreCorrupt
 from ..store.toc import EntryKind
 from ..view.merge import ROOT_INODE, MergedTree, Stat
 from .image import HistoryEntry, StoredImage
@@ -187,10 +188,11 @@ def _same_content(a: _Side, sa: Stat, b: _Side, sb: Stat) -> bool:
     )
 
 
-def _differences(a: _Side, ia: int, b: _Side, ib: int, mtime: bool, shared: int) -> tuple[str, ...]:
-    """Which of FIELDS differ between inode ``ia`` of ``a`` and ``ib`` of ``b``.  ``shared``:
+def _differences(
+    a: _Side, sa: Stat, b: _Side, sb: Stat, mtime: bool, shared: int
+) -> tuple[str, ...]:
+    """Which of FIELDS differ between node ``sa`` of ``a`` and ``sb`` of ``b``.  ``shared``:
     the first layers both trees were merged from are the same (by index)."""
-    sa, sb = a.tree.stat(ia), b.tree.stat(ib)
     kind = sa.kind
     if kind is not sb.kind:
         return ("type",)
@@ -213,9 +215,9 @@ def _differences(a: _Side, ia: int, b: _Side, ib: int, mtime: bool, shared: int)
         out.append("uid")
     if sa.gid != sb.gid:
         out.append("gid")
-    if kind is EntryKind.SYMLINK and a.tree.link(ia) != b.tree.link(ib):
+    if kind is EntryKind.SYMLINK and a.tree.link(sa.inode) != b.tree.link(sb.inode):
         out.append("link")
-    xa, xb = a.tree.xattrs(ia), b.tree.xattrs(ib)
+    xa, xb = a.tree.xattrs(sa.inode), b.tree.xattrs(sb.inode)
     if (xa or xb) and sorted(xa) != sorted(xb):
         out.append("xattrs")
     if kind in (EntryKind.CHAR, EntryKind.BLOCK) and (sa.rdev_major, sa.rdev_minor) != (
@@ -235,9 +237,15 @@ def layer_diff(image: StoredImage, number: int, *, mtime: bool = False) -> Layer
     """What layer ``number`` (1 = base) added, changed and deleted (see the module's
     docstring); ``mtime``: an mtime change alone is a change too."""
     image.layer(number)  # InvalidReference when out of range
+    upper = _Side(image, image.view(number).tree)
+    if number == 1:
+        # Over the empty image everything is new, and the view of layer 1 is its toc
+        # merged: its walk is the answer, in order, with no toc to read.
+        added = _subtree(upper.tree, ROOT_INODE, "")
+        next(added)  # the root
+        return LayerDiff(1, tuple(Change(p, Action.ADDED) for p in added))
     toc = image.toc(number)
     lower = _Side(image, image.view(number - 1).tree)
-    upper = _Side(image, image.view(number).tree)
     shared = number - 1
     changes: dict[str, Change] = {}
     for e in toc.entries:
@@ -253,13 +261,15 @@ def layer_diff(image: StoredImage, number: int, *, mtime: bool = False) -> Layer
         if li is None:
             changes[path] = Change(path, Action.ADDED)
             continue
-        lower_dir = lower.kind(li) is EntryKind.DIR
+        sl, su = lower.tree.stat(li), upper.tree.stat(ui)
+        lower_dir = sl.kind is EntryKind.DIR
+        # (An implied directory kept the lower one's metadata: a shortcut, no rule.)
         implied = e.kind is EntryKind.DIR and e.implied and lower_dir
-        if not implied and (path or number > 1):
-            fields = _differences(lower, li, upper, ui, mtime, shared)
+        if not implied:
+            fields = _differences(lower, sl, upper, su, mtime, shared)
             if fields:
                 changes[path] = Change(path, Action.CHANGED, fields)
-        if e.opaque and lower_dir and upper.kind(ui) is EntryKind.DIR:
+        if e.opaque and lower_dir and su.kind is EntryKind.DIR:
             for lost in _lost(lower, li, upper, ui, path):
                 changes.setdefault(lost, Change(lost, Action.DELETED))
     ordered = sorted(changes.values(), key=lambda c: tree_order(c.path))
@@ -339,23 +349,19 @@ def file_changes(
     for path in sorted(touched, key=tree_order):
         if covered is not None and _under(path, covered):
             continue
-        covered = None
         ia, ib = a.find(path), b.find(path)
         if ia is None and ib is None:
             continue
-        if (
-            ia is None
-            or ib is None
-            or touched[path]
-            or a.kind(ia) is not EntryKind.DIR
-            or b.kind(ib) is not EntryKind.DIR
-        ):
-            _compare(a, ia, b, ib, path, mtime, shared, out)
-            covered = path
-        else:  # a directory on both sides that kept its lower children on both
-            fields = _differences(a, ia, b, ib, mtime, shared)
-            if fields:
-                out.append(Change(path, Action.CHANGED, fields))
+        if ia is not None and ib is not None and not touched[path]:
+            sa, sb = a.tree.stat(ia), b.tree.stat(ib)
+            if sa.kind is EntryKind.DIR and sb.kind is EntryKind.DIR:
+                # A directory on both sides that kept its lower children on both.
+                fields = _differences(a, sa, b, sb, mtime, shared)
+                if fields:
+                    out.append(Change(path, Action.CHANGED, fields))
+                continue
+        _compare(a, ia, b, ib, path, mtime, shared, out)
+        covered = path
     out.sort(key=lambda c: tree_order(c.path))
     return tuple(out)
 
@@ -372,37 +378,49 @@ def _compare(
 ) -> None:
     """Compare ``path`` and everything below it on both sides, in step, appending the
     changes to ``out`` in tree order."""
-    # Tasks, popped depth first: compare a pair (either may be None), or list all of b's.
+    # Pairs to compare (either side may be None), popped depth first.
     stack: list[tuple[int | None, int | None, str]] = [(ia, ib, path)]
+    a_stat, b_stat = a.tree.stat, b.tree.stat
     while stack:
         ia, ib, p = stack.pop()
         if ia is None:
             assert ib is not None
-            out.append(Change(p, Action.ADDED))
-            if b.kind(ib) is EntryKind.DIR:
-                names, inodes = b.tree.children(ib)
-                stack.extend(
-                    (None, c, _join(p, n))
-                    for n, c in zip(reversed(names), reversed(inodes), strict=True)
-                )
+            out.extend(Change(added, Action.ADDED) for added in _subtree(b.tree, ib, p))
             continue
         if ib is None:
             if p:
                 out.append(Change(p, Action.DELETED))
             continue
-        fields = _differences(a, ia, b, ib, mtime, shared)
+        sa, sb = a_stat(ia), b_stat(ib)
+        fields = _differences(a, sa, b, sb, mtime, shared)
         if fields:
             out.append(Change(p, Action.CHANGED, fields))
-        a_dir = a.kind(ia) is EntryKind.DIR
-        b_dir = b.kind(ib) is EntryKind.DIR
+        a_dir = sa.kind is EntryKind.DIR
+        b_dir = sb.kind is EntryKind.DIR
         if b_dir and not a_dir:
-            names, inodes = b.tree.children(ib)
-            stack.extend(
-                (None, c, _join(p, n))
-                for n, c in zip(reversed(names), reversed(inodes), strict=True)
-            )
+            below = _subtree(b.tree, ib, p)
+            next(below)
+            out.extend(Change(added, Action.ADDED) for added in below)
         elif a_dir and b_dir:
             stack.extend(reversed(_pairs(a.tree, ia, b.tree, ib, p)))
+
+
+def _subtree(tree: MergedTree, inode: int, path: str) -> Iterator[str]:
+    """``path`` and every path below it, in tree order."""
+    stat = tree.stat
+    stack = [(inode, path)]
+    seen: set[int] = set()  # directories: a crafted cache file could list one twice
+    while stack:
+        inode, path = stack.pop()
+        yield path
+        if stat(inode).kind is EntryKind.DIR:
+            if inode in seen:
+                raise StoreCorrupt(f"merged tree: directory {inode} is listed twice")
+            seen.add(inode)
+            names, inodes = tree.children(inode)
+            stack.extend(
+                (c, _join(path, n)) for n, c in zip(reversed(names), reversed(inodes), strict=True)
+            )
 
 
 def _pairs(
