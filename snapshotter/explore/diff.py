@@ -263,7 +263,7 @@ def layer_diff(image: StoredImage, number: int, *, mtime: bool = False) -> Layer
             continue
         sl, su = lower.tree.stat(li), upper.tree.stat(ui)
         lower_dir = sl.kind is EntryKind.DIR
-        # (An implied directory kept the lower one's metadata: a shortcut, no rule.)
+        # An implied directory over a directory kept that one's metadata: nothing to compare.
         implied = e.kind is EntryKind.DIR and e.implied and lower_dir
         if not implied:
             fields = _differences(lower, sl, upper, su, mtime, shared)
