@@ -12,7 +12,7 @@ import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
 from conftest import CliResult, run_snapshotter
 
-from snapshotter.explore.diff import Action, file_changes
+from snapshotter.explore.diff import file_changes
 from snapshotter.explore.image import open_image
 from snapshotter.store.store import Store
 
@@ -512,36 +512,47 @@ def test_images_with_no_shared_layer_are_walked_in_step(tmp_path, cli):
     }
 
 
-PAIRS = [
-    # (IMAGE's layers above the shared base, OTHER's)
-    ([], []),
-    ([LayerBuilder().file("etc/a", b"x")], []),
-    ([LayerBuilder().whiteout("srv")], [LayerBuilder().opaque("srv").file("srv/n", b"n")]),
-    (
+PAIRS = {
+    # name: (IMAGE's layers above the shared base, OTHER's, the changes)
+    "same": ([], [], []),
+    "one-file": ([LayerBuilder().file("etc/a", b"x")], [], ["C etc/a (digest)"]),
+    "whiteout-against-opaque": (
+        [LayerBuilder().whiteout("srv")],
+        [LayerBuilder().opaque("srv").file("srv/n", b"n")],
+        ["A srv", "A srv/n"],
+    ),
+    "file-then-dir-again": (
         [LayerBuilder().file("srv", b"f"), LayerBuilder().dir("srv").file("srv/one", b"1")],
         [LayerBuilder().dir("srv/deep", mode=0o700)],
+        ["A srv/deep", "A srv/deep/two"],
     ),
-    ([LayerBuilder().whiteout("srv"), LayerBuilder().dir("srv").file("srv/one", b"1")], []),
-    (
+    "whiteout-then-dir-again": (
+        [LayerBuilder().whiteout("srv"), LayerBuilder().dir("srv").file("srv/one", b"1")],
+        [],
+        ["A srv/deep", "A srv/deep/two"],
+    ),
+    "recreated-in-one-layer": (
         [LayerBuilder().whiteout("etc").dir("etc").file("etc/a", b"a")],
         [LayerBuilder().file("etc/a", b"a", uid=5).symlink("etc/keep", "a")],
+        ["C etc/a (uid)", "A etc/b", "A etc/keep", "A etc/link"],
     ),
-]
+}
 
 
-@pytest.mark.parametrize("pair_index", range(len(PAIRS)))
-def test_the_shared_layer_shortcut_gives_what_a_full_walk_gives(
-    tmp_path, cli, store_root, pair_index
-):
-    mine, theirs = PAIRS[pair_index]
+@pytest.mark.parametrize("name", PAIRS)
+def test_only_the_unshared_layers_are_compared_and_that_is_enough(tmp_path, cli, store_root, name):
+    mine, theirs, expected = PAIRS[name]
     pull(tmp_path, cli, "s:1", ImageBuilder([shared_base(), *mine]))
     pull(tmp_path, cli, "s:2", ImageBuilder([shared_base(), *theirs]))
     store = Store(store_root)
     a, b = open_image(store, "s:1"), open_image(store, "s:2")
     fast = file_changes(a, b)
-    assert fast == file_changes(a, b, walk=True)
-    assert bool(fast) == bool(mine or theirs)
-    assert all(c.action in Action for c in fast)
+    shown = [
+        f"{c.action.value} {c.path}" + (f" ({', '.join(c.fields)})" if c.fields else "")
+        for c in fast
+    ]
+    assert shown == expected
+    assert fast == file_changes(a, b, walk=True)  # every path of both trees compared
 
 
 def test_an_unknown_image_exits_2(cli, pair):
