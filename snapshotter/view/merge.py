@@ -323,6 +323,17 @@ class MergedTree:
             )
         )
 
+    def link(self, inode: int) -> str:
+        """``inode``'s symlink target ("" for anything else), without making a ``Node``."""
+        if self._code(inode) != _SYMLINK:
+            return ""
+        return _dec(self._links[self._link_off[inode] : self._link_off[inode + 1]])
+
+    def xattrs(self, inode: int) -> tuple[tuple[str, bytes], ...]:
+        """``inode``'s xattrs, in the layer's order, without making a ``Node``."""
+        self._code(inode)
+        return self._read_xattrs(inode)
+
     def _read_xattrs(self, inode: int) -> tuple[tuple[str, bytes], ...]:
         pos, end = self._xattr_off[inode], self._xattr_off[inode + 1]
         if pos == end:
