@@ -4,7 +4,8 @@ One module per command family, each with a ``register(sub)`` that adds its subco
 and binds each to its handler (``handler(store, args) -> int``):
 
 - ``pull``: pull.
-- ``images``: images, tag, rmi, prune, inspect.
+- ``images``: images, tag, rmi, prune.
+- ``inspect``: history, inspect (docker's; ``docker://REF`` without pulling).
 - ``mount``: mount, umount.
 - ``registry``: tags, search, login, logout (and the registry options pull shares).
 - ``format``: sizes, ages, tables and ``--json``, shared by all.
@@ -39,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import images, mount, pull, registry
+    from . import images, inspect, mount, pull, registry
 
     parser = _Parser(
         prog="snapshotter",
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"snapshotter {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for family in (pull, images, registry, mount):
+    for family in (pull, images, inspect, registry, mount):
         family.register(sub)
     return parser
 

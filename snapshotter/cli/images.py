@@ -1,4 +1,4 @@
-"""Commands over the store's images: images, tag, rmi, prune, inspect."""
+"""Commands over the store's images: images, tag, rmi, prune."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import re
 import sys
 
 from ..errors import InUse, InvalidReference, NotFound
-from ..oci.model import Platform
 from ..oci.reference import Reference, familiar_repository, reference_pattern, split_name
 from ..store.store import ImageRecord, State, Store, check_not_in_use, in_use
 from . import EXIT_ERROR, EXIT_OK
@@ -76,20 +75,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-a", "--all", action="store_true", help="remove every image not in use")
     p.add_argument("--json", action="store_true", help="print what was removed as JSON")
     p.set_defaults(handler=cmd_prune)
-
-    p = sub.add_parser(
-        "inspect",
-        help="show an image's record as JSON",
-        description=(
-            "Print an image's record as JSON: names, manifest digest, config, platform, "
-            "and each layer's digest, diff_id, media type and size. A name of an image "
-            "index gives the image for the host's platform, or --platform's, with the "
-            "index's digest under 'index'."
-        ),
-    )
-    p.add_argument("image", metavar="IMAGE")
-    p.add_argument("--platform", help="OS/ARCH[/VARIANT] to pick from an index")
-    p.set_defaults(handler=cmd_inspect)
 
 
 def _image_rows(names: list[str]) -> list[tuple[str, str]]:
@@ -295,24 +280,4 @@ def cmd_prune(store: Store, args: argparse.Namespace) -> int:
             f"Removed {len(removed)} images, {len(report.snapshots)} snapshots, "
             f"{len(report.blobs)} blobs; total reclaimed space: {human_size(report.freed)}"
         )
-    return EXIT_OK
-
-
-def cmd_inspect(store: Store, args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
-    state = store.read_state()
-    platform = Platform.parse(args.platform) if args.platform else None
-    record, index = store.resolve_image(state, args.image, platform)
-    doc = asdict(record)
-    doc["names"] = state.all_names_of(record.digest)
-    doc["size"] = record.size
-    if index is not None:
-        doc["index"] = {
-            "digest": index.digest,
-            "media_type": index.media_type,
-            "names": state.names_of(index.digest),
-            "platforms": [e.platform for e in index.manifests],
-        }
-    print_json(doc)
     return EXIT_OK
