@@ -1,4 +1,5 @@
-"""``history`` and ``inspect``, of stored images and of ``docker://`` without pulling.
+"""``history``, ``inspect`` (stored and ``docker://`` without pulling) and ``images``'
+label/before/since filters.
 
 Images are built here with a history known by construction: empty layers, a Docker-era
 ``/bin/sh -c #(nop)  ENV A=b``, tabs, a long line with ``&&``, a line of wide CJK
@@ -573,6 +574,89 @@ def test_inspect_record_is_the_store_record(pulled: Cli) -> None:
     assert [lay["unpacked_size"] for lay in doc["layers"]] == list(SIZES)
     result = pulled("inspect", "--record", "--raw", "hist:1")
     assert result.rc == 2 and "not allowed with" in result.err
+
+
+# -- images: label, before, since --------------------------------------------------------------
+
+
+def _dated(created: str, labels: dict[str, str], text: str) -> ImageBuilder:
+    return ImageBuilder(
+        [LayerBuilder().file("f", text.encode())],
+        created=created,
+        config_extra={"Labels": labels},
+    )
+
+
+DATED = {
+    "old": _dated("2020-01-01T00:00:00Z", {"team": "core", "tier": "gold"}, "old"),
+    "mid": _dated("2021-06-01T00:00:00+02:00", {"team": "core"}, "mid"),
+    "new": _dated("2022-01-01T00:00:00Z", {"team": "web", "tier": "gold=yes"}, "new"),
+    "undated": _dated("", {"team": "web"}, "undated"),
+}
+
+
+@pytest.fixture
+def dated(cli: Cli, tmp_path: Path) -> Cli:
+    write_oci_layout(tmp_path / "dated", DATED)
+    for tag in DATED:
+        assert cli("pull", "-q", f"oci:{tmp_path / 'dated'}:{tag}", "--name", f"{tag}:1").rc == 0
+    return cli
+
+
+def _names(cli: Cli, *filters: str) -> set[str]:
+    args = [f"--filter={f}" for f in filters]
+    doc = json.loads(ok(cli("images", "--json", *args)))
+    return {n.split("/")[-1] for i in doc for n in i["names"]}
+
+
+def test_label_filters(dated: Cli) -> None:
+    assert _names(dated, "label=team") == {"old:1", "mid:1", "new:1", "undated:1"}
+    assert _names(dated, "label=tier") == {"old:1", "new:1"}
+    assert _names(dated, "label=tier=gold") == {"old:1"}
+    assert _names(dated, "label=tier=gold=yes") == {"new:1"}  # the value may hold '='
+    assert _names(dated, "label=team=web") == {"new:1", "undated:1"}
+    assert _names(dated, "label=nope") == set()
+    # repeats OR; different keys AND
+    assert _names(dated, "label=tier=gold", "label=team=web") == {"old:1", "new:1", "undated:1"}
+    assert _names(dated, "label=team=core", "reference=mid") == {"mid:1"}
+
+
+def test_before_and_since_compare_created_times(dated: Cli) -> None:
+    assert _names(dated, "before=new:1") == {"old:1", "mid:1"}
+    assert _names(dated, "before=mid:1") == {"old:1"}  # 2021-05-31T22:00Z
+    assert _names(dated, "since=old:1") == {"mid:1", "new:1"}
+    assert _names(dated, "since=new:1") == set()  # strictly after: not itself
+    assert _names(dated, "since=old:1", "before=new:1") == {"mid:1"}
+    assert _names(dated, "before=mid:1", "before=new:1") == {"old:1", "mid:1"}  # OR
+    assert _names(dated, "since=old:1", "label=tier") == {"new:1"}
+    # by id or digest, as any image reference the store resolves
+    assert _names(dated, f"before={DATED['mid'].config_digest()[7:19]}") == {"old:1"}
+    assert _names(dated, f"since={DATED['mid'].manifest_digest()}") == {"new:1"}
+
+
+def test_filters_combine_with_quiet_and_no_trunc(dated: Cli) -> None:
+    ids = ok(dated("images", "-q", "--filter", "label=tier")).split()
+    assert sorted(ids) == sorted(DATED[t].config_digest()[7:19] for t in ("old", "new"))
+    full = ok(dated("images", "-q", "--no-trunc", "--filter", "since=old:1")).split()
+    assert sorted(full) == sorted(DATED[t].config_digest() for t in ("mid", "new"))
+    rows = ok(dated("images", "--no-trunc", "--filter", "before=mid:1")).splitlines()
+    assert len(rows) == 2 and DATED["old"].config_digest() in rows[1]
+
+
+@pytest.mark.parametrize(
+    "bad,said,rc",
+    [
+        ("label=", "label takes KEY or KEY=VALUE", 1),
+        ("colour=red", "unknown key 'colour' (before, dangling, label, reference, since)", 1),
+        ("before=nope:1", "image 'nope:1'", 1),
+        ("since=undated:1", "image 'undated:1' has no creation time", 1),
+    ],
+)
+def test_bad_filters_are_one_line(dated: Cli, bad: str, said: str, rc: int) -> None:
+    result = dated("images", "--filter", bad)
+    assert result.rc == rc and result.out == ""
+    lines = result.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("snapshotter: error: ") and said in lines[0]
 
 
 # -- a real image from ../shared/fixtures against skopeo -----------------------------------------
