@@ -737,7 +737,11 @@ class ImageBuilder:
 
     ``config_extra`` is merged into the config's ``config`` object (``Env``, ``Cmd``,
     ``Entrypoint``, ``WorkingDir``, ``User``, ``Labels`` ...). ``layer_compressions``, if
-    given, overrides ``compression`` per layer (same length as ``layers``).
+    given, overrides ``compression`` per layer (same length as ``layers``). ``history``, if
+    given, is the config's ``history`` verbatim (it may not match the layers: tests of a
+    short or long history want exactly that); by default each layer gets one entry
+    ``tests/builders.py layer N``. ``config_top`` is merged into the config's top level
+    (``author``, ``comment``, ``docker_version``, ``os.version`` ...).
     """
 
     layers: list[LayerBuilder] = field(default_factory=list)
@@ -750,6 +754,8 @@ class ImageBuilder:
     layer_compressions: list[Compression] | None = None
     zstd_frames: int = 2
     annotations: dict[str, str] | None = None
+    history: list[dict[str, Any]] | None = None
+    config_top: dict[str, Any] = field(default_factory=dict)
 
     def _compressions(self) -> list[Compression]:
         if self.layer_compressions is None:
@@ -784,12 +790,16 @@ class ImageBuilder:
         """OCI image config: created, architecture, os[, variant], config, rootfs, history."""
         cfg: dict[str, Any] = {"created": self.created}
         cfg.update(self.platform())
+        cfg.update(self.config_top)
         cfg["config"] = dict(self.config_extra)
         cfg["rootfs"] = {"type": "layers", "diff_ids": [lb.diff_id() for lb in self.layers]}
-        cfg["history"] = [
-            {"created": self.created, "created_by": f"tests/builders.py layer {i}"}
-            for i in range(len(self.layers))
-        ]
+        if self.history is not None:
+            cfg["history"] = list(self.history)
+        else:
+            cfg["history"] = [
+                {"created": self.created, "created_by": f"tests/builders.py layer {i}"}
+                for i in range(len(self.layers))
+            ]
         return _json(cfg)
 
     def config_digest(self) -> str:

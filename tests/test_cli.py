@@ -16,13 +16,15 @@ import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
 from conftest import REPO, run_snapshotter
 
-# In the order --help lists them: by family (cli/pull, cli/images, cli/registry, cli/mount).
+# In the order --help lists them: by family (cli/pull, cli/images, cli/inspect, cli/registry,
+# cli/mount).
 COMMANDS = [
     "pull",
     "images",
     "tag",
     "rmi",
     "prune",
+    "history",
     "inspect",
     "tags",
     "search",
@@ -62,7 +64,8 @@ EXPLAINS = {
     "tag": "another name",
     "rmi": "Remove names",
     "prune": "Remove dangling images",
-    "inspect": "record as JSON",
+    "history": "as docker history shows them",
+    "inspect": "docker's image inspect document",
     "tags": "List the tags of a repository",
     "search": "repositories in a registry's catalog",
     "login": "Verify USER/PASSWORD against REGISTRY",
@@ -376,7 +379,7 @@ def test_tag_rmi_and_inspect_speak_on_the_right_streams(cli, tmp_path):
     digest = json.loads(cli("pull", "--json", "-q", layout(tmp_path, "app")).out)["digest"]
     tagged = cli("tag", "localhost/app:1.0", "registry.example:5000/team/app:v2")
     assert (tagged.rc, tagged.out, tagged.err) == (0, "", "")
-    doc = json.loads(cli("inspect", "registry.example:5000/team/app:v2").out)
+    doc = json.loads(cli("inspect", "--record", "registry.example:5000/team/app:v2").out)
     assert doc["names"] == ["localhost/app:1.0", "registry.example:5000/team/app:v2"]
     assert doc["digest"] == digest and len(doc["layers"]) == 2
 

@@ -206,7 +206,7 @@ def test_inspect_and_platform_selection(cli: Cli, layout: Path) -> None:
         (("--platform", "linux/arm64/v8"), ARM64),
         (("--platform", "linux/amd64"), AMD64),
     ):
-        result = cli("inspect", *args, "app:multi")
+        result = cli("inspect", "--record", *args, "app:multi")
         assert result.rc == 0, result.err
         doc = json.loads(result.out)
         assert doc["digest"] == image.manifest_digest()
@@ -214,15 +214,15 @@ def test_inspect_and_platform_selection(cli: Cli, layout: Path) -> None:
         assert doc["index"]["digest"] == index_digest
         assert doc["index"]["platforms"] == ["linux/amd64", "linux/arm64/v8"]
     if HOST.architecture in BY_ARCH:
-        doc = json.loads(cli("inspect", "app:multi").out)
+        doc = json.loads(cli("inspect", "--record", "app:multi").out)
         assert doc["digest"] == BY_ARCH[HOST.architecture].manifest_digest()
     # The index's digest, and a prefix of it, address it too.
     hexpart = index_digest.removeprefix("sha256:")
     for text in (f"localhost/app@{index_digest}", hexpart[:12]):
-        result = cli("inspect", "--platform", "linux/arm64", text)
+        result = cli("inspect", "--record", "--platform", "linux/arm64", text)
         assert json.loads(result.out)["digest"] == ARM64.manifest_digest(), result.err
     # A child is an image of its own, by digest.
-    doc = json.loads(cli("inspect", ARM64.manifest_digest()).out)
+    doc = json.loads(cli("inspect", "--record", ARM64.manifest_digest()).out)
     assert "index" not in doc and doc["names"] == ["localhost/app:multi"]
 
     result = cli("inspect", "--platform", "linux/s390x", "app:multi")
@@ -495,7 +495,7 @@ def test_registry_docker_manifest_list(cli: Cli, store_root: Path, registry: Reg
     doc = _pull_json(cli, "--all-platforms", f"{registry.host}/app:list")
     assert doc["media_type"] == MT_DOCKER_LIST and doc["index"] is True
     assert [i["platform"] for i in doc["images"]] == ["linux/amd64", "linux/arm64/v8"]
-    result = cli("inspect", "--platform", "linux/arm64", f"{registry.host}/app:list")
+    result = cli("inspect", "--record", "--platform", "linux/arm64", f"{registry.host}/app:list")
     config = _stored(store_root, json.loads(result.out)["config"])
     assert json.loads(config)["config"]["Cmd"] == ["arm64"]
 

@@ -302,7 +302,9 @@ def test_registry_pull_equals_layout_pull(
     again = pulled(cli, images.oci(tag), root=tmp_path / "reg")
     assert again["reused"] == again["layers"] == len(img.layers) and again["unpacked"] == 0
     assert again["digest"] == from_registry["digest"]
-    record = json.loads(cli("inspect", f"{anon.host}/app:{tag}", root=tmp_path / "reg").out)
+    record = json.loads(
+        cli("inspect", "--record", f"{anon.host}/app:{tag}", root=tmp_path / "reg").out
+    )
     media = {layer["media_type"] for layer in record["layers"]}
     expected = {"base": {"gzip"}, "zstd": {"zstd"}, "mixed": {"gzip", "zstd", "tar"}}[tag]
     assert {m.rsplit(".", 1)[-1].split("+")[-1] for m in media} == expected
@@ -315,7 +317,7 @@ def test_docker_schema2_manifest_pulls_same_content(
     assert doc["id"] == images.base.config_digest()
     assert doc["diff_ids"] == diff_ids(images.base)
     assert doc["digest"] != images.base.manifest_digest()  # converted by skopeo
-    record = json.loads(cli("inspect", f"{anon.host}/app:docker").out)
+    record = json.loads(cli("inspect", "--record", f"{anon.host}/app:docker").out)
     assert record["media_type"] == "application/vnd.docker.distribution.manifest.v2+json"
 
 
@@ -332,7 +334,7 @@ def test_reference_forms_store_the_full_name(
     assert doc["digest"] == images.base.manifest_digest()
     listed = json.loads(cli("images", "--json").out)
     assert [i["names"] for i in listed] == [[ref]]
-    assert json.loads(cli("inspect", ref).out)["digest"] == doc["digest"]
+    assert json.loads(cli("inspect", "--record", ref).out)["digest"] == doc["digest"]
 
 
 def test_pull_by_digest(anon: Registry, images: Images, cli: Cli) -> None:

@@ -178,7 +178,7 @@ def test_inspect_addresses_an_image_by_name_digest_and_prefixes(cli, tmp_path):
         config_hex[:12],
         config,
     ):
-        result = cli("inspect", text)
+        result = cli("inspect", "--record", text)
         assert result.rc == 0, (text, result.err)
         record = json.loads(result.out)
         assert (record["digest"], record["config"], record["names"]) == (
@@ -186,7 +186,7 @@ def test_inspect_addresses_an_image_by_name_digest_and_prefixes(cli, tmp_path):
             config,
             ["localhost/app:1.0"],
         ), text
-    assert json.loads(cli("inspect", other["digest"]).out)["digest"] == other["digest"]
+    assert json.loads(cli("inspect", "--record", other["digest"]).out)["digest"] == other["digest"]
     for missing in ("localhost/app:2.0", "sha256:" + "0" * 64, "abcdef0123", "localhost/app"):
         result = cli("inspect", missing)
         assert result.rc == 1, missing
@@ -214,7 +214,7 @@ def test_ambiguous_prefix_is_refused_and_a_longer_one_works(cli, tmp_path):
     assert "matches 2 images" in one_line_error(result)
     n = next(n for n in range(4, 65) if da[7:][:n] != db[7:][:n])  # shortest unique length
     for digest in (da, db):
-        assert json.loads(cli("inspect", digest[7:][:n]).out)["digest"] == digest
+        assert json.loads(cli("inspect", "--record", digest[7:][:n]).out)["digest"] == digest
 
 
 # -- tag / rmi ---------------------------------------------------------------------------------
@@ -536,7 +536,7 @@ def test_pull_killed_at_any_moment_leaves_the_store_as_before_or_complete(cli, t
         if _comparable(now, store) == after:
             outcome = "complete"
             assert big.config_digest() in listed.out.split()
-            doc = json.loads(cli("inspect", big.manifest_digest(), root=store).out)
+            doc = json.loads(cli("inspect", "--record", big.manifest_digest(), root=store).out)
             assert all(complete_snapshot(store, lay["diff_id"]) for lay in doc["layers"])
         else:
             outcome = "before"

@@ -4,7 +4,8 @@ One module per command family, each with a ``register(sub)`` that adds its subco
 and binds each to its handler (``handler(store, args) -> int``):
 
 - ``pull``: pull.
-- ``images``: images, tag, rmi, prune, inspect.
+- ``images``: images, tag, rmi, prune.
+- ``inspect``: history, inspect (docker's; ``docker://REF`` without pulling).
 - ``mount``: mount, umount.
 - ``registry``: tags, search, login, logout (and the registry options pull shares).
 - ``diff``: diff (what a layer changed; two images' merged views, config, history).
@@ -40,7 +41,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import diff, images, mount, pull, registry
+    from . import diff, images, inspect, mount, pull, registry
 
     parser = _Parser(
         prog="snapshotter",
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"snapshotter {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for family in (pull, images, registry, mount, diff):
+    for family in (pull, images, inspect, diff, registry, mount):
         family.register(sub)
     return parser
 

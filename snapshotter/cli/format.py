@@ -10,6 +10,7 @@ import argparse
 import datetime
 import json
 import sys
+import unicodedata
 from collections.abc import Sequence
 
 from ..store.toc import EntryKind
@@ -35,6 +36,58 @@ def print_table(rows: Sequence[Sequence[str]], sep: str = "   ") -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print(sep.join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def char_width(c: str) -> int:
+    """Columns a character takes as docker counts them when it cuts text: 2 for East Asian
+    wide and fullwidth characters, else 1 (docker's ``formatter.charWidth``)."""
+    return 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
+
+
+def display_width(text: str) -> int:
+    """Columns ``text`` takes on a terminal (as go-runewidth, which docker's tables pad
+    with): wide characters 2, combining marks and format characters 0, others 1."""
+    width = 0
+    for c in text:
+        if unicodedata.category(c) in ("Mn", "Me", "Cf"):
+            continue
+        width += char_width(c)
+    return width
+
+
+def ellipsis(text: str, max_width: int) -> str:
+    """``text`` cut to ``max_width`` display columns with a final ``…``, exactly as
+    docker's ``formatter.Ellipsis`` cuts CREATED BY (a wide character counts 2, so a cut
+    line may be one column short)."""
+    if max_width <= 0:
+        return ""
+    if max_width == 1:
+        return text[:1]
+    widths = [char_width(c) for c in text]
+    if sum(widths) <= max_width:
+        return text
+    used = 0
+    for i, w in enumerate(widths):
+        if used + w > max_width - 1:
+            return text[:i] + "…"
+        used += w
+    return text
+
+
+def print_docker_table(rows: Sequence[Sequence[str]]) -> None:
+    """A table spaced exactly as docker's (its tabwriter with minwidth 10 and padding 3):
+    every column but the last is padded to max(10, widest cell + 3) display columns, the
+    last is not padded; the first row is the header.  Unlike ``print_table``, lines keep
+    docker's trailing blanks when the last cell is empty."""
+    if not rows:
+        return
+    count = len(rows[0])
+    widths = [max(10, max(display_width(row[i]) for row in rows) + 3) for i in range(count - 1)]
+    for row in rows:
+        cells = [
+            cell + " " * (w - display_width(cell)) for cell, w in zip(row[:-1], widths, strict=True)
+        ]
+        print("".join(cells) + row[-1])
 
 
 def human_size(n: int) -> str:

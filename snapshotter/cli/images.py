@@ -1,17 +1,20 @@
-"""Commands over the store's images: images, tag, rmi, prune, inspect."""
+"""Commands over the store's images: images, tag, rmi, prune."""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import re
 import sys
 
-from ..errors import InUse, InvalidReference, NotFound
-from ..oci.model import Platform
+from ..errors import InUse, InvalidReference, NotFound, StoreCorrupt
+from ..explore.inspect import image_labels
+from ..oci.digest import Digest
+from ..oci.model import JSONObject, load_json
 from ..oci.reference import Reference, familiar_repository, reference_pattern, split_name
 from ..store.store import ImageRecord, State, Store, check_not_in_use, in_use
 from . import EXIT_ERROR, EXIT_OK
-from .format import ago, human_size, print_json, print_table
+from .format import ago, human_size, parse_time, print_json, print_table
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,7 +37,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="dangling=true|false, reference=PATTERN (glob, as docker's)",
+        help="dangling=true|false; reference=PATTERN (glob, as docker's); label=KEY or "
+        "label=KEY=VALUE (the image config's labels); before=IMAGE, since=IMAGE (created "
+        "strictly before or after IMAGE's config 'created' time). Repeats of one key match "
+        "any of their values (OR); different keys must all match (AND)",
     )
     p.set_defaults(handler=cmd_images)
 
@@ -77,20 +83,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="print what was removed as JSON")
     p.set_defaults(handler=cmd_prune)
 
-    p = sub.add_parser(
-        "inspect",
-        help="show an image's record as JSON",
-        description=(
-            "Print an image's record as JSON: names, manifest digest, config, platform, "
-            "and each layer's digest, diff_id, media type and size. A name of an image "
-            "index gives the image for the host's platform, or --platform's, with the "
-            "index's digest under 'index'."
-        ),
-    )
-    p.add_argument("image", metavar="IMAGE")
-    p.add_argument("--platform", help="OS/ARCH[/VARIANT] to pick from an index")
-    p.set_defaults(handler=cmd_inspect)
-
 
 def _image_rows(names: list[str]) -> list[tuple[str, str]]:
     if not names:
@@ -98,11 +90,22 @@ def _image_rows(names: list[str]) -> list[tuple[str, str]]:
     return [(familiar_repository(split_name(n)[0]), split_name(n)[1]) for n in names]
 
 
-def _filter_images(state: State, filters: list[str]) -> list[tuple[ImageRecord, list[str]]]:
-    """Images that pass ``filters`` (docker's: keys AND, repeated reference= OR), newest
-    first, each with the names to show: with reference filters, only the matching ones."""
+def _filter_images(
+    store: Store, state: State, filters: list[str]
+) -> list[tuple[ImageRecord, list[str]]]:
+    """Images that pass ``filters``, newest pull first, each with the names to show: with
+    reference filters, only the matching ones.
+
+    Repeats of one key OR, different keys AND.  ``label=K`` / ``label=K=V`` look at the
+    image config's labels; ``before=IMG`` / ``since=IMG`` compare the image config's
+    ``created`` with IMG's (strictly: IMG itself never matches), as docker compares its
+    Created; an image without a creation time matches neither.
+    """
     dangling: bool | None = None
     patterns: list[re.Pattern[str]] = []
+    labels: list[tuple[str, str | None]] = []
+    before: list[datetime.datetime] = []
+    since: list[datetime.datetime] = []
     for text in filters:
         key, sep, value = text.partition("=")
         if not sep:
@@ -113,8 +116,17 @@ def _filter_images(state: State, filters: list[str]) -> list[tuple[ImageRecord, 
             dangling = value in ("true", "1")
         elif key == "reference":
             patterns.append(reference_pattern(value))
+        elif key == "label":
+            label, has_value, wanted = value.partition("=")
+            if not label:
+                raise InvalidReference(f"filter {text!r}: label takes KEY or KEY=VALUE")
+            labels.append((label, wanted if has_value else None))
+        elif key in ("before", "since"):
+            (before if key == "before" else since).append(_created_of(store, state, text, value))
         else:
-            raise InvalidReference(f"filter {text!r}: unknown key {key!r} (dangling, reference)")
+            raise InvalidReference(
+                f"filter {text!r}: unknown key {key!r} (before, dangling, label, reference, since)"
+            )
 
     def matches(name: str) -> bool:
         repo, tag = split_name(name)
@@ -132,13 +144,42 @@ def _filter_images(state: State, filters: list[str]) -> list[tuple[ImageRecord, 
             names = [n for n in names if matches(n)]
             if not names:
                 continue
+        if labels:
+            have = image_labels(_config(store, record))
+            if not any(k in have and (v is None or have[k] == v) for k, v in labels):
+                continue
+        if before or since:
+            created = parse_time(record.created)
+            if created is None:
+                continue
+            if before and not any(created < t for t in before):
+                continue
+            if since and not any(created > t for t in since):
+                continue
         out.append((record, names))
     return out
 
 
+def _config(store: Store, record: ImageRecord) -> JSONObject:
+    try:
+        raw = store.read_blob(Digest.parse(record.config))
+    except FileNotFoundError as exc:
+        raise StoreCorrupt(f"image {record.digest}: config {record.config} is missing") from exc
+    return load_json(raw, f"config {record.config}")
+
+
+def _created_of(store: Store, state: State, text: str, image: str) -> datetime.datetime:
+    """The creation time of the image a before=/since= filter names."""
+    record, _ = store.resolve_image(state, image)
+    created = parse_time(record.created)
+    if created is None:
+        raise InvalidReference(f"filter {text!r}: image {image!r} has no creation time")
+    return created
+
+
 def cmd_images(store: Store, args: argparse.Namespace) -> int:
     state = store.current_state()
-    images = _filter_images(state, args.filter)
+    images = _filter_images(store, state, args.filter)
     mounted = in_use(store) if args.json else {}
     if args.json:
         named = state.reachable()
@@ -295,24 +336,4 @@ def cmd_prune(store: Store, args: argparse.Namespace) -> int:
             f"Removed {len(removed)} images, {len(report.snapshots)} snapshots, "
             f"{len(report.blobs)} blobs; total reclaimed space: {human_size(report.freed)}"
         )
-    return EXIT_OK
-
-
-def cmd_inspect(store: Store, args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
-    state = store.read_state()
-    platform = Platform.parse(args.platform) if args.platform else None
-    record, index = store.resolve_image(state, args.image, platform)
-    doc = asdict(record)
-    doc["names"] = state.all_names_of(record.digest)
-    doc["size"] = record.size
-    if index is not None:
-        doc["index"] = {
-            "digest": index.digest,
-            "media_type": index.media_type,
-            "names": state.names_of(index.digest),
-            "platforms": [e.platform for e in index.manifests],
-        }
-    print_json(doc)
     return EXIT_OK
