@@ -61,9 +61,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "is then the layer's compressed size, the only one known."
         ),
         epilog=(
-            "Sizes are docker's (4.62kB) on a terminal and exact bytes when stdout is a pipe, "
-            "unless -H/--bytes say otherwise; --format json is docker's JSON Lines (sizes "
-            "human unless -H=false or --bytes). -H=false, -H false and --human=false all work."
+            "Sizes are docker's (4.62kB), on a terminal or not, unless -H=false or --bytes; "
+            "--format json is docker's JSON Lines. -H=false, -H false and --human=false all "
+            "work."
         ),
     )
     # nargs="?" only so that "-H IMAGE" works (see _HumanAction); IMAGE is required.
@@ -228,10 +228,8 @@ def cmd_history(store: Store, args: argparse.Namespace) -> int:
             ]
         )
         return EXIT_OK
-    if args.human is None:
-        human_sizes = not args.bytes and sys.stdout.isatty()
-    else:
-        human_sizes = args.human and not args.bytes
+    # docker's: human sizes whether or not stdout is a terminal, unless -H=false.
+    human_sizes = args.human is not False and not args.bytes
     table = [["IMAGE", "CREATED" if human_dates else "CREATED AT", "CREATED BY", "SIZE", "COMMENT"]]
     for ident, row in zip(ids, rows, strict=True):
         table.append(
