@@ -487,3 +487,17 @@ def test_a_row_is_made_only_by_a_change():
     assert found.final is not None and found.final.mode == 0o750
     found = trace([toc(root, gone)], "x", lambda n, e: "")
     assert found.changes == () and found.final is None
+
+
+def test_on_a_terminal_created_by_is_cut_to_fit_unless_no_trunc(tmp_path, cli, store_root):
+    from test_explore_files import on_terminal
+
+    long = "RUN apt-get update && apt-get install -y " + " ".join(f"pkg{i}" for i in range(40))
+    img = StoryImage([LayerBuilder().file("f", b"1" * 5000)], history=[long])
+    layout = write_oci_layout(tmp_path / "l", {"1": img})
+    assert cli("pull", "-q", f"oci:{layout}:1", "--name", "long:1").rc == 0
+    lines = on_terminal("--root", str(store_root), "blame", "long:1", "/f", columns=70)
+    row = lines.splitlines()[1]
+    assert row.endswith("…") and len(row) == 70 and row.split()[2] == "5kB"
+    lines = on_terminal("--root", str(store_root), "blame", "--no-trunc", "long:1", "/f")
+    assert lines.splitlines()[1].endswith("pkg39")

@@ -9,16 +9,20 @@ streams content from the store, and names the layer that deleted a path.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
 import os
+import pty
 import random
 import stat
+import struct
 import subprocess
 import sys
 import tarfile
 import tempfile
+import termios
 from collections.abc import Callable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -149,7 +153,11 @@ def files_layers(host_file: Path) -> list[LayerBuilder]:
     )
     l3 = LayerBuilder().file("etc/f", b"three\n")
     l4 = LayerBuilder().whiteout("etc/f").whiteout("gone")
-    l5 = LayerBuilder(format=tarfile.USTAR_FORMAT).file("caf\udce9", b"latin-1 name")
+    l5 = (
+        LayerBuilder(format=tarfile.USTAR_FORMAT)
+        .file("caf\udce9", b"latin-1 name")
+        .file("ctl\nname\x1b[31m", b"control characters")
+    )
     return [l1, l2, l3, l4, l5]
 
 
@@ -187,21 +195,25 @@ def digest_of_image(store: Path) -> str:
 def test_ls_lists_a_directory_as_absolute_paths(run):
     result = run("ls", "files:1")
     assert result.rc == 0, result.err
-    assert result.out.splitlines() == [
-        "/big",
-        "/bin",
-        "/caf\udce9",
-        "/d2f",
-        "/dev",
-        "/empty",
-        "/etc",
-        "/hl",
-        "/home",
-        "/links",
-        "/opq",
-        "/sparse",
-        "/x",
-    ]
+    assert result.out == "\n".join(
+        [
+            "/big",
+            "/bin",
+            "/caf\udce9",
+            "/ctl\nname\x1b[31m",
+            "/d2f",
+            "/dev",
+            "/empty",
+            "/etc",
+            "/hl",
+            "/home",
+            "/links",
+            "/opq",
+            "/sparse",
+            "/x",
+            "",
+        ]
+    )
     assert run("ls", "files:1", "/etc").out == "/etc/passwd\n"
     assert run("ls", "files:1", "etc/").out == "/etc/passwd\n"
     assert run("ls", "files:1", "/etc/passwd").out == "/etc/passwd\n"  # a file: itself
@@ -216,7 +228,7 @@ def test_ls_recursive_is_depth_first_in_name_order(run):
     assert lines[:4] == ["/big", "/bin", "/bin/sh", "/caf\udce9"]
     assert lines.index("/dev") + 1 == lines.index("/dev/fifo")
     assert "/etc/f" not in lines and "/gone" not in lines and "/opq/old" not in lines
-    assert len(lines) == len(set(lines)) == 81
+    assert len(lines) == len(set(lines)) == 83  # the ctl name is two lines
 
 
 def test_ls_long_columns(run):
@@ -362,11 +374,40 @@ def test_ls_writes_names_as_the_bytes_the_image_holds(store):
     assert result.returncode == 1
 
 
-def test_on_a_terminal_control_characters_show_as_question_marks():
-    from snapshotter.cli.files import _shown
+def on_terminal(*args: str, columns: int = 80) -> str:
+    """The command with stdout on a pseudo-terminal ``columns`` wide; what it showed."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {**os.environ, "COLUMNS": str(columns)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snapshotter.cli", *args],
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+        env=env,
+    )
+    os.close(slave)
+    shown = bytearray()
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:  # EIO: the terminal's other side is closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    assert proc.wait() == 0, err
+    os.close(master)
+    return shown.decode("utf-8", "replace").replace("\r\n", "\n")
 
-    assert _shown("/a\nb\x1b[31m\udce9\x7f", tty=True) == "/a?b?[31m??"
-    assert _shown("/a\nb", tty=False) == "/a\nb"
+
+def test_on_a_terminal_control_characters_and_bad_bytes_show_as_question_marks(store):
+    shown = on_terminal("--root", str(store), "ls", "files:1").splitlines()
+    assert "/caf?" in shown and "/ctl?name?[31m" in shown
+    long = on_terminal("--root", str(store), "ls", "-l", "files:1", "/big").splitlines()
+    assert long[1].split()[2] == "10.5MB"  # human sizes on a terminal
 
 
 # -- ls against the real mount ------------------------------------------------------------------
