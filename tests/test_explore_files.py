@@ -722,4 +722,7 @@ def test_resolution_reports_where_it_stopped(store):
     found = resolve(tree, "/links/dirlink/nope/../x")
     assert (found.failure, found.path, found.at) == (Failure.MISSING, "etc/x", "etc/nope")
     assert resolve(tree, "/etc/passwd/").failure is Failure.NOT_DIR
+    assert resolve(tree, "/links/dirlink/.", follow=False).path == "etc"  # as "dirlink/"
+    assert resolve(tree, "/links/dirlink", follow=False).path == "links/dirlink"
+    assert resolve(tree, "/links/todir/").path == "etc"
     assert resolve(tree, "/../..").path == ""

@@ -56,15 +56,20 @@ def _join(*parts: str) -> str:
 
 def resolve(tree: MergedTree, path: str, *, follow: bool = True) -> Resolution:
     """Resolve ``path`` in ``tree`` as a chroot into the image would.  Symlinks among the
-    parents are always followed; the last name only when ``follow`` (or when the path
-    ends in ``/``, which also requires a directory, as POSIX has it)."""
+    parents are always followed; the last name only when ``follow``, or when the path
+    ends in ``/`` (or ``/.``), which also requires a directory, as POSIX has it."""
     todo = split_path(path)[::-1]  # names still to walk, the next one last
-    if path.endswith("/") and todo:
-        follow = True
-    must_be_dir = path.endswith("/")
+    must_be_dir = path.endswith(("/", "/.")) or path == "."
+    follow = follow or must_be_dir
     reached: list[tuple[str, int]] = []  # the directories walked into, below the root
     here = ROOT_INODE
     links = 0
+
+    def failed(failure: Failure, name: str) -> Resolution:
+        parent = "/".join(n for n, _ in reached)
+        wanted = _join(parent, name, *reversed(todo))
+        return Resolution(normalize_path(wanted), failure=failure, at=_join(parent, name))
+
     while todo:
         name = todo.pop()
         if name == "..":
@@ -72,37 +77,27 @@ def resolve(tree: MergedTree, path: str, *, follow: bool = True) -> Resolution:
                 reached.pop()
             here = reached[-1][1] if reached else ROOT_INODE
             continue
-        parent = "/".join(n for n, _ in reached)
         child = tree.lookup_inode(here, name)
-        wanted = _join(parent, name, *reversed(todo))
         if child is None:
-            return Resolution(
-                normalize_path(wanted), failure=Failure.MISSING, at=_join(parent, name)
-            )
+            return failed(Failure.MISSING, name)
         kind = tree.stat(child).kind
         last = not todo
         if kind is EntryKind.SYMLINK and (follow or not last):
             links += 1
             if links > MAX_SYMLINKS:
-                return Resolution(
-                    normalize_path(wanted), failure=Failure.LOOP, at=_join(parent, name)
-                )
+                return failed(Failure.LOOP, name)
             target = tree.node(child).link
             if not target:  # Linux: an empty target names nothing
-                return Resolution(
-                    normalize_path(wanted), failure=Failure.MISSING, at=_join(parent, name)
-                )
+                return failed(Failure.MISSING, name)
             if target.startswith("/"):
                 reached.clear()
                 here = ROOT_INODE
             todo.extend(reversed(split_path(target)))
-            if target.endswith("/"):
-                must_be_dir = must_be_dir or last
+            if last and target.endswith(("/", "/.")):
+                must_be_dir = True
             continue
         if (not last or must_be_dir) and kind is not EntryKind.DIR:
-            return Resolution(
-                normalize_path(wanted), failure=Failure.NOT_DIR, at=_join(parent, name)
-            )
+            return failed(Failure.NOT_DIR, name)
         reached.append((name, child))
         here = child
     return Resolution("/".join(n for n, _ in reached), here)
