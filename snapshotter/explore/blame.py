@@ -76,8 +76,7 @@ class Change:
     cause: str  # the path whose entry did it: the path itself or an ancestor
     implied: bool  # the layer's entry is a directory implied by a child's path
     opaque: bool  # the path's own entry is an opaque directory over a lower directory
-    same_content: bool  # a regular file written again with the digest it had (a symlink:
-    # the same target)
+    same_content: bool  # written again as it was: a file's digest, a symlink's target
     hardlinks: tuple[str, ...]  # other paths of the same toc inode in this layer
     created_by: str  # the history entry of the layer ("" when it has none)
 
