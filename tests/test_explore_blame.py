@@ -249,6 +249,7 @@ def test_a_directory_replaced_by_a_file(story):
     assert rows(story, "/d2f/child") == [(1, "added"), (2, "replaced")]
     assert blame_json(story, "/d2f/child")["rows"][1]["cause"] == "/d2f"
     assert "replaced [/d2f is no directory]" in run("blame", "story:1", "/d2f/child").out
+    assert "modified [was a dir]" in run("blame", "story:1", "/d2f").out
     doc = blame_json(story, "/d2f")
     assert [(r["layer"], r["action"], r["kind"]) for r in doc["rows"]] == [
         (1, "added", "dir"),

@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
 from conftest import REPO, CliResult
+from test_explore_blame import StoryImage
 
 from snapshotter.cli.format import rfc3339_ns
 from snapshotter.explore.files import MAX_SYMLINKS, Failure, resolve
@@ -662,6 +663,21 @@ def test_cat_errors_are_one_line_exit_1(store):
     for path, message in cases.items():
         rc, out, err = run_binary(store, "cat", "files:1", path)
         assert (rc, out, err) == (1, b"", f"snapshotter: error: image {digest}: {message}\n"), path
+
+
+def test_a_deleted_path_is_named_on_one_line_whatever_the_history_says(tmp_path, cli):
+    created_by = "RUN\tapt-get install \\\n  " + "x" * 300
+    img = StoryImage(
+        [LayerBuilder().file("f", b"1"), LayerBuilder().whiteout("f")],
+        history=["ADD f /", created_by],
+    )
+    layout = write_oci_layout(tmp_path / "l", {"1": img})
+    assert cli("pull", "-q", f"oci:{layout}:1", "--name", "d:1").rc == 0
+    result = cli("cat", "d:1", "/f")
+    assert result.rc == 1 and len(result.err.splitlines()) == 1
+    shown = result.err.split("(created by: ")[1]
+    assert shown.startswith("RUN apt-get install \\   xxx") and shown.endswith("x…)\n")
+    assert len(shown) == 100 + 2
 
 
 def test_cat_as_of_a_layer_shows_overwritten_and_deleted_versions(store):

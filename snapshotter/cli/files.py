@@ -355,7 +355,8 @@ def _short(digest: str) -> str:
     return digest.partition(":")[2][:12] if digest else "-"
 
 
-def _notes(change: blame_mod.Change, path: str) -> list[str]:
+def _notes(change: blame_mod.Change, path: str, before: blame_mod.Version | None) -> list[str]:
+    """What the ACTION cell says in [brackets]; ``before``: the path's previous version."""
     notes: list[str] = []
     if change.cause != path:
         cause = display_path(change.cause)
@@ -366,6 +367,8 @@ def _notes(change: blame_mod.Change, path: str) -> list[str]:
         elif change.action is blame_mod.Action.WHITEOUT:
             notes.append(f"{cause} whited out")
     version = change.version
+    if version is not None and before is not None and version.kind is not before.kind:
+        notes.append(f"was a {kind_name(before.kind)}")
     if change.same_content:
         notes.append(
             "same target" if version and version.kind is EntryKind.SYMLINK else "same content"
@@ -385,17 +388,14 @@ def _notes(change: blame_mod.Change, path: str) -> list[str]:
     return notes
 
 
-def _one_line(text: str) -> str:
-    """CREATED BY on one table row: tabs, newlines and other controls as spaces."""
-    return "".join(" " if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 else c for c in text)
-
-
 def _blame_table(image: StoredImage, found: blame_mod.Blame, human: bool, no_trunc: bool) -> None:
     tty = sys.stdout.isatty()
     rows: list[list[str]] = [["LAYER", "ACTION", "SIZE", "DIGEST", "CREATED BY"]]
+    before: blame_mod.Version | None = None
     for change in found.changes:
         action = change.action.value
-        notes = _notes(change, found.path)
+        notes = _notes(change, found.path, before)
+        before = change.version
         if notes:
             action += " [" + "; ".join(notes) + "]"
         version = change.version
@@ -409,7 +409,7 @@ def _blame_table(image: StoredImage, found: blame_mod.Blame, human: bool, no_tru
                 if version is not None and version.kind is EntryKind.FILE
                 else "-",
                 _short(version.digest) if version is not None else "-",
-                _one_line(created_by),
+                files.one_line(created_by),
             ]
         )
     view = found.view

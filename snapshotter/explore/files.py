@@ -123,7 +123,7 @@ def locate(image: StoredImage, path: str, upto: int | None = None, *, follow: bo
         raise NotFound(f"{where}: {display_path(found.at)!r}: {found.failure.value}")
     gone = removal(image, found.path, upto)
     if gone is not None:
-        created_by = gone.created_by or "(missing)"
+        created_by = one_line(gone.created_by, CREATED_BY_IN_ERRORS) or "(missing)"
         raise NotFound(
             f"{where}: {display_path(found.path)!r} was deleted in layer {gone.layer} "
             f"{_how(gone, found.path)} (created by: {created_by})"
@@ -134,6 +134,18 @@ def locate(image: StoredImage, path: str, upto: int | None = None, *, follow: bo
             f"({display_path(found.at)!r} is not a directory)"
         )
     raise NotFound(f"{where}: no such path {display_path(found.path)!r}")
+
+
+def one_line(text: str, limit: int | None = None) -> str:
+    """``text`` (a history's created_by) for one line: tabs, newlines and other control
+    characters as spaces; cut to ``limit`` characters with "…" when longer."""
+    text = "".join(c if c.isprintable() else " " for c in text)
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
+
+
+CREATED_BY_IN_ERRORS = 100  # characters of created_by an error message shows ('blame': all)
 
 
 def _how(gone: Change, path: str) -> str:
@@ -241,6 +253,7 @@ __all__ = [
     "Resolution",
     "listing",
     "locate",
+    "one_line",
     "regular_file",
     "resolve",
     "walk_below",
