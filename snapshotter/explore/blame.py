@@ -4,8 +4,9 @@
 ``view/merge.py`` applies to whole trees, narrowed to the path and its ancestors:
 
 - an entry at the path writes it: ``added`` when nothing was there, ``modified`` when
-  something was (even with equal content; a non-directory always replaces, a directory
-  over a directory takes the new owner, mode, mtime and xattrs and keeps its children);
+  something was (a non-directory always replaces: a row even with equal content); a
+  directory over a directory takes the new owner, mode, mtime and xattrs and keeps its
+  children: a row when one of them changed (or it is opaque: its lower children go);
 - a whiteout at the path removes it: ``deleted (whiteout)``;
 - an ancestor's entry can remove it: a whiteout (``deleted (whiteout)``), an opaque
   directory (``deleted (opaque directory)``), or a non-directory replacing the directory
@@ -219,6 +220,16 @@ def trace(
             elif entry.kind is EntryKind.DIR and state is not None and state.kind is EntryKind.DIR:
                 opaque = entry.opaque
                 if not entry.implied:
+                    # Merge takes the entry's metadata (and its layer) either way; a row
+                    # only when that changed something, or the lower children went.
+                    meta = (entry.mode, entry.uid, entry.gid, entry.mtime_ns, entry.xattrs)
+                    written = opaque or meta != (
+                        state.mode,
+                        state.uid,
+                        state.gid,
+                        state.mtime_ns,
+                        state.xattrs,
+                    )
                     state = replace(
                         state,
                         layer=number,
@@ -228,7 +239,6 @@ def trace(
                         mtime_ns=entry.mtime_ns,
                         xattrs=entry.xattrs,
                     )
-                    written = True
                 elif opaque:
                     written = True  # no metadata of its own, but the lower children went
             else:
