@@ -97,8 +97,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "blame",
         help="show which layers added, changed or deleted a path",
         description=(
-            "One row per layer that changed PATH: added, modified (written again, even "
-            "with the same content), deleted (whiteout), deleted (opaque directory), or "
+            "One row per layer that changed PATH: added, modified (a non-directory "
+            "written again, even with the same content; a directory whose owner, mode, "
+            "mtime or xattrs changed), deleted (whiteout), deleted (opaque directory), or "
             "replaced (a parent became a non-directory); the last row is what the merged "
             "view shows. Notes in [brackets]: which parent removed it, same content, "
             "hardlink partners, symlink targets, opaque and implied directories. PATH "
