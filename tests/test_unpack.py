@@ -8,6 +8,7 @@ every case nothing outside the store changes.
 
 from __future__ import annotations
 
+import gc
 import gzip
 import hashlib
 import io
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import tarfile
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import FrozenInstanceError, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import zstandard
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
 from conftest import tree_state
 
-from snapshotter.errors import DigestMismatch, UnsafeArchive
+from snapshotter.errors import DigestMismatch, StoreCorrupt, UnsafeArchive
 from snapshotter.oci.digest import Digest
 from snapshotter.store.toc import EntryKind, Toc, TocEntry
 from snapshotter.store.unpack import UnpackResult, unpack_layer
@@ -264,6 +265,60 @@ def test_a_version_1_toc_without_digests_is_still_read(tmp_path):
     old = Toc.read(path)
     assert old.by_path()["a"].digest == ""
     assert [replace(e, digest="") for e in toc.entries] == list(old.entries)
+
+
+def write_toc_doc(path: Path, rows: list[Any], version: int = 2) -> Path:
+    doc = {"version": version, "diff_id": "sha256:" + "0" * 64, "entries": rows}
+    path.write_bytes(zstandard.ZstdCompressor().compress(json.dumps(doc).encode()))
+    return path
+
+
+def test_toc_read_takes_every_row_as_from_row_does(tmp_path):
+    # Toc.read sets plain rows slot by slot; anything else must still go through from_row.
+    plain = ["a", "-", 0o644, 1, 2, 3, 4, 5, "", 0, 0, 0, 0, "sha256:" + "a" * 64]
+    odd_rows = [
+        plain,
+        ["b", "l", 0o777, 0, 0, 0, 0, 6, "target", 0, 0, 0, 0, ""],
+        ["c", "c", True, 0, 0, 0, 0, 7, "", 1, 3, 0, 0, ""],  # a bool is not an int here
+        ["d", "-", 0o600, "5", 0, 1.0, 0, 8, "", 0, 0, 0, 0, ""],  # converted as from_row
+        ["e", "-", 0o600, 0, 0, 0, 0, 9, "", 0, 0, 0, [["user.k", "dg=="]], ""],  # xattrs
+        ["f", "d", 0o755, 0, 0, 0, 0, 10, "", 0, 0, 3, 0, ""],
+        ["g", "-", 0o644, 0, 0, 0, 0, 11, "", 0, 0, 0, 0],  # a version 1 row
+        [7, "p", 0o644, 0, 0, 0, 0, 12, None, 0, 0, 0, None, None],  # str() of odd values
+    ]
+    toc = Toc.read(write_toc_doc(tmp_path / "t.zst", odd_rows))
+    expected = tuple(TocEntry.from_row(r) for r in odd_rows)
+    assert toc.entries == expected
+    for got, want in zip(toc.entries, expected, strict=True):
+        assert [type(getattr(got, f)) for f in TocEntry.__slots__] == [
+            type(getattr(want, f)) for f in TocEntry.__slots__
+        ]
+    assert toc.entries[2].mode == 1 and type(toc.entries[2].mode) is int
+    assert toc.entries[4].xattrs == (("user.k", b"v"),)
+    assert hash(toc.entries[0]) == hash(TocEntry.from_row(plain))
+    assert gc.isenabled()  # read with the collector off, which it turns back on
+    with pytest.raises(FrozenInstanceError):
+        toc.entries[0].mode = 0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        ["a", "z", 0, 0, 0, 0, 0, 1, "", 0, 0, 0, 0, ""],  # unknown kind
+        ["a", ["-"], 0, 0, 0, 0, 0, 1, "", 0, 0, 0, 0, ""],  # unhashable kind
+        ["a", "-", "x", 0, 0, 0, 0, 1, "", 0, 0, 0, 0, ""],  # not a number
+        ["a", "-", None, 0, 0, 0, 0, 1, "", 0, 0, 0, 0, ""],
+        ["a", "-", 0, 0, 0, 0, 0, 1, "", 0, 0, 0, 1, ""],  # xattrs must be 0 or a list
+        ["a", "-", 0, 0, 0, 0, 0, 1, "", 0, 0, 0, 0, "", "extra"],
+        ["a", "-", 0],
+        {"path": "a"},
+        "a",
+    ],
+)
+def test_toc_read_refuses_a_bad_row_as_store_corrupt(tmp_path, row):
+    with pytest.raises(StoreCorrupt, match="unreadable"):
+        Toc.read(write_toc_doc(tmp_path / "t.zst", [row]))
+    assert gc.isenabled()
 
 
 def test_missing_final_padding_is_read_like_go_but_cut_content_is_refused(tmp_path):

@@ -8,6 +8,7 @@ and binds each to its handler (``handler(store, args) -> int``):
 - ``inspect``: history, inspect (docker's; ``docker://REF`` without pulling).
 - ``mount``: mount, umount.
 - ``registry``: tags, search, login, logout (and the registry options pull shares).
+- ``files``: ls, cat, blame.
 - ``diff``: diff (what a layer changed; two images' merged views, config, history).
 - ``format``: sizes, ages, tables and ``--json``, shared by all.
 
@@ -41,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import diff, images, inspect, mount, pull, registry
+    from . import diff, files, images, inspect, mount, pull, registry
 
     parser = _Parser(
         prog="snapshotter",
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"snapshotter {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for family in (pull, images, inspect, diff, registry, mount):
+    for family in (pull, images, inspect, files, diff, registry, mount):
         family.register(sub)
     return parser
 
