@@ -23,6 +23,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -155,6 +156,10 @@ def content(tar: Path) -> dict[str, bytes]:
                 assert f is not None
                 out[info.name] = f.read()
         return out
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def snapshotter_cmd(*args: str) -> list[str]:
@@ -485,7 +490,7 @@ def test_layer_n_is_the_image_as_of_layer_n(cli, tmp_path):
         pull(cli, tmp_path, layers[:n], f"example.com/first{n}:1")
         ours = export(cli, tmp_path / f"layer{n}.tar", NAME, "--layer", str(n))
         alone = export(cli, tmp_path / f"first{n}.tar", f"example.com/first{n}:1")
-        assert ours.read_bytes() == alone.read_bytes()
+        assert sha256_file(ours) == sha256_file(alone)
     empty = export(cli, tmp_path / "empty.tar", NAME, "--layer", "0")
     root = members(empty)
     assert len(root) == 1 and (root[0].name, root[0].mode, root[0].mtime) == (".", 0o755, 0)
@@ -549,57 +554,78 @@ def test_stdout_pipe_gets_the_same_bytes_as_o_file(cli, store_root, tmp_path, sm
             cwd=REPO,
         )
         assert result.returncode == 0, result.stderr
-        assert result.stdout == tar.read_bytes() and result.stderr == b""
+        assert hashlib.sha256(result.stdout).hexdigest() == sha256_file(tar)
+        assert result.stderr == b""
+
+
+def on_a_terminal(args: list[str], *, stderr_too: bool = False) -> tuple[int, bytes, bytes]:
+    """Run ``snapshotter ARGS`` with stdout (and ``stderr_too``: stderr) on a pty: exit
+    status, what reached the terminal, stderr otherwise.  The pty is drained as the
+    command runs, so a command that wrongly writes a tar there ends instead of blocking."""
+    master, slave = pty.openpty()
+    shown: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every slave end is closed
+                return
+            if not data:
+                return
+            shown.append(data)
+
+    proc = None
+    try:
+        proc = subprocess.Popen(
+            snapshotter_cmd(*args),
+            stdout=slave,
+            stderr=slave if stderr_too else subprocess.PIPE,
+            cwd=REPO,
+        )
+        os.close(slave)
+        slave = -1
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        _, err = proc.communicate(timeout=120)
+        reader.join(30)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    return proc.returncode, b"".join(shown), err or b""
 
 
 def test_refuses_to_write_to_a_terminal(store_root, tmp_path, small):
     for extra in ([], ["-o", "-"]):
-        master, slave = pty.openpty()
-        try:
-            result = subprocess.run(
-                snapshotter_cmd("--root", str(store_root), "export", NAME, *extra),
-                stdout=slave,
-                stderr=subprocess.PIPE,
-                cwd=REPO,
-            )
-            os.set_blocking(master, False)
-            try:
-                written = os.read(master, 4096)
-            except BlockingIOError:
-                written = b""
-        finally:
-            os.close(slave)
-            os.close(master)
-        assert result.returncode == 1
-        assert result.stderr.decode().splitlines() == [
+        rc, shown, err = on_a_terminal(["--root", str(store_root), "export", NAME, *extra])
+        assert rc == 1
+        assert err.decode().splitlines() == [
             "snapshotter: error: export: refusing to write a tar to a terminal; "
             "use -o FILE or redirect stdout"
         ]
-        assert written == b""
+        assert shown == b""
 
 
 def test_o_file_with_stdout_on_a_terminal_works_and_shows_progress(store_root, tmp_path, small):
-    master, slave = pty.openpty()
     out = tmp_path / "out.tar"
-    try:
-        result = subprocess.run(
-            snapshotter_cmd("--root", str(store_root), "export", NAME, "-o", str(out)),
-            stdout=slave,
-            stderr=slave,
-            cwd=REPO,
-        )
-        os.set_blocking(master, False)
-        shown = os.read(master, 65536).decode(errors="replace")
-    finally:
-        os.close(slave)
-        os.close(master)
-    assert result.returncode == 0
-    assert f"exported {len(members(out))} entries" in shown, shown
+    args = ["--root", str(store_root), "export", NAME, "-o", str(out)]
+    rc, shown, _ = on_a_terminal(args, stderr_too=True)
+    assert rc == 0
+    assert f"exported {len(members(out))} entries" in shown.decode(errors="replace"), shown
     check_form(out)
 
 
-def _dir_state(d: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in d.iterdir()}
+def _dir_state(d: Path) -> dict[str, bytes | str]:
+    """Name -> content of each file in ``d`` (a size for big ones: a failure message must
+    not print a tar)."""
+    return {
+        p.name: p.read_bytes() if p.stat().st_size < 100 else f"<{p.stat().st_size} bytes>"
+        for p in d.iterdir()
+    }
 
 
 def test_o_into_a_missing_directory_fails_with_one_line(cli, tmp_path, small):
@@ -630,6 +656,21 @@ def test_failures_leave_an_existing_file_untouched(cli, store_root, tmp_path, sm
     assert len(result.err.splitlines()) == 1
     assert "is missing from the store" in result.err
     assert _dir_state(work) == {"out.tar": b"precious"}
+
+
+def test_a_content_file_of_the_wrong_size_is_a_clear_error(cli, store_root, tmp_path, small):
+    data = next(
+        p for p in store_root.glob("snapshots/sha256/*/data/*") if p.stat().st_size == 5 << 20
+    )
+    os.truncate(data, 1000)
+    out = tmp_path / "out.tar"
+    result = cli("export", NAME, "-o", str(out))
+    assert result.rc == 1
+    assert result.err.splitlines() == [
+        f"snapshotter: error: content file {data} has 1000 bytes where the merged tree says "
+        f"{5 << 20}"
+    ]
+    assert not out.exists()
 
 
 def test_o_onto_a_directory_fails(cli, tmp_path, small):
