@@ -202,12 +202,12 @@ def test_umoci_built_image_equals_umoci_unpack(cli, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "transport,rel,ref,skopeo_ref,platform",
-    [(t, r, ref, s, p) for t, r, ref, s, _, p, _ in IMPORTS],
+    "transport,rel,ref,skopeo_ref",
+    [(t, r, ref, s) for t, r, ref, s, *_ in IMPORTS],
     ids=[f"{t}:{Path(r).name}:{ref}" for t, r, ref, *_ in IMPORTS],
 )
 def test_fixture_exports_equal_umoci_unpack(
-    fixtures_dir, cli, tmp_path, transport, rel, ref, skopeo_ref, platform
+    fixtures_dir, cli, tmp_path, transport, rel, ref, skopeo_ref
 ):
     result = cli("pull", "--json", "-q", _source(fixtures_dir, transport, rel, ref))
     assert result.rc == 0, result.err
@@ -385,6 +385,11 @@ def test_root_entry_in_a_layer_crane_2399(cli, tmp_path):
     assert export(cli, tmp_path / "again.tar", "example.com/again:1").read_bytes() == (
         first.read_bytes()
     )
+    # Python's tarfile extracts it too, the root member included.
+    with tarfile.open(first, "r:") as t:
+        t.extractall(tmp_path / "py", filter="tar")
+    assert (tmp_path / "py/etc/os-release").read_bytes() == b"ID=distroless\n"
+    assert stat.S_IMODE((tmp_path / "py").stat().st_mode) == 0o751
     layout = pull(cli, tmp_path, [base, top], "example.com/two:1")
     second = export(cli, tmp_path / "two.tar", "example.com/two:1")
     assert listed(second) == [b"./", b"abs", b"etc/", b"etc/os-release"]
@@ -727,3 +732,22 @@ def _wait_for_output(pid: int, directory: Path, size: int) -> int:
                 continue
         time.sleep(0.005)
     raise AssertionError(f"process {pid} wrote no {size} bytes into {directory}")
+
+
+def test_platform_picks_the_image_of_an_index(fixtures_dir, cli, tmp_path):
+    layout = fixtures_dir / "oci-layout" / "stereoscope--multiplatform_oci_dir"
+    assert cli("pull", "-q", "--all-platforms", f"oci:{layout}").rc == 0
+    name = "docker.io/library/multi-platform:latest"
+    for platform in ("linux/amd64", "linux/arm64"):
+        tar = export(
+            cli, tmp_path / f"{platform.replace('/', '-')}.tar", name, "--platform", platform
+        )
+        assert listed(tar) == [
+            b"./",
+            b"linux/",
+            f"{platform}/".encode(),
+            f"{platform}/README.md".encode(),
+        ]
+    result = cli("export", name, "--platform", "linux/s390x", "-o", str(tmp_path / "no.tar"))
+    assert result.rc == 1 and "available: linux/amd64, linux/arm64" in result.err
+    assert not (tmp_path / "no.tar").exists()
