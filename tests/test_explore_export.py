@@ -44,7 +44,9 @@ from test_fusefs import (
 )
 from test_oracles import TAG, _layer1, _layer2, _layer3, _newhome, _umoci_image
 
-from snapshotter.explore.export import header, pax_time
+from snapshotter.explore.export import header, pax_time, write_tar
+from snapshotter.explore.image import open_image
+from snapshotter.store.store import Store
 from snapshotter.store.toc import EntryKind
 from snapshotter.view.merge import Node
 
@@ -751,3 +753,19 @@ def test_platform_picks_the_image_of_an_index(fixtures_dir, cli, tmp_path):
     result = cli("export", name, "--platform", "linux/s390x", "-o", str(tmp_path / "no.tar"))
     assert result.rc == 1 and "available: linux/amd64, linux/arm64" in result.err
     assert not (tmp_path / "no.tar").exists()
+
+
+def test_write_tar_takes_a_descriptor_or_a_file_object(cli, store_root, tmp_path, small):
+    reference = export(cli, tmp_path / "ref.tar").read_bytes()
+    view = open_image(Store(store_root), NAME).view()
+    memory = io.BytesIO()  # no fileno: write calls only
+    summary = write_tar(view, memory)
+    assert memory.getvalue() == reference and summary.tar_bytes == len(reference)
+    assert (summary.members, summary.hardlinks) == (len(members(tmp_path / "ref.tar")), 2)
+    with open(tmp_path / "buffered.tar", "wb") as f:
+        f.write(b"pending")  # still in the buffer: flushed before the descriptor is used
+        write_tar(view, f)
+    assert (tmp_path / "buffered.tar").read_bytes() == b"pending" + reference
+    with open(tmp_path / "fd.tar", "wb", buffering=0) as f:
+        write_tar(view, f.fileno())
+    assert (tmp_path / "fd.tar").read_bytes() == reference

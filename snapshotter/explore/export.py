@@ -15,7 +15,7 @@ What each member keeps:
 
 - type: regular file, directory, symlink, character and block device (major, minor), fifo;
 - hardlinks as hardlinks: the merged tree gives each hardlink group one inode, and its
-  ``nlink`` names the groups still visible.  The first name in tree order carries the
+  ``nlink`` counts the group's names still visible.  The first name in tree order carries the
   content; each later name is a type ``1`` member whose ``linkname`` is that first name.
   A partner a later layer replaced is simply another inode (crane #977/#2002 gave it the
   new content);
@@ -28,10 +28,13 @@ What each member keeps:
   dropped, as Go writes it) whenever the time is not a whole non-negative second count.
 
 Names, link targets and xattr values are the layers' bytes: a name that is not UTF-8 is
-written as it came (a PAX ``path`` record holding those bytes; GNU tar and Go read them
-back unchanged).  A name or link target that is not ASCII or longer than the ustar field
+written as it came (a PAX ``path`` record holding those bytes, as Go's archive/tar writes
+it; GNU tar, and Python's tarfile with ``errors="surrogateescape"``, read them back
+unchanged).  A name or link target that is not ASCII or longer than the ustar field
 goes in a PAX record, as do uids, gids and sizes too large for their octal fields.
 Device numbers too large for octal use GNU's base-256 form, which every reader accepts.
+A sparse file is written whole, its holes as zeros (no GNU sparse member: every reader
+takes a plain file).
 
 Memory stays flat whatever the image: entries come one at a time from ``MergedTree.scan``
 (the stack holds one directory iterator per level), content is copied by the kernel
