@@ -7,6 +7,7 @@ and binds each to its handler (``handler(store, args) -> int``):
 - ``images``: images, tag, rmi, prune, inspect.
 - ``mount``: mount, umount.
 - ``registry``: tags, search, login, logout (and the registry options pull shares).
+- ``usage``: du, wasted.
 - ``format``: sizes, ages, tables and ``--json``, shared by all.
 
 Stdout carries data only (tables, JSON, digests); progress and errors go to stderr.
@@ -39,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import images, mount, pull, registry
+    from . import images, mount, pull, registry, usage
 
     parser = _Parser(
         prog="snapshotter",
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"snapshotter {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for family in (pull, images, registry, mount):
+    for family in (pull, images, registry, mount, usage):
         family.register(sub)
     return parser
 
