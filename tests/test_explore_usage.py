@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
 from conftest import need_tool
+from test_fixtures import IMPORTS
 from test_fusefs import mounted, need_fuse
 
 from snapshotter.cli.usage import ci_report, go_json_float, go_string
@@ -426,14 +427,29 @@ def test_hidden_lists_a_secret_added_then_deleted(cli, tmp_path):
     assert cli("wasted", name, "--hidden", "--lowest-efficiency", "0.5").rc == 2
 
 
-def test_hidden_agrees_with_the_merged_view(cli, tmp_path, store_root):
-    """Every entry of every layer is either listed hidden or shown by the merged view."""
+def assert_hidden_agrees_with_the_view(store_root: Path, name: str) -> None:
+    """Every non-directory entry of every layer is either listed hidden or shown by the
+    merged view, never both."""
     from snapshotter.explore.du import read_columns
     from snapshotter.explore.image import open_image
     from snapshotter.explore.wasted import hidden
     from snapshotter.store.store import Store
     from snapshotter.store.toc import EntryKind
 
+    stored = open_image(Store(store_root), name)
+    listed = {(h.layer, h.path) for h in hidden(stored)}
+    tree = stored.view().tree
+    for number in range(1, len(stored.layers) + 1):
+        cols = read_columns(stored, number)
+        for path, kind, inode in zip(cols.path, cols.kind, cols.inode, strict=True):
+            if kind in (EntryKind.DIR, EntryKind.WHITEOUT):
+                continue
+            node = tree.resolve(path)
+            shown = node is not None and (node.layer, node.data) == (number - 1, inode)
+            assert shown != ((number, path) in listed), (name, number, path)
+
+
+def test_hidden_agrees_with_the_merged_view(cli, tmp_path, store_root):
     root_opaque = ImageBuilder(
         [
             LayerBuilder().file("x/y", b"y").file("z", b"z"),
@@ -442,22 +458,50 @@ def test_hidden_agrees_with_the_merged_view(cli, tmp_path, store_root):
     )
     images = [secret_image(), dir_whiteout_image(), du_image(), root_opaque]
     for n, image in enumerate(images):
-        name = pull(cli, tmp_path, f"h{n}:1", image)
-        stored = open_image(Store(store_root), name)
-        listed = {(h.layer, h.path) for h in hidden(stored)}
-        tree = stored.view().tree
-        for number in range(1, len(stored.layers) + 1):
-            cols = read_columns(stored, number)
-            for path, kind, inode in zip(cols.path, cols.kind, cols.inode, strict=True):
-                if kind in (EntryKind.DIR, EntryKind.WHITEOUT):
-                    continue
-                node = tree.resolve(path)
-                shown = node is not None and (node.layer, node.data) == (number - 1, inode)
-                assert shown != ((number, path) in listed), (name, number, path)
+        assert_hidden_agrees_with_the_view(store_root, pull(cli, tmp_path, f"h{n}:1", image))
     assert cli("wasted", "h3:1", "--hidden", "--bytes").out.splitlines()[1:] == [
         "1      1     deleted by opaque dir in layer 2  /x/y",
         "1      1     overwritten in layer 2            /z",
     ]
+
+
+FIXTURES = [
+    *(f"{transport}:{rel}" + (f":{ref}" if ref else "") for transport, rel, ref, *_ in IMPORTS),
+    *(
+        f"oci-archive:oci-archive/dive--test-oci-{kind}-image.tar"
+        for kind in ("gzip", "zstd", "estargz", "uncompressed")
+    ),
+]
+
+
+@pytest.mark.parametrize("source", FIXTURES)
+def test_du_and_wasted_on_every_fixture(fixtures_dir, cli, store_root, source):
+    """On real images: du's total is every byte of the view once; dive's file lists hold
+    every entry of each toc and its sizes are the toc's; --hidden agrees with the view."""
+    from snapshotter.explore.du import read_columns
+    from snapshotter.explore.image import open_image
+    from snapshotter.store.store import Store
+
+    transport, _, rest = source.partition(":")
+    result = cli("pull", "--json", "-q", f"{transport}:{fixtures_dir}/{rest}")
+    assert result.rc == 0, result.err
+    digest = json.loads(result.out)["digest"]
+    image = open_image(Store(store_root), digest)
+    du = go_json(cli, "du", digest, "--json", "--by-layer")
+    assert du["entries"][-1]["path"] == "/"
+    assert du["entries"][-1]["size"] == image.view().tree.content_size()
+    doc = go_json(cli, "wasted", digest, "--json")
+    for number, layer in enumerate(doc["layer"], start=1):
+        columns = read_columns(image, number)
+        assert layer["index"] == number - 1
+        assert len(layer["fileList"]) == len([p for p in columns.path if p])
+        assert (
+            layer["sizeBytes"]
+            == image.toc(number).size
+            == du["entries"][-1]["by_layer"][number - 1]["size"]
+        )
+    assert 0 < doc["image"]["efficiencyScore"] <= 1
+    assert_hidden_agrees_with_the_view(store_root, digest)
 
 
 # -- CI rules ------------------------------------------------------------------------------------
