@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
 import sys
 from collections.abc import Sequence
+from json.encoder import encode_basestring
 from pathlib import Path
 
 from ..errors import InvalidConfig
@@ -469,9 +469,17 @@ def _go_json(value: object, indent: str, out: list[str]) -> None:
             out.append("{}")
             return
         inner = indent + "  "
+        if not any(isinstance(v, dict | list) for v in value.values()):
+            # A flat object (a fileList entry: 100k of them): in one piece.
+            out.append(
+                "{\n"
+                + ",\n".join(f"{inner}{_go_key(k)}: {_go_scalar(v)}" for k, v in value.items())
+                + f"\n{indent}}}"
+            )
+            return
         out.append("{")
         for i, (key, item) in enumerate(value.items()):
-            out.append(("," if i else "") + "\n" + inner + go_string(str(key)) + ": ")
+            out.append(("," if i else "") + "\n" + inner + _go_key(key) + ": ")
             _go_json(item, inner, out)
         out.append("\n" + indent + "}")
     elif isinstance(value, list):
@@ -484,16 +492,34 @@ def _go_json(value: object, indent: str, out: list[str]) -> None:
             out.append(("," if i else "") + "\n" + inner)
             _go_json(item, inner, out)
         out.append("\n" + indent + "]")
-    elif isinstance(value, str):
-        out.append(go_string(value))
-    elif value is None or isinstance(value, bool):
-        out.append(json.dumps(value))
-    elif isinstance(value, int):
-        out.append(str(value))
-    elif isinstance(value, float):
-        out.append(go_json_float(value))
     else:
-        raise TypeError(f"cannot write {type(value).__name__} as JSON")
+        out.append(_go_scalar(value))
+
+
+_KEYS: dict[str, str] = {}
+
+
+def _go_key(key: object) -> str:
+    """A key as Go writes it; remembered, as the same few keys come 100k times."""
+    name = str(key)
+    text = _KEYS.get(name)
+    if text is None:
+        text = _KEYS[name] = go_string(name)
+    return text
+
+
+def _go_scalar(value: object) -> str:
+    if isinstance(value, str):
+        return go_string(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return go_json_float(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
 _GO_ESCAPES = {
@@ -505,13 +531,18 @@ _GO_ESCAPES = {
 }
 _GO_ESCAPED = re.compile("[<>&\u2028\u2029]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# Strings Go writes as they are: printable ASCII but for ", \\, <, > and &.
+_PLAIN = re.compile(r"[ !#-%'-;=?-\[\]-~]*")
 
 
 def go_string(text: str) -> str:
     """A JSON string as Go's encoding/json writes it: UTF-8, ``<``, ``>``, ``&``, U+2028
     and U+2029 escaped, each byte that is not UTF-8 as U+FFFD."""
+    if _PLAIN.fullmatch(text):
+        return f'"{text}"'
     text = _SURROGATE.sub("\ufffd", text)
-    return _GO_ESCAPED.sub(lambda m: _GO_ESCAPES[m.group()], json.dumps(text, ensure_ascii=False))
+    quoted = str(encode_basestring(text))
+    return _GO_ESCAPED.sub(lambda m: _GO_ESCAPES[m.group()], quoted)
 
 
 def go_json_float(x: float) -> str:

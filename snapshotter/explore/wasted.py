@@ -342,16 +342,15 @@ def dive_file_list(image: StoredImage, number: int) -> list[DiveFile]:
     for i, kind in enumerate(columns.kind):
         if kind is EntryKind.FILE and first[i]:
             primary[columns.inode[i]] = columns.path[i]
-    rows: list[tuple[list[tuple[int, bytes]], DiveFile]] = []
+    rows: list[tuple[bytes, DiveFile]] = []
     for i, path in enumerate(columns.path):
         if not path:
             continue
         kind = columns.kind[i]
         flags = columns.flags[i]
-        parent, _, name = path.rpartition("/")
         if kind is EntryKind.WHITEOUT:
-            name = WHITEOUT_PREFIX + name
-            path = f"{parent}/{name}" if parent else name
+            parent, _, name = path.rpartition("/")
+            path = f"{parent}/{WHITEOUT_PREFIX}{name}" if parent else WHITEOUT_PREFIX + name
         if kind is EntryKind.DIR and flags & FLAG_IMPLIED:
             # Not in the tar: dive makes the directory up with an empty FileInfo.
             info = DiveFile("", 0, "", 0, 0, 0, 0, False)
@@ -377,13 +376,17 @@ def dive_file_list(image: StoredImage, number: int) -> list[DiveFile]:
                 columns.gid[i],
                 kind is EntryKind.DIR,
             )
-        # Post-order by name: each name (as bytes, Go compares bytes) ranks 0, the end of
-        # the path ranks 1, so a directory comes after everything below it.
-        key = [(0, _raw(part)) for part in (*parent.split("/"), name) if part]
-        key.append((1, b""))
-        rows.append((key, info))
+        rows.append((_post_order_key(path), info))
     rows.sort(key=lambda r: r[0])
     return [info for _, info in rows]
+
+
+def _post_order_key(path: str) -> bytes:
+    """A sort key putting paths in a depth-first walk's order by name (as bytes: Go
+    compares bytes), each directory after everything below it.  Names are joined with the
+    bytes 0, 1 and ended with 0, 2: a name holds no NUL, so the end of a name sorts below
+    any longer name, and a deeper path below its parent."""
+    return _raw(path).replace(b"/", b"\0\1") + b"\0\2"
 
 
 def _raw(name: str) -> bytes:
