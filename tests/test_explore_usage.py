@@ -712,6 +712,26 @@ def test_the_base_image_annotation_moves_the_user_boundary(cli, tmp_path):
     assert "has layers that are not this image's first layers" in result.err
 
 
+def test_a_base_named_by_its_index_counts_the_layers_of_this_platform(cli, tmp_path):
+    """BuildKit may name the base by the digest FROM resolved to: an index."""
+    amd64_layers = [LayerBuilder().file("a", b"a" * 10), LayerBuilder().file("b", b"b" * 10)]
+    amd64 = ImageBuilder(amd64_layers)
+    arm64 = ImageBuilder([LayerBuilder().file("a", b"A")], architecture="arm64")
+    base = write_oci_layout(tmp_path / "base", {}, index_of={"multi": [amd64, arm64]})
+    index = json.loads((base / "index.json").read_text())["manifests"][0]["digest"]
+    result = cli("pull", "-q", "--all-platforms", f"oci:{base}:multi", "--name", "base:multi")
+    assert result.rc == 0, result.err
+    app = ImageBuilder(
+        [*amd64_layers, LayerBuilder().file("c", b"c" * 30)],
+        annotations={"org.opencontainers.image.base.digest": index},
+    )
+    name = pull(cli, tmp_path, "app:1", app)
+    result = cli("wasted", name, "--json", "--platform", "linux/amd64")
+    assert result.err == ""
+    extra = json.loads(result.out)["snapshotter"]
+    assert (extra["baseLayers"], extra["userSizeBytes"], extra["baseDigest"]) == (2, 30, index)
+
+
 # -- dive as the oracle --------------------------------------------------------------------------
 
 
