@@ -16,6 +16,7 @@ Layering, in wings from the bottom up (a wing imports only the wings below it):
 from .errors import (
     DigestMismatch,
     InUse,
+    InvalidConfig,
     InvalidReference,
     NotFound,
     RegistryError,
@@ -32,6 +33,7 @@ __all__ = [
     "Digest",
     "DigestMismatch",
     "InUse",
+    "InvalidConfig",
     "InvalidReference",
     "NotFound",
     "RegistryError",

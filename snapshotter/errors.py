@@ -36,6 +36,10 @@ class InUse(SnapshotterError):
     """The image or store is held by a live mount or another process."""
 
 
+class InvalidConfig(SnapshotterError):
+    """A setting did not parse: a CI rule of ``wasted``, a ``.dive-ci`` file."""
+
+
 class StoreCorrupt(SnapshotterError):
     """The store on disk is not in a state this version understands."""
 

@@ -11,6 +11,7 @@ and binds each to its handler (``handler(store, args) -> int``):
 - ``files``: ls, cat, blame.
 - ``diff``: diff (what a layer changed; two images' merged views, config, history).
 - ``export``: export (the merged view as one tar).
+- ``usage``: du, wasted.
 - ``format``: sizes, ages, tables and ``--json``, shared by all.
 
 Stdout carries data only (tables, JSON, digests); progress and errors go to stderr.
@@ -43,7 +44,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import diff, export, files, images, inspect, mount, pull, registry
+    from . import diff, export, files, images, inspect, mount, pull, registry, usage
 
     parser = _Parser(
         prog="snapshotter",
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"snapshotter {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for family in (pull, images, inspect, files, diff, export, registry, mount):
+    for family in (pull, images, inspect, files, diff, usage, export, registry, mount):
         family.register(sub)
     return parser
 

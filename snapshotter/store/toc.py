@@ -176,14 +176,11 @@ class Toc:
 
     @classmethod
     def read(cls, path: Path) -> Toc:
+        diff_id, rows = _read_rows(path)
         try:
-            raw = zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())
             with _no_gc():
-                doc = json.loads(raw)
-                if doc.get("version") not in TOC_VERSIONS:
-                    raise StoreCorrupt(f"toc {path}: unknown version {doc.get('version')!r}")
-                return cls(str(doc["diff_id"]), _entries(doc["entries"]))
-        except (OSError, ValueError, KeyError, TypeError, zstandard.ZstdError) as exc:
+                return cls(diff_id, _entries(rows))
+        except (ValueError, KeyError, TypeError) as exc:
             raise StoreCorrupt(f"toc {path}: unreadable ({exc})") from exc
 
 
@@ -277,6 +274,82 @@ def _entries(rows: list[list[object]]) -> tuple[TocEntry, ...]:
         _set_digest(e, digest)
         append(e)
     return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class TocColumns:
+    """A toc read as columns, without a ``TocEntry`` per entry: index ``i`` of every list
+    is entry ``i`` (sorted by path, as ``Toc.entries``).  For questions over every entry of
+    a large layer (``wasted``, ``du --by-layer``): a 100k-entry toc reads in about a third
+    of the time ``Toc.read`` takes, most of which is making the frozen entries.  Only the
+    columns those questions need are kept."""
+
+    diff_id: str
+    path: list[str]
+    kind: list[EntryKind]
+    mode: list[int]
+    uid: list[int]
+    gid: list[int]
+    size: list[int]
+    inode: list[int]
+    link: list[str]
+    flags: list[int]
+    digest: list[str]  # "" where the toc records none (all of a version 1 toc)
+
+    def __len__(self) -> int:
+        return len(self.path)
+
+    @classmethod
+    def read(cls, path: Path) -> TocColumns:
+        diff_id, rows = _read_rows(path)
+        kinds = _KIND_OF
+        try:
+            lengths = set(map(len, rows))
+            if not lengths <= {13, 14}:
+                raise ValueError("a row of the wrong length")
+            strs = [[r[c] for r in rows] for c in (0, 8)]
+            if lengths == {14}:
+                strs.append([r[13] for r in rows])
+            else:  # version 1 rows have no digest
+                strs.append([r[13] if len(r) > 13 else "" for r in rows])
+            ints = [[r[c] for r in rows] for c in (2, 3, 4, 5, 7, 11)]
+            # Checked in bulk: one test per column, not one call per value.
+            if not all(set(map(type, col)) <= {str} for col in strs) or not all(
+                set(map(type, col)) <= {int} for col in ints
+            ):
+                raise TypeError("a column of the wrong type")
+            mode, uid, gid, size, inode, flags = ints
+            return cls(
+                diff_id,
+                path=strs[0],  # type: ignore[arg-type]
+                kind=[kinds[r[1]] for r in rows],  # type: ignore[index]
+                mode=mode,  # type: ignore[arg-type]
+                uid=uid,  # type: ignore[arg-type]
+                gid=gid,  # type: ignore[arg-type]
+                size=size,  # type: ignore[arg-type]
+                inode=inode,  # type: ignore[arg-type]
+                link=strs[1],  # type: ignore[arg-type]
+                flags=flags,  # type: ignore[arg-type]
+                digest=strs[2],  # type: ignore[arg-type]
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreCorrupt(f"toc {path}: unreadable ({exc})") from exc
+
+
+def _read_rows(path: Path) -> tuple[str, list[list[object]]]:
+    """A toc file's diff_id and its rows (``TocEntry.to_row``'s columns)."""
+    try:
+        raw = zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())
+        with _no_gc():
+            doc = json.loads(raw)
+        if doc.get("version") not in TOC_VERSIONS:
+            raise StoreCorrupt(f"toc {path}: unknown version {doc.get('version')!r}")
+        rows = doc["entries"]
+        if not isinstance(rows, list) or not set(map(type, rows)) <= {list}:
+            raise StoreCorrupt(f"toc {path}: entries are not rows")
+        return str(doc["diff_id"]), rows
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, zstandard.ZstdError) as exc:
+        raise StoreCorrupt(f"toc {path}: unreadable ({exc})") from exc
 
 
 def sorted_entries(entries: Iterable[TocEntry]) -> tuple[TocEntry, ...]:
