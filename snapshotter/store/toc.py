@@ -346,7 +346,7 @@ def _read_rows(path: Path) -> tuple[str, list[list[object]]]:
             raise StoreCorrupt(f"toc {path}: unknown version {doc.get('version')!r}")
         rows = doc["entries"]
         if not isinstance(rows, list) or not set(map(type, rows)) <= {list}:
-            raise StoreCorrupt(f"toc {path}: entries are not rows")
+            raise StoreCorrupt(f"toc {path}: unreadable (entries are not rows)")
         return str(doc["diff_id"]), rows
     except (OSError, ValueError, KeyError, TypeError, AttributeError, zstandard.ZstdError) as exc:
         raise StoreCorrupt(f"toc {path}: unreadable ({exc})") from exc
