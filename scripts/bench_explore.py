@@ -194,7 +194,7 @@ class Line:
         before()
         start = time.perf_counter()
         for cmd in cmds:
-            ok = self.ok if who == "snapshotter" else (0, 1) if cmd[0] == "diff" else (0,)
+            ok = self.ok if cmd is self.command else (0, 1) if cmd[0] == "diff" else (0,)
             run(cmd, f"{self.name}: {who}", ok=ok)
         self.times.setdefault(who, []).append(time.perf_counter() - start)
 

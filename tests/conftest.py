@@ -5,13 +5,17 @@ In CI (``CI=true``) a missing tool, FUSE or fixture directory is a failure, neve
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import os
+import pty
 import shutil
 import stat
+import struct
 import subprocess
 import sys
+import termios
 from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -119,3 +123,32 @@ def tree_state(root: Path) -> dict[str, tuple[object, ...]]:
                 digest,
             )
     return out
+
+
+def on_terminal(*args: str, columns: int = 80) -> str:
+    """The command with stdout on a pseudo-terminal ``columns`` wide; what it showed."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {**os.environ, "COLUMNS": str(columns)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snapshotter.cli", *args],
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+        env=env,
+    )
+    os.close(slave)
+    shown = bytearray()
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:  # EIO: the terminal's other side is closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    assert proc.wait() == 0, err
+    os.close(master)
+    return shown.decode("utf-8", "replace").replace("\r\n", "\n")

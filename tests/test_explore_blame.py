@@ -498,7 +498,7 @@ def test_a_row_is_made_only_by_a_change():
 
 
 def test_on_a_terminal_created_by_is_cut_to_fit_unless_no_trunc(tmp_path, cli, store_root):
-    from test_explore_files import on_terminal
+    from conftest import on_terminal
 
     long = "RUN apt-get update && apt-get install -y " + " ".join(f"pkg{i}" for i in range(40))
     img = StoryImage([LayerBuilder().file("f", b"1" * 5000)], history=[long])

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
-from conftest import CliResult, run_snapshotter
+from conftest import CliResult, on_terminal, run_snapshotter
 
 from snapshotter.explore.diff import file_changes
 from snapshotter.explore.image import open_image
@@ -261,12 +261,14 @@ def digest_of(cli: Cli, name: str) -> str:
     raise AssertionError(result.out)
 
 
-def test_names_are_escaped_for_the_terminal_and_exact_in_json(tmp_path, cli):
+def test_names_are_escaped_on_a_terminal_and_exact_in_pipes_and_json(tmp_path, cli, store_root):
     top = LayerBuilder().file("bad\x1b[31mname", b"1").file("caf\udce9", b"2")
     pull(tmp_path, cli, "names:1", ImageBuilder([LayerBuilder().file("a", b""), top]))
+    shown = on_terminal("--root", str(store_root), "diff", "names:1", "--layer", "2")
+    assert shown.splitlines() == ["A /bad\\x1b[31mname", "A /caf\\xe9"]
     result = cli("diff", "names:1", "--layer", "2")
     assert result.rc == 0, result.err
-    assert lines(result.out) == ["A /bad\\x1b[31mname", "A /caf\\xe9"]
+    assert lines(result.out) == ["A /bad\x1b[31mname", "A /caf\udce9"]  # as find prints
     doc = json.loads(cli("diff", "names:1", "--layer", "2", "--json").out)
     assert doc["added"] == ["/bad\x1b[31mname", "/caf\udce9"]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
-from conftest import need_tool
+from conftest import need_tool, on_terminal
 from test_fixtures import IMPORTS
 from test_fusefs import mounted, need_fuse
 
@@ -896,7 +896,7 @@ def test_help(cli, command):
     assert result.rc == 0 and result.out.startswith(f"usage: snapshotter {command} ")
 
 
-def test_hostile_names_do_not_reach_the_terminal(cli, tmp_path):
+def test_hostile_names_do_not_reach_the_terminal(cli, tmp_path, store_root):
     image = ImageBuilder(
         [
             LayerBuilder().file("evil\x1b[2Jname", b"x" * 10).dir("d\x07"),
@@ -904,8 +904,11 @@ def test_hostile_names_do_not_reach_the_terminal(cli, tmp_path):
         ]
     )
     name = pull(cli, tmp_path, "evil:1", image)
-    out = cli("wasted", name, "--bytes").out
+    out = on_terminal("--root", str(store_root), "wasted", name, "--bytes")
     assert "\x1b" not in out and "/evil\\x1b[2Jname" in out
-    out = cli("du", name, "--bytes").out
+    out = on_terminal("--root", str(store_root), "du", name, "--bytes")
     assert "\x07" not in out and "/d\\x07" in out
+    # to a pipe, names are exact (as du and find print them)
+    assert "/evil\x1b[2Jname" in cli("wasted", name, "--bytes").out
+    assert "/d\x07" in cli("du", name, "--bytes").out
     assert json.loads(cli("du", name, "--json").out)["entries"][0]["path"] == "/d\x07"

@@ -15,7 +15,8 @@ and binds each to its handler (``handler(store, args) -> int``):
 - ``format``: sizes, ages, tables and ``--json``, shared by all.
 
 Stdout carries data only (tables, JSON, digests); progress and errors go to stderr.
-Exit status: 0 success, 1 error, 2 usage, 3 a check failed.
+Exit status: 0 success, 1 error (or a failed check: ``wasted --ci``), 2 usage; ``diff``
+exits 0 same, 1 different, 2 error (diffoci's).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .. import __version__
 from ..errors import SnapshotterError
 from ..store.store import Store, default_root
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CHECK = 0, 1, 2, 3
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 Handler = Callable[[Store, argparse.Namespace], int]
 
@@ -80,6 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     store = Store(args.root or default_root())
+    # Names from images are str with surrogate escapes for the bytes that were not UTF-8:
+    # write them back out as those bytes (stderr already escapes them).
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="surrogateescape")
     try:
         handler: Handler = args.handler
         return handler(store, args)

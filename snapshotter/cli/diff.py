@@ -25,7 +25,7 @@ from ..oci.model import Platform
 from ..store.store import Store
 from . import EXIT_OK
 from .common import image_arguments, stored_image
-from .format import print_json
+from .format import print_json, shown
 
 EXIT_SAME, EXIT_DIFFERENT, EXIT_TROUBLE = 0, 1, 2
 
@@ -143,7 +143,8 @@ def _layer(store: Store, args: argparse.Namespace) -> int:
     if args.json:
         print_json(layer_json(diff))
     else:
-        _write_lines(f"{c.action.value} {shown(display_path(c.path))}" for c in diff.changes)
+        tty = sys.stdout.isatty()
+        _write_lines(f"{c.action.value} {shown(display_path(c.path), tty)}" for c in diff.changes)
     return EXIT_OK
 
 
@@ -163,7 +164,7 @@ def _images(store: Store, args: argparse.Namespace) -> int:
         doc["other"] = other.record.digest
         print_json(doc)
     else:
-        _write_lines(image_lines(diff))
+        _write_lines(image_lines(diff, sys.stdout.isatty()))
     return EXIT_SAME if diff.same else EXIT_DIFFERENT
 
 
@@ -205,44 +206,29 @@ def images_json(diff: ImageDiff) -> dict[str, object]:
     }
 
 
-def image_lines(diff: ImageDiff) -> list[str]:
+def image_lines(diff: ImageDiff, tty: bool) -> list[str]:
+    """The human report: file rows, then config and history rows; names escaped on a
+    terminal (``shown``)."""
     lines: list[str] = []
     for c in diff.files:
-        line = f"{c.action.value} {shown(display_path(c.path))}"
+        line = f"{c.action.value} {shown(display_path(c.path), tty)}"
         if c.fields:
             line += f" ({', '.join(c.fields)})"
         lines.append(line)
     for row in diff.config:
-        lines.append(f"Cfg {shown(row.key)}: {_value(row.image)} -> {_value(row.other)}")
+        lines.append(
+            f"Cfg {shown(row.key, tty)}: {_value(row.image, tty)} -> {_value(row.other, tty)}"
+        )
     for h in diff.history:
         name = f"Hist {h.index} {h.field}" if h.field else f"Hist {h.index}"
-        lines.append(f"{name}: {_value(h.image)} -> {_value(h.other)}")
+        lines.append(f"{name}: {_value(h.image, tty)} -> {_value(h.other, tty)}")
     return lines
 
 
-def _value(value: object) -> str:
+def _value(value: object, tty: bool) -> str:
     if value is None:
         return "(absent)"
-    return shown(json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True))
-
-
-def shown(text: str) -> str:
-    """``text`` safe for a terminal: each non-printable character (controls, and the
-    undecodable bytes a name may carry) as a ``\\xNN``/``\\uNNNN`` escape."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
-
-
-def _escape(ch: str) -> str:
-    code = ord(ch)
-    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
-        return f"\\x{code - 0xDC00:02x}"
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
+    return shown(json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True), tty)
 
 
 def _write_lines(lines: Iterable[str]) -> None:

@@ -32,6 +32,7 @@ from .format import (
     mtime_text,
     print_json,
     rfc3339_ns,
+    shown,
     size_arguments,
     size_text,
     wants_human,
@@ -125,9 +126,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 # -- output ------------------------------------------------------------------------------------
 
-# On a terminal: C0 and C1 controls, DEL and undecodable bytes (surrogate escapes) as "?".
-_UNPRINTABLE = {c: "?" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0), *range(0xDC80, 0xDD00))}
-
 
 class Writer:
     """Text to stdout, in large writes, names as the bytes they are."""
@@ -155,10 +153,6 @@ class Writer:
         buffer.flush()  # a closed pipe raises here, inside main, not at exit
 
 
-def _shown(text: str, tty: bool) -> str:
-    return text.translate(_UNPRINTABLE) if tty else text
-
-
 # Images repeat a few mtimes over thousands of entries.
 _rfc3339 = functools.lru_cache(maxsize=4096)(rfc3339_ns)
 
@@ -178,7 +172,7 @@ def cmd_ls(store: Store, args: argparse.Namespace) -> int:
     else:
         tty, out = sys.stdout.isatty(), Writer()
         for entry in entries:
-            out.add(_shown(display_path(entry.path), tty) + "\n")
+            out.add(shown(display_path(entry.path), tty) + "\n")
         out.flush()
     return EXIT_OK
 
@@ -212,9 +206,9 @@ def _ls_long(tree: MergedTree, entries: Iterable[files.Listed], human: bool) -> 
         else:
             sizes.append(size_text(st.size, human))
         layers.append(str(st.layer + 1) if st.layer >= 0 else "-")
-        name = _shown(display_path(path), tty)
+        name = shown(display_path(path), tty)
         if kind is EntryKind.SYMLINK:
-            name += " -> " + _shown(_link(tree, st.inode), tty)
+            name += " -> " + shown(_link(tree, st.inode), tty)
         names.append(name)
     w_mode = max(len(h[0]) for h in (*heads.values(), rows[0]))
     w_owner = max(len(h[1]) for h in (*heads.values(), rows[0]))
@@ -405,7 +399,7 @@ def _blame_table(image: StoredImage, found: blame_mod.Blame, human: bool, no_tru
         rows.append(
             [
                 str(change.layer),
-                _shown(action, tty),
+                shown(action, tty),
                 size_text(version.size, human)
                 if version is not None and version.kind is EntryKind.FILE
                 else "-",
@@ -427,7 +421,7 @@ def _blame_table(image: StoredImage, found: blame_mod.Blame, human: bool, no_tru
         rows.append(
             [
                 "view",
-                _shown(what, tty),
+                shown(what, tty),
                 size_text(node.size, human) if node.kind is EntryKind.FILE else "-",
                 _short(view.digest),
                 "",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import sys
 import unicodedata
 from collections.abc import Sequence
@@ -226,3 +227,31 @@ def rfc3339_ns(mtime_ns: int) -> str:
     when = datetime.datetime.fromtimestamp(secs, datetime.UTC)
     frac = f".{ns:09d}".rstrip("0").rstrip(".")
     return when.strftime("%Y-%m-%dT%H:%M:%S") + frac + "Z"
+
+
+# -- names from images ---------------------------------------------------------------------
+
+# Characters that would drive a terminal (C0 and C1 controls, DEL) and the bytes of a name
+# that were not UTF-8 (decoded as surrogate escapes, U+DC80..U+DCFF).
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\udc80-\udcff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code >= 0xDC80:  # surrogateescape: the raw byte
+        code -= 0xDC00
+    return f"\\x{code:02x}"
+
+
+def shown(text: str, tty: bool) -> str:
+    """A name from an image as a command prints it: on a terminal, control characters and
+    undecodable bytes as ``\\xNN`` escapes, so no image can drive the terminal; to a pipe
+    or file, exactly as the image has it (``main`` writes stdout with surrogateescape, so
+    undecodable bytes go out as the bytes they were, as ``find`` and ``du`` print them).
+    ``--json`` output is always exact."""
+    return _UNPRINTABLE.sub(_escape, text) if tty else text
+
+
+def warn(text: str) -> None:
+    """A warning: one line on stderr, ``snapshotter: warning: ...``."""
+    print(f"snapshotter: warning: {text}", file=sys.stderr)

@@ -34,7 +34,16 @@ from ..explore.wasted import (
 from ..store.store import Store
 from . import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from .common import image_arguments, stored_image
-from .format import kind_name, print_json, print_table, size_arguments, size_text, wants_human
+from .format import (
+    kind_name,
+    print_json,
+    print_table,
+    shown,
+    size_arguments,
+    size_text,
+    wants_human,
+    warn,
+)
 
 DIVE_CI_CONFIG = ".dive-ci"
 
@@ -147,31 +156,11 @@ def _depth(text: str) -> int:
     return value
 
 
-def _warn(text: str) -> None:
-    print(f"snapshotter: warning: {text}", file=sys.stderr)
-
-
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-def shown(text: str) -> str:
-    """A path from an image as a terminal may show it: control characters (which could
-    drive the terminal) and undecodable bytes as ``\\xNN`` escapes."""
-
-    def escape(m: re.Match[str]) -> str:
-        ch = m.group()
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: a raw byte
-            code -= 0xDC00
-        return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
-
-    return _UNPRINTABLE.sub(escape, text)
-
-
 # -- du ----------------------------------------------------------------------------------------
 
 
 def cmd_du(store: Store, args: argparse.Namespace) -> int:
+    tty = sys.stdout.isatty()
     image = stored_image(store, args)
     usage = disk_usage(image, args.path, args.depth, args.by_layer)
     if args.json:
@@ -180,7 +169,7 @@ def cmd_du(store: Store, args: argparse.Namespace) -> int:
     human = wants_human(args)
     if not args.by_layer:
         for row in usage.rows:
-            print(f"{size_text(row.size, human)}\t{shown(display_path(row.path))}")
+            print(f"{size_text(row.size, human)}\t{shown(display_path(row.path), tty)}")
         return EXIT_OK
     header = ["VISIBLE", *(f"L{n}" for n in range(1, usage.layers + 1)), "PATH"]
     table = [header]
@@ -189,7 +178,7 @@ def cmd_du(store: Store, args: argparse.Namespace) -> int:
             [
                 size_text(row.size, human),
                 *(size_text(b, human) for b in row.by_layer),
-                shown(display_path(row.path)),
+                shown(display_path(row.path), tty),
             ]
         )
     print_table(table, sep="  ")
@@ -239,7 +228,7 @@ def cmd_wasted(store: Store, args: argparse.Namespace) -> int:
     image = stored_image(store, args)
     report = analyze(image)
     if report.base.warning:
-        _warn(report.base.warning)
+        warn(report.base.warning)
     if args.json:
         # As dive: --json writes the document and checks nothing.
         write_go_json(dive_json(image, report))
@@ -281,7 +270,7 @@ def rule_values(args: argparse.Namespace) -> dict[str, str]:
             raise InvalidConfig(f"ci config {str(path)!r}: cannot read it ({exc})") from exc
         config = parse_ci_config(text, str(path))
         for warning in config.warnings:
-            _warn(warning)
+            warn(warning)
         values.update(config.rules)
     for key, value in (
         (LOWEST_EFFICIENCY, args.lowest_efficiency),
@@ -304,6 +293,7 @@ def ci_report(report: WasteReport, results: Sequence[RuleResult]) -> str:
     """dive's CI report (cmd/dive/cli/internal/command/ci/evaluator.go), without colours,
     with our numbers: wastedBytes and each file's Wasted Space are the bytes beyond one
     copy, and files that waste nothing are left out."""
+    tty = sys.stdout.isatty()
 
     def pair(key: str, value: str) -> str:
         return f"  {key + ':':<18} {value}"
@@ -322,7 +312,7 @@ def ci_report(report: WasteReport, results: Sequence[RuleResult]) -> str:
     if files:
         rows = [f"  {'Count':<5}  {'Wasted Space':<12}  File Path"]
         rows += [
-            f"  {p.count!s:<5}  {humanize_bytes(p.wasted):<12}  {shown(display_path(p.path))}"
+            f"  {p.count!s:<5}  {humanize_bytes(p.wasted):<12}  {shown(display_path(p.path), tty)}"
             for p in files
         ]
         inefficient = "Inefficient Files:\n" + "\n".join(rows)
@@ -341,6 +331,7 @@ def ci_report(report: WasteReport, results: Sequence[RuleResult]) -> str:
 
 
 def print_waste(report: WasteReport, human: bool) -> None:
+    tty = sys.stdout.isatty()
     base = report.base.layers
     n = len(report.layers)
     if base >= n:
@@ -354,11 +345,12 @@ def print_waste(report: WasteReport, human: bool) -> None:
     print()
     table = [["Count", "Wasted Space", "File Path"]]
     for p in report.files:
-        table.append([str(p.count), size_text(p.wasted, human), shown(display_path(p.path))])
+        table.append([str(p.count), size_text(p.wasted, human), shown(display_path(p.path), tty)])
     print_table(table, sep="  ")
 
 
 def print_hidden(entries: Sequence[HiddenEntry], human: bool) -> None:
+    tty = sys.stdout.isatty()
     table = [["LAYER", "SIZE", "HIDDEN", "PATH"]]
     for e in entries:
         table.append(
@@ -366,7 +358,7 @@ def print_hidden(entries: Sequence[HiddenEntry], human: bool) -> None:
                 str(e.layer),
                 size_text(e.size, human),
                 f"{e.how.text} in layer {e.by_layer}",
-                shown(display_path(e.path)),
+                shown(display_path(e.path), tty),
             ]
         )
     print_table(table, sep="  ")
