@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench_mount import run
 from bench_pull import (
     BenchError,
     Image,
@@ -73,16 +74,6 @@ TAR_FLAGS = ["--numeric-owner", "--xattrs", "--xattrs-include=*"]
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def run(cmd: Sequence[str], what: str, *, ok: Sequence[int] = (0,)) -> bytes:
-    proc = subprocess.run(list(cmd), stdin=subprocess.DEVNULL, capture_output=True, check=False)
-    if proc.returncode not in ok:
-        raise BenchError(
-            f"{what} failed (exit status {proc.returncode}): {shlex.join(cmd)}\n"
-            f"{proc.stderr.decode(errors='replace').rstrip()}"
-        )
-    return proc.stdout
 
 
 # --------------------------------------------------------------------------- the derived image
@@ -128,10 +119,12 @@ def derive_image(image: Image, dest: Path) -> tuple[Path, str, list[str]]:
     if dest.exists():
         remove_tree(dest)
     shutil.copytree(image.layout, dest, copy_function=os.link)
-    top = image.layers[-1]
-    names = _member_names(top.path, top.compression, 3) or _member_names(
-        image.layers[0].path, image.layers[0].compression, 3
-    )
+    names: list[str] = []
+    for layer in reversed(image.layers):  # files the last layers wrote first
+        names += [n for n in _member_names(layer.path, layer.compression, 3) if n not in names]
+        if len(names) >= 3:
+            break
+    names = names[:3]
     if len(names) < 2:
         raise BenchError(f"{image.layout}: too few files to derive an image from")
     buf = io.BytesIO()
@@ -288,8 +281,8 @@ def bench_image(
                         f"  run {r + 1}/{runs}  {line.name:<24} {who:<32} "
                         f"{line.times[who][-1]:8.3f} s"
                     )
-        entries = len(run([*snap, "ls", "-R", "a:1"], "ls -R").splitlines())
-        size = len(run([*snap, "export", "a:1"], "export to a pipe"))
+        entries = len(run([*snap, "ls", "-R", "a:1"], "ls -R", stdout=subprocess.PIPE).splitlines())
+        size = len(run([*snap, "export", "a:1"], "export to a pipe", stdout=subprocess.PIPE))
     clean_out()
     info = {
         "ref": f"{image.layout}:{image.tag}",

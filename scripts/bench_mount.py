@@ -101,15 +101,22 @@ LISTING_FORMAT = r"%P\t%y\t%m\t%U\t%G\t%T@\t%l\t%s\n"
 # --------------------------------------------------------------------------- helpers
 
 
-def run(cmd: Sequence[str], what: str, *, stdout: int | None = subprocess.DEVNULL) -> bytes:
-    """Run `cmd`; BenchError with its stderr if it fails.  Returns stdout if piped."""
+def run(
+    cmd: Sequence[str],
+    what: str,
+    *,
+    stdout: int | None = subprocess.DEVNULL,
+    ok: Sequence[int] = (0,),
+) -> bytes:
+    """Run `cmd`; BenchError with its stderr if it exits with a status not in `ok`.
+    Returns stdout if piped."""
     try:
         proc = subprocess.run(
             list(cmd), stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE, check=False
         )
     except OSError as e:
         raise BenchError(f"{what}: cannot run {shlex.join(cmd)}: {e}") from e
-    if proc.returncode != 0:
+    if proc.returncode not in ok:
         raise BenchError(
             f"{what} failed (exit status {proc.returncode}): {shlex.join(cmd)}\n"
             f"--- stderr ---\n{proc.stderr.decode(errors='replace').rstrip()}"

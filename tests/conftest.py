@@ -74,19 +74,33 @@ class CliResult:
     err: str
 
 
-@pytest.fixture
-def cli(store_root: Path) -> Callable[..., CliResult]:
-    """Run ``snapshotter --root STORE ARGS...`` in-process and capture its output."""
+Run = Callable[..., CliResult]
+
+
+def run_in(root: Path) -> Run:
+    """``snapshotter --root ROOT ...`` in-process, output captured (``cli`` for one test's
+    store; this for module-scoped stores)."""
     from snapshotter.cli import main
 
-    def run(*args: str, root: Path | None = None) -> CliResult:
+    def run(*args: str) -> CliResult:
         out, err = io.StringIO(), io.StringIO()
         with redirect_stdout(out), redirect_stderr(err):
             try:
-                rc = main(["--root", str(root or store_root), *args])
+                rc = main(["--root", str(root), *args])
             except SystemExit as exc:
                 rc = int(exc.code or 0)
         return CliResult(rc, out.getvalue(), err.getvalue())
+
+    return run
+
+
+@pytest.fixture
+def cli(store_root: Path) -> Callable[..., CliResult]:
+    """Run ``snapshotter --root STORE ARGS...`` in-process and capture its output
+    (``root=`` runs it on another store)."""
+
+    def run(*args: str, root: Path | None = None) -> CliResult:
+        return run_in(root or store_root)(*args)
 
     return run
 

@@ -19,38 +19,20 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
 import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
-from conftest import REPO, CliResult, on_terminal
+from conftest import REPO, Run, on_terminal, run_in
 from test_explore_blame import StoryImage
 
 from snapshotter.cli.format import rfc3339_ns
 from snapshotter.explore.files import MAX_SYMLINKS, Failure, resolve
 from snapshotter.explore.image import open_image
 from snapshotter.store.store import Store
-
-Run = Callable[..., CliResult]
-
-
-def run_in(root: Path) -> Run:
-    """``snapshotter --root ROOT ...`` in-process, for module-scoped stores."""
-    from snapshotter.cli import main
-
-    def run(*args: str) -> CliResult:
-        out, err = io.StringIO(), io.StringIO()
-        with redirect_stdout(out), redirect_stderr(err):
-            try:
-                rc = main(["--root", str(root), *args])
-            except SystemExit as exc:
-                rc = int(exc.code or 0)
-        return CliResult(rc, out.getvalue(), err.getvalue())
-
-    return run
 
 
 def run_binary(root: Path, *args: str, mode: str = "w") -> tuple[int, bytes, str]:

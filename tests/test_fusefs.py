@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import json
 import os
 import random
@@ -26,38 +25,19 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
-from conftest import REPO, CliResult, need_root, need_tool, unavailable
+from conftest import REPO, Run, need_root, need_tool, run_in, unavailable
 from oracle import gnu_tar_extract, kind_letter, sha256_of
 
 from snapshotter.store.store import Store
 from snapshotter.view.mount import mounted_at
 
-Run = Callable[..., CliResult]
-
 # -- plumbing ------------------------------------------------------------------------------
-
-
-def run_in(root: Path) -> Run:
-    """``snapshotter --root ROOT ...`` in-process (conftest's ``cli``, usable at module scope)."""
-    from snapshotter.cli import main
-
-    def run(*args: str) -> CliResult:
-        out, err = io.StringIO(), io.StringIO()
-        with redirect_stdout(out), redirect_stderr(err):
-            try:
-                rc = main(["--root", str(root), *args])
-            except SystemExit as exc:
-                rc = int(exc.code or 0)
-        return CliResult(rc, out.getvalue(), err.getvalue())
-
-    return run
 
 
 def need_fuse() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..oci.digest import Digest
 from ..oci.model import JSONObject, chain_ids
@@ -125,15 +126,7 @@ def inspect_stored(image: StoredImage, state: State) -> ImageInspect:
         id=record.config,
         repo_tags=tuple(sorted({_tag_name(n) for n in state.all_names_of(record.digest)})),
         repo_digests=tuple(sorted(digests)),
-        created=config_text(config, "created"),
-        author=config_text(config, "author"),
-        comment=_comment(config),
-        docker_version=config_text(config, "docker_version"),
-        config=run_config(config),
-        architecture=config_text(config, "architecture"),
-        variant=config_text(config, "variant"),
-        os=config_text(config, "os"),
-        os_version=config_text(config, "os.version"),
+        **_config_facts(config),
         size=record.size,
         remote=False,
         diff_ids=diff_ids,
@@ -150,6 +143,21 @@ def inspect_stored(image: StoredImage, state: State) -> ImageInspect:
     )
 
 
+def _config_facts(config: JSONObject) -> dict[str, Any]:
+    """The fields of ``ImageInspect`` an image config gives, stored or remote alike."""
+    return {
+        "created": config_text(config, "created"),
+        "author": config_text(config, "author"),
+        "comment": _comment(config),
+        "docker_version": config_text(config, "docker_version"),
+        "config": run_config(config),
+        "architecture": config_text(config, "architecture"),
+        "variant": config_text(config, "variant"),
+        "os": config_text(config, "os"),
+        "os_version": config_text(config, "os.version"),
+    }
+
+
 def inspect_remote(image: RemoteImage) -> ImageInspect:
     """The facts of an image in a registry, from its manifest and config alone."""
     ref, config = image.served.reference, image.config
@@ -159,15 +167,7 @@ def inspect_remote(image: RemoteImage) -> ImageInspect:
         id=str(image.config_digest),
         repo_tags=(_tag_name(ref.name()),) if ref.tag else (),
         repo_digests=(f"{repository}@{image.served.digest}",),
-        created=config_text(config, "created"),
-        author=config_text(config, "author"),
-        comment=_comment(config),
-        docker_version=config_text(config, "docker_version"),
-        config=run_config(config),
-        architecture=config_text(config, "architecture"),
-        variant=config_text(config, "variant"),
-        os=config_text(config, "os"),
-        os_version=config_text(config, "os.version"),
+        **_config_facts(config),
         size=sum(layer.size for layer in image.layers),
         remote=True,
         diff_ids=diff_ids,
