@@ -5,7 +5,9 @@
 
 Layer 1 lays down a tiny root file system; layer 2 (zstd) changes it the way a Dockerfile
 RUN would: it deletes a file (whiteout), replaces a directory (opaque), adds a hardlink, a
-symlink and a setuid binary; layer 3 adds an app.  No network, no root needed.
+symlink and a setuid binary; layer 3 adds an app.  Its config's history is what BuildKit
+would record for the Dockerfile those layers stand for (ENV, WORKDIR and CMD as empty
+layers).  No network, no root needed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from builders import ImageBuilder, LayerBuilder, write_oci_layout  # noqa: E402
 
 OS_RELEASE = b'PRETTY_NAME="snapshotter sample"\nID=sample\nVERSION_ID="1"\n'
+
+
+def _step(created: str, created_by: str, *, empty: bool = False) -> dict[str, object]:
+    step: dict[str, object] = {
+        "created": created,
+        "created_by": created_by,
+        "comment": "buildkit.dockerfile.v0",
+    }
+    if empty:
+        step["empty_layer"] = True
+    return step
 
 
 def build(path: Path) -> Path:
@@ -57,6 +70,20 @@ def build(path: Path) -> Path:
         layers=[base, change, app],
         layer_compressions=["gzip", "zstd", "none"],
         config_extra={"Cmd": ["/bin/hello"], "Env": ["PATH=/bin"], "WorkingDir": "/app"},
+        # what BuildKit would record for the Dockerfile these layers stand for
+        history=[
+            _step("2024-01-01T00:00:00Z", "COPY rootfs/ / # buildkit"),
+            _step("2024-01-01T00:00:01Z", "ENV PATH=/bin", empty=True),
+            _step(
+                "2024-01-01T00:00:02Z",
+                "RUN /bin/sh -c rm /etc/motd && rm -rf /etc/cache && mkdir /etc/cache "
+                "&& echo new > /etc/cache/fresh && install -m 4755 su /bin/su "
+                "&& ln /bin/su /bin/hello-again && ln -s /bin/hello /bin/sh-link # buildkit",
+            ),
+            _step("2024-01-01T00:00:03Z", "WORKDIR /app", empty=True),
+            _step("2024-01-01T00:00:04Z", "COPY app/ /app/ # buildkit"),
+            _step("2024-01-01T00:00:05Z", 'CMD ["/bin/hello"]', empty=True),
+        ],
     )
     return write_oci_layout(path, {"latest": image})
 
