@@ -345,8 +345,7 @@ def test_a_path_no_layer_has_is_one_line_exit_1(story):
     run, _ = story
     result = run("blame", "story:1", "/nope")
     assert result.rc == 1 and result.out == ""
-    assert result.err.startswith("snapshotter: error: image sha256:")
-    assert result.err.rstrip().endswith("no layer has '/nope'")
+    assert result.err.startswith("snapshotter: error: image 'story:1': no layer has '/nope'")
     assert len(result.err.splitlines()) == 1
 
 

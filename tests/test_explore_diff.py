@@ -249,7 +249,7 @@ def test_a_layer_out_of_range_is_an_error_with_exit_2(cli, layered):
         assert result.rc == 2
         assert result.out == ""
         assert result.err == (
-            f"snapshotter: error: image {digest_of(cli, layered)}: layer {n} is out of range 1..3\n"
+            f"snapshotter: error: image {layered!r}: layer {n} is out of range 1..3\n"
         )
 
 

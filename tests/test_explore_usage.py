@@ -161,7 +161,7 @@ def test_du_of_a_missing_path_or_through_a_symlink_is_one_line(cli, tmp_path):
     name = pull(cli, tmp_path, "link:1", image)
     result = cli("du", name, "/nope")
     assert result.rc == 1 and result.out == ""
-    assert result.err.startswith("snapshotter: error: image sha256:")
+    assert result.err.startswith(f"snapshotter: error: image {name!r}:")
     assert result.err.endswith("no such path '/nope'\n")
     result = cli("du", name, "/lib/x")
     assert result.rc == 1

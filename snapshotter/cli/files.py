@@ -338,7 +338,7 @@ def cmd_blame(store: Store, args: argparse.Namespace) -> int:
     path = files.resolve(image.view().tree, args.path, follow=False).path
     found = blame_mod.blame(image, path)
     if not found.changes and found.view is None:
-        raise NotFound(f"image {image.record.digest}: no layer has {display_path(path)!r}")
+        raise NotFound(f"{image.what}: no layer has {display_path(path)!r}")
     if args.json:
         print_json(_blame_doc(found))
     else:

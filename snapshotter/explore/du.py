@@ -85,7 +85,7 @@ def _resolve(image: StoredImage, tree: MergedTree, path: str) -> Node:
     for part in path.split("/") if path else ():
         if node.kind is not EntryKind.DIR:
             raise NotFound(
-                f"image {image.record.digest}: no such path {display_path(path)!r}: "
+                f"{image.what}: no such path {display_path(path)!r}: "
                 f"{display_path(walked)!r} is a {kind_word(node.kind)} (du follows no symlinks)"
             )
         found = tree.lookup(node.inode, part)

@@ -118,7 +118,7 @@ def locate(image: StoredImage, path: str, upto: int | None = None, *, follow: bo
     found = resolve(tree, path, follow=follow)
     if found.failure is None:
         return Found(found.path, tree.stat(found.inode))
-    where = f"image {image.record.digest}"
+    where = image.what
     if found.failure is Failure.LOOP:
         raise NotFound(f"{where}: {display_path(found.at)!r}: {found.failure.value}")
     gone = removal(image, found.path, upto)
@@ -224,10 +224,10 @@ def regular_file(image: StoredImage, path: str, upto: int | None = None) -> Cont
     found = locate(image, path, upto, follow=True)
     st = found.stat
     if st.kind is EntryKind.DIR:
-        raise NotFound(f"image {image.record.digest}: {display_path(found.path)!r} is a directory")
+        raise NotFound(f"{image.what}: {display_path(found.path)!r} is a directory")
     if st.kind is not EntryKind.FILE:
         raise NotFound(
-            f"image {image.record.digest}: {display_path(found.path)!r} is not a regular file "
+            f"{image.what}: {display_path(found.path)!r} is not a regular file "
             f"(a {_KIND_WORD[st.kind]})"
         )
     if st.size == 0:

@@ -135,9 +135,15 @@ class StoredImage:
     layers: tuple[Layer, ...]  # base first; layers[n - 1] is layer n
     history: tuple[HistoryEntry, ...]  # as the config lists it (oldest first)
     warnings: tuple[str, ...]
+    label: str = ""  # how the user named it (for messages); the manifest digest if not given
     _tocs: dict[int, Toc] = field(default_factory=dict)
     _digests: dict[int, dict[int, str]] = field(default_factory=dict)
     _views: dict[int, ImageView] = field(default_factory=dict)
+
+    @property
+    def what(self) -> str:
+        """The image as messages name it: ``image 'app:1'`` (or its manifest digest)."""
+        return f"image {self.label!r}" if self.label else f"image {self.record.digest}"
 
     # -- layers ----------------------------------------------------------------------------
 
@@ -145,7 +151,7 @@ class StoredImage:
         """Layer ``number`` (1 = base); InvalidReference when out of range."""
         if not 1 <= number <= len(self.layers):
             raise InvalidReference(
-                f"image {self.record.digest}: layer {number} is out of range 1..{len(self.layers)}"
+                f"{self.what}: layer {number} is out of range 1..{len(self.layers)}"
             )
         return self.layers[number - 1]
 
@@ -153,7 +159,7 @@ class StoredImage:
         """``upto`` as a ``--layer`` value (0..layers); InvalidReference otherwise."""
         if not 0 <= upto <= len(self.layers):
             raise InvalidReference(
-                f"image {self.record.digest}: --layer {upto} is out of range 0..{len(self.layers)}"
+                f"{self.what}: --layer {upto} is out of range 0..{len(self.layers)}"
             )
         return upto
 
@@ -242,10 +248,12 @@ def open_image(store: Store, text: str, platform: Platform | None = None) -> Sto
     host's)."""
     state = store.read_state()
     record, index = store.resolve_image(state, text, platform)
-    return open_record(store, record, index)
+    return open_record(store, record, index, label=text)
 
 
-def open_record(store: Store, record: ImageRecord, index: IndexRecord | None = None) -> StoredImage:
+def open_record(
+    store: Store, record: ImageRecord, index: IndexRecord | None = None, *, label: str = ""
+) -> StoredImage:
     config_digest = Digest.parse(record.config)
     manifest_digest = Digest.parse(record.digest)
     try:
@@ -285,6 +293,7 @@ def open_record(store: Store, record: ImageRecord, index: IndexRecord | None = N
         layers=layers,
         history=history,
         warnings=warnings,
+        label=label,
     )
 
 
@@ -322,7 +331,7 @@ def display_path(path: str) -> str:
 def require_found(node: Node | None, image: StoredImage, path: str) -> Node:
     """``node``, or NotFound naming ``path`` when there is none."""
     if node is None:
-        raise NotFound(f"image {image.record.digest}: no such path {display_path(path)!r}")
+        raise NotFound(f"{image.what}: no such path {display_path(path)!r}")
     return node
 
 
