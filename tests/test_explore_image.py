@@ -3,6 +3,8 @@ and the formatting every explore command shares."""
 
 from __future__ import annotations
 
+import hashlib
+
 from snapshotter.cli.format import human_size, mode_string, rfc3339_ns
 from snapshotter.explore.image import align_history, normalize_path
 from snapshotter.store.toc import EntryKind
@@ -70,3 +72,29 @@ def test_sizes_are_dockers():
 def test_times_keep_nanoseconds():
     assert rfc3339_ns(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123456789Z"
     assert rfc3339_ns(1_700_000_000_000_000_000) == "2023-11-14T22:13:20Z"
+
+
+def test_a_store_from_before_toc_digests_still_gets_them_by_hashing(tmp_path, cli, store_root):
+    """Snapshots unpacked before toc version 2 have no content digests: the explore
+    commands hash the data files instead, and answer the same."""
+    import json
+
+    import zstandard
+    from builders import ImageBuilder, LayerBuilder, write_oci_layout
+
+    base = LayerBuilder().file("a", b"alpha").file("b", b"x" * 100_000).file("empty", b"")
+    top = LayerBuilder().file("a", b"ALPHA").file("c", b"y" * 5000).hardlink("d", "c")
+    write_oci_layout(tmp_path / "oci", {"1": ImageBuilder([base, top])})
+    assert cli("pull", "-q", f"oci:{tmp_path / 'oci'}:1", "--name", "old:1").rc == 0
+    before = json.loads(cli("ls", "-R", "--json", "old:1").out)
+    assert {e["path"]: e["digest"] for e in before}["/a"] == (
+        "sha256:" + hashlib.sha256(b"ALPHA").hexdigest()
+    )
+    for toc in (store_root / "snapshots" / "sha256").glob("*/toc.json.zst"):
+        doc = json.loads(zstandard.ZstdDecompressor().decompressobj().decompress(toc.read_bytes()))
+        doc["version"] = 1
+        doc["entries"] = [row[:13] for row in doc["entries"]]
+        toc.write_bytes(zstandard.ZstdCompressor().compress(json.dumps(doc).encode()))
+    after = json.loads(cli("ls", "-R", "--json", "old:1").out)
+    assert after == before
+    assert cli("diff", "old:1", "--layer", "2").out == "C /a\nA /c\nA /d\n"
