@@ -105,8 +105,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"snapshotter: error: {exc}", file=sys.stderr)
+        print(f"snapshotter: error: {os_error(exc)}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def os_error(exc: OSError) -> str:
+    """An OSError as one line: ``'/x/out.tar': no such file or directory``."""
+    if exc.filename is not None and exc.strerror:
+        return f"{str(exc.filename)!r}: {exc.strerror[:1].lower()}{exc.strerror[1:]}"
+    return str(exc)
 
 
 def entry_point() -> None:

@@ -213,7 +213,10 @@ def _named_temporary(target: Path) -> Iterator[int]:
     temp = _temp_name(target)
     umask = os.umask(0)
     os.umask(umask)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666 & ~umask)
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666 & ~umask)
+    except OSError as exc:  # name what the user asked for, not our temporary name
+        raise OSError(exc.errno, exc.strerror, str(target)) from exc
     try:
         try:
             yield fd

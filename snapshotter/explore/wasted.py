@@ -825,7 +825,7 @@ def parse_bytes(text: str) -> int:
         digits += 1
     number = parse_go_float(text[:digits].replace(",", ""))
     if number is None:
-        raise ValueError(f"not a number: {text[:digits]!r}")
+        raise ValueError("not a size (a number of bytes, or one like 20MB or 1.5GiB)")
     unit = text[digits:].strip().lower()
     if unit not in _BYTE_UNITS:
         raise ValueError(f"unhandled size name: {unit}")
