@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -139,30 +140,66 @@ def tree_state(root: Path) -> dict[str, tuple[object, ...]]:
     return out
 
 
-def on_terminal(*args: str, columns: int = 80) -> str:
-    """The command with stdout on a pseudo-terminal ``columns`` wide; what it showed."""
+@dataclass
+class TerminalRun:
+    rc: int
+    shown: bytes  # what reached the terminal
+    out: bytes  # stdout, when it was not the terminal
+    err: bytes  # stderr, when it was not the terminal
+
+    @property
+    def text(self) -> str:
+        return self.shown.decode("utf-8", "replace").replace("\r\n", "\n")
+
+
+def run_on_a_terminal(
+    *args: str, stdout: bool = True, stderr: bool = False, columns: int = 80
+) -> TerminalRun:
+    """The real command (a subprocess) with stdout and/or stderr on a pseudo-terminal
+    ``columns`` wide.  The terminal is drained while the command runs, so one that wrongly
+    writes a lot there ends instead of blocking."""
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-    env = {**os.environ, "COLUMNS": str(columns)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "snapshotter.cli", *args],
-        stdout=slave,
-        stderr=subprocess.PIPE,
-        cwd=REPO,
-        env=env,
-    )
-    os.close(slave)
-    shown = bytearray()
-    while True:
-        try:
-            chunk = os.read(master, 1 << 16)
-        except OSError:  # EIO: the terminal's other side is closed
-            break
-        if not chunk:
-            break
-        shown += chunk
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    assert proc.wait() == 0, err
-    os.close(master)
-    return shown.decode("utf-8", "replace").replace("\r\n", "\n")
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": str(columns), "LINES": "40"}
+    shown: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 1 << 16)
+            except OSError:  # EIO: every writer of the terminal has gone
+                return
+            if not data:
+                return
+            shown.append(data)
+
+    proc = None
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "snapshotter.cli", *args],
+            stdout=slave if stdout else subprocess.PIPE,
+            stderr=slave if stderr else subprocess.PIPE,
+            cwd=REPO,
+            env=env,
+        )
+        os.close(slave)
+        slave = -1
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        out, err = proc.communicate(timeout=120)
+        reader.join(30)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    return TerminalRun(proc.returncode, b"".join(shown), out or b"", err or b"")
+
+
+def on_terminal(*args: str, columns: int = 80) -> str:
+    """What the command showed with stdout on a terminal ``columns`` wide (it must exit 0)."""
+    run = run_on_a_terminal(*args, columns=columns)
+    assert run.rc == 0, run.err
+    return run.text

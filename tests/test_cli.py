@@ -8,13 +8,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
-from conftest import REPO, run_snapshotter
+from conftest import run_on_a_terminal, run_snapshotter
 
 # In the order --help lists them: by family (cli/pull, cli/images, cli/inspect, cli/registry,
 # cli/mount).
@@ -171,28 +169,8 @@ def test_pull_prints_only_the_manifest_digest_on_stdout(tmp_path):
 
 def _run_on_a_terminal(*args: str) -> tuple[int, str, str]:
     """Run snapshotter with stderr on a pseudo-terminal; return (rc, stdout, terminal text)."""
-    master, slave = os.openpty()
-    env = dict(os.environ, TERM="xterm", COLUMNS="120", LINES="40")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "snapshotter.cli", *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=slave,
-        env=env,
-    )
-    os.close(slave)
-    seen = bytearray()
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: every writer of the terminal has gone
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(master)
-    out = proc.stdout.read().decode() if proc.stdout else ""
-    return proc.wait(timeout=60), out, seen.decode(errors="replace")
+    run = run_on_a_terminal(*args, stdout=False, stderr=True, columns=120)
+    return run.rc, run.out.decode(), run.shown.decode(errors="replace")
 
 
 def test_pull_draws_a_bar_per_layer_on_a_terminal(tmp_path):

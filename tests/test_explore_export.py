@@ -16,21 +16,19 @@ import hashlib
 import io
 import json
 import os
-import pty
 import random
 import signal
 import stat
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
-from conftest import REPO, CliResult, need_root, need_tool
+from conftest import REPO, CliResult, need_root, need_tool, run_on_a_terminal
 from oracle import gnu_tar_extract
 from test_fixtures import IMPORTS, _source
 from test_fusefs import (
@@ -566,44 +564,10 @@ def test_stdout_pipe_gets_the_same_bytes_as_o_file(cli, store_root, tmp_path, sm
 
 
 def on_a_terminal(args: list[str], *, stderr_too: bool = False) -> tuple[int, bytes, bytes]:
-    """Run ``snapshotter ARGS`` with stdout (and ``stderr_too``: stderr) on a pty: exit
-    status, what reached the terminal, stderr otherwise.  The pty is drained as the
-    command runs, so a command that wrongly writes a tar there ends instead of blocking."""
-    master, slave = pty.openpty()
-    shown: list[bytes] = []
-
-    def drain() -> None:
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: every slave end is closed
-                return
-            if not data:
-                return
-            shown.append(data)
-
-    proc = None
-    try:
-        proc = subprocess.Popen(
-            snapshotter_cmd(*args),
-            stdout=slave,
-            stderr=slave if stderr_too else subprocess.PIPE,
-            cwd=REPO,
-        )
-        os.close(slave)
-        slave = -1
-        reader = threading.Thread(target=drain, daemon=True)
-        reader.start()
-        _, err = proc.communicate(timeout=120)
-        reader.join(30)
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if slave >= 0:
-            os.close(slave)
-        os.close(master)
-    return proc.returncode, b"".join(shown), err or b""
+    """``snapshotter ARGS`` with stdout (and ``stderr_too``: stderr) on a pty: exit status,
+    what reached the terminal, stderr otherwise."""
+    run = run_on_a_terminal(*args, stderr=stderr_too)
+    return run.rc, run.shown, run.err
 
 
 def test_refuses_to_write_to_a_terminal(store_root, tmp_path, small):
