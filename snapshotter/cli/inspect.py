@@ -492,32 +492,9 @@ def _index_document(index: RemoteIndex) -> dict[str, object]:
             "digest": str(served.digest),
             "size": len(served.raw),
         },
-        "Manifests": [
-            {"Descriptor": _descriptor_json(d), "Kind": _kind(d)} for d in index.manifests
-        ],
+        "Manifests": [{"Descriptor": d.to_json(), "Kind": _kind(d)} for d in index.manifests],
         "Snapshotter": {"source": f"docker://{ref}", "remote": True},
     }
-
-
-def _descriptor_json(desc: Descriptor) -> dict[str, object]:
-    out: dict[str, object] = {
-        "mediaType": desc.media_type,
-        "digest": str(desc.digest),
-        "size": desc.size,
-    }
-    if desc.annotations:
-        out["annotations"] = dict(desc.annotations)
-    if desc.platform is not None:
-        plat: dict[str, object] = {
-            "architecture": desc.platform.architecture,
-            "os": desc.platform.os,
-        }
-        if desc.platform.os_version:
-            plat["os.version"] = desc.platform.os_version
-        if desc.platform.variant:
-            plat["variant"] = desc.platform.variant
-        out["platform"] = plat
-    return out
 
 
 def _kind(desc: Descriptor) -> str:

@@ -217,7 +217,10 @@ class Descriptor:
         if self.annotations:
             out["annotations"] = dict(self.annotations)
         if self.platform is not None:
-            plat: JSONObject = {"os": self.platform.os, "architecture": self.platform.architecture}
+            # the image spec's field order, as Go's v1.Platform marshals it
+            plat: JSONObject = {"architecture": self.platform.architecture, "os": self.platform.os}
+            if self.platform.os_version:
+                plat["os.version"] = self.platform.os_version
             if self.platform.variant:
                 plat["variant"] = self.platform.variant
             out["platform"] = plat
