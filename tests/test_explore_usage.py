@@ -430,7 +430,6 @@ def test_hidden_lists_a_secret_added_then_deleted(cli, tmp_path):
 def assert_hidden_agrees_with_the_view(store_root: Path, name: str) -> None:
     """Every non-directory entry of every layer is either listed hidden or shown by the
     merged view, never both."""
-    from snapshotter.explore.du import read_columns
     from snapshotter.explore.image import open_image
     from snapshotter.explore.wasted import hidden
     from snapshotter.store.store import Store
@@ -440,7 +439,7 @@ def assert_hidden_agrees_with_the_view(store_root: Path, name: str) -> None:
     listed = {(h.layer, h.path) for h in hidden(stored)}
     tree = stored.view().tree
     for number in range(1, len(stored.layers) + 1):
-        cols = read_columns(stored, number)
+        cols = stored.columns(number)
         for path, kind, inode in zip(cols.path, cols.kind, cols.inode, strict=True):
             if kind in (EntryKind.DIR, EntryKind.WHITEOUT):
                 continue
@@ -478,7 +477,6 @@ FIXTURES = [
 def test_du_and_wasted_on_every_fixture(fixtures_dir, cli, store_root, source):
     """On real images: du's total is every byte of the view once; dive's file lists hold
     every entry of each toc and its sizes are the toc's; --hidden agrees with the view."""
-    from snapshotter.explore.du import read_columns
     from snapshotter.explore.image import open_image
     from snapshotter.store.store import Store
 
@@ -492,7 +490,7 @@ def test_du_and_wasted_on_every_fixture(fixtures_dir, cli, store_root, source):
     assert du["entries"][-1]["size"] == image.view().tree.content_size()
     doc = go_json(cli, "wasted", digest, "--json")
     for number, layer in enumerate(doc["layer"], start=1):
-        columns = read_columns(image, number)
+        columns = image.columns(number)
         assert layer["index"] == number - 1
         assert len(layer["fileList"]) == len([p for p in columns.path if p])
         assert (

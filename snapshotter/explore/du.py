@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from itertools import compress
 
 from ..errors import NotFound
-from ..store.toc import TOC_NAME, EntryKind, TocColumns
+from ..store.toc import EntryKind, TocColumns
 from ..view.merge import ROOT_INODE, MergedTree, Node
 from .image import StoredImage, display_path, normalize_path, require_found
 
@@ -165,17 +165,12 @@ def first_names(columns: TocColumns) -> list[bool]:
     return first
 
 
-def read_columns(image: StoredImage, number: int) -> TocColumns:
-    """Layer ``number``'s toc, as columns."""
-    return TocColumns.read(image.snapshot(number) / TOC_NAME)
-
-
 def _shipped(
     image: StoredImage, number: int, start: str, is_dir: bool, dirs: set[str]
 ) -> dict[str, int]:
     """Bytes of regular files layer ``number`` ships below each of ``dirs`` (at ``start``
     itself when the view has no directory there)."""
-    columns = read_columns(image, number)
+    columns = image.columns(number)
     counted = [
         kind is EntryKind.FILE and first
         for kind, first in zip(columns.kind, first_names(columns), strict=True)
@@ -206,6 +201,5 @@ __all__ = [
     "DiskUsage",
     "disk_usage",
     "first_names",
-    "read_columns",
     "subtree_bytes",
 ]

@@ -24,7 +24,7 @@ from ..errors import InvalidReference, NotFound, StoreCorrupt
 from ..oci.digest import Digest
 from ..oci.model import JSONObject, Manifest, Platform, load_json
 from ..store.store import ImageRecord, IndexRecord, Store
-from ..store.toc import DATA_DIR, TOC_NAME, EntryKind, Toc, TocEntry
+from ..store.toc import DATA_DIR, TOC_NAME, EntryKind, Toc, TocColumns, TocEntry
 from ..view.merge import Node
 from ..view.tree import ImageView, open_tree
 
@@ -137,6 +137,7 @@ class StoredImage:
     warnings: tuple[str, ...]
     label: str = ""  # how the user named it (for messages); the manifest digest if not given
     _tocs: dict[int, Toc] = field(default_factory=dict)
+    _columns: dict[int, TocColumns] = field(default_factory=dict)
     _digests: dict[int, dict[int, str]] = field(default_factory=dict)
     _views: dict[int, ImageView] = field(default_factory=dict)
 
@@ -174,6 +175,15 @@ class StoredImage:
             self._tocs[number] = toc
         return toc
 
+    def columns(self, number: int) -> TocColumns:
+        """Layer ``number``'s toc as columns (read once): for questions over every entry
+        of a layer, at a third of the cost of ``toc``."""
+        columns = self._columns.get(number)
+        if columns is None:
+            columns = TocColumns.read(self.snapshot(number) / TOC_NAME)
+            self._columns[number] = columns
+        return columns
+
     def data_path(self, number: int, toc_inode: int) -> Path:
         """Where layer ``number`` keeps the content of its toc inode ``toc_inode``."""
         return self.snapshot(number) / DATA_DIR / f"{toc_inode:x}"
@@ -198,7 +208,8 @@ class StoredImage:
             return EMPTY_DIGEST
         digests = self._digests.get(number)
         if digests is None:
-            digests = {e.inode: e.digest for e in self.toc(number) if e.digest}
+            columns = self.columns(number)
+            digests = {i: d for i, d in zip(columns.inode, columns.digest, strict=True) if d}
             self._digests[number] = digests
         known = digests.get(entry_inode)
         if known:

@@ -49,8 +49,8 @@ from typing import NamedTuple
 from ..errors import InvalidConfig
 from ..store.toc import FLAG_IMPLIED, FLAG_OPAQUE, EntryKind, TocColumns
 from ..view.merge import ROOT_INODE, MergedTree
-from .du import first_names, read_columns, subtree_bytes
-from .image import EMPTY_DIGEST, StoredImage, hash_file
+from .du import first_names, subtree_bytes
+from .image import StoredImage
 
 WHITEOUT_PREFIX = ".wh."  # image-spec layer.md#whiteouts: how dive names a whiteout entry
 
@@ -145,7 +145,7 @@ def analyze(image: StoredImage) -> WasteReport:
     leaves: list[_Leaves] = []
     lower_dirs: set[str] = set()  # paths some layer below made a directory
     for number in range(1, len(image.layers) + 1):
-        columns = read_columns(image, number)
+        columns = image.columns(number)
         found = _leaves(image, number, columns, lower_dirs)
         layers.append(_summary(image, number, found.content))
         leaves.append(found)
@@ -336,7 +336,7 @@ def go_file_mode(kind: EntryKind, mode: int) -> int:
 def dive_file_list(image: StoredImage, number: int) -> list[DiveFile]:
     """Layer ``number``'s entries in dive's order (depth first, names sorted, a directory
     after its children), the root left out, as dive's export lists them."""
-    columns = read_columns(image, number)
+    columns = image.columns(number)
     first = first_names(columns)
     primary: dict[int, str] = {}
     for i, kind in enumerate(columns.kind):
@@ -449,7 +449,7 @@ def hidden(image: StoredImage) -> tuple[HiddenEntry, ...]:
     at_parent: dict[str, tuple[int, HiddenHow]] = {}  # what hides everything below it
     found: list[HiddenEntry] = []
     for number in range(n, 0, -1):
-        cols = read_columns(image, number)
+        cols = image.columns(number)
         if number < n:
             found.extend(_hidden_in(image, tree, dir_inodes, number, cols, at_path, at_parent))
         for path, kind, flags in zip(cols.path, cols.kind, cols.flags, strict=True):
@@ -492,11 +492,7 @@ def _hidden_in(
         if hider is None or _shown(tree, dir_inodes, path, number, cols.inode[i]):
             continue
         size = cols.size[i] if kind is EntryKind.FILE else 0
-        digest = ""
-        if kind is EntryKind.FILE:
-            digest = cols.digest[i] or (
-                hash_file(image.data_path(number, cols.inode[i])) if size else EMPTY_DIGEST
-            )
+        digest = image.content_digest(number, cols.inode[i], size) if kind is EntryKind.FILE else ""
         out.append(
             HiddenEntry(
                 path,
