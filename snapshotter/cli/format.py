@@ -24,10 +24,28 @@ def print_json(doc: object) -> None:
 
 
 def print_json_lines(docs: Sequence[object]) -> None:
-    """JSON Lines on stdout, as docker's ``--format json`` writes them: one compact object
-    per line, keys in the given order."""
+    """docker's ``--format json``: one compact object per line, keys sorted, escaped as
+    Go's json.Marshal escapes (``go_escape``)."""
     for doc in docs:
-        sys.stdout.write(json.dumps(doc, separators=(",", ":"), ensure_ascii=False) + "\n")
+        line = json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+        sys.stdout.write(go_escape(line) + "\n")
+
+
+# Go's encoding/json escapes these inside strings (none can appear outside one).
+_GO_ESCAPES = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+_GO_ESCAPED = re.compile("[<>&\u2028\u2029]")
+
+
+def go_escape(json_text: str) -> str:
+    """JSON text as Go's encoding/json would have written it: ``<``, ``>``, ``&``, U+2028
+    and U+2029 as ``\\uXXXX`` escapes (what docker's and dive's output carry)."""
+    return _GO_ESCAPED.sub(lambda m: _GO_ESCAPES[m.group()], json_text)
 
 
 def print_table(rows: Sequence[Sequence[str]], sep: str = "   ") -> None:

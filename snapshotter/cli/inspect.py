@@ -35,6 +35,7 @@ from .format import (
     parse_time,
     print_docker_table,
     print_json,
+    print_json_lines,
 )
 from .registry import registry_arguments, registry_options
 
@@ -214,7 +215,7 @@ def cmd_history(store: Store, args: argparse.Namespace) -> int:
     human_dates = args.human is not False
     if args.format == "json":
         human_sizes = args.human is not False and not args.bytes
-        _print_json_lines(
+        print_json_lines(
             [
                 {
                     "Comment": row.comment,
@@ -513,27 +514,6 @@ def _print_docker(docs: list[dict[str, object]]) -> None:
     """JSON as docker's inspect prints it: 4-space indent, keys in the given order (the
     daemon writes it without HTML escaping, and the CLI only indents it)."""
     sys.stdout.write(json.dumps(docs, indent=4, ensure_ascii=False) + "\n")
-
-
-def _print_json_lines(docs: list[dict[str, str]]) -> None:
-    """docker's ``--format json``: one compact object per line, keys sorted, and Go's
-    json.Marshal escaping of <, > and & (``\\u003c``), as docker's formatter writes them."""
-    for doc in docs:
-        line = json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
-        sys.stdout.write(_go_escape(line) + "\n")
-
-
-def _go_escape(text: str) -> str:
-    # Go's encoding/json escapes these inside strings; none can appear outside one.
-    for char, escaped in (
-        ("<", "\\u003c"),
-        (">", "\\u003e"),
-        ("&", "\\u0026"),
-        ("\u2028", "\\u2028"),
-        ("\u2029", "\\u2029"),
-    ):
-        text = text.replace(char, escaped)
-    return text
 
 
 __all__ = ["docker_config", "docker_document", "register"]

@@ -35,6 +35,7 @@ from ..store.store import Store
 from . import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from .common import image_arguments, stored_image
 from .format import (
+    go_escape,
     kind_name,
     print_json,
     print_table,
@@ -514,14 +515,6 @@ def _go_scalar(value: object) -> str:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
-_GO_ESCAPES = {
-    "<": "\\u003c",
-    ">": "\\u003e",
-    "&": "\\u0026",
-    "\u2028": "\\u2028",
-    "\u2029": "\\u2029",
-}
-_GO_ESCAPED = re.compile("[<>&\u2028\u2029]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # Strings Go writes as they are: printable ASCII but for ", \\, <, > and &.
 _PLAIN = re.compile(r"[ !#-%'-;=?-\[\]-~]*")
@@ -534,7 +527,7 @@ def go_string(text: str) -> str:
         return f'"{text}"'
     text = _SURROGATE.sub("\ufffd", text)
     quoted = str(encode_basestring(text))
-    return _GO_ESCAPED.sub(lambda m: _GO_ESCAPES[m.group()], quoted)
+    return go_escape(quoted)
 
 
 def go_json_float(x: float) -> str:
