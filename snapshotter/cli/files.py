@@ -177,10 +177,6 @@ def cmd_ls(store: Store, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _link(tree: MergedTree, inode: int) -> str:
-    return tree.node(inode).link
-
-
 def _ls_long(tree: MergedTree, entries: Iterable[files.Listed], human: bool) -> None:
     """The -l table.  Entries of an image share a few (mode, owner, mtime) triples, so
     those cells are made once per triple; widths are measured and rows joined at the
@@ -208,7 +204,7 @@ def _ls_long(tree: MergedTree, entries: Iterable[files.Listed], human: bool) -> 
         layers.append(str(st.layer + 1) if st.layer >= 0 else "-")
         name = shown(display_path(path), tty)
         if kind is EntryKind.SYMLINK:
-            name += " -> " + shown(_link(tree, st.inode), tty)
+            name += " -> " + shown(tree.link(st.inode), tty)
         names.append(name)
     w_mode = max(len(h[0]) for h in (*heads.values(), rows[0]))
     w_owner = max(len(h[1]) for h in (*heads.values(), rows[0]))
@@ -241,7 +237,7 @@ def _ls_json(image: StoredImage, tree: MergedTree, entries: Iterable[files.Liste
         digest = ""
         if kind is EntryKind.FILE:
             digest = image.content_digest(st.layer + 1, st.data, st.size)
-        link = text(_link(tree, st.inode)) if kind is EntryKind.SYMLINK else '""'
+        link = text(tree.link(st.inode)) if kind is EntryKind.SYMLINK else '""'
         layer = str(st.layer + 1) if st.layer >= 0 else "null"
         out.add(
             f'{sep}{{"digest": "{digest}", "gid": {st.gid}, "layer": {layer}, '

@@ -86,7 +86,7 @@ def resolve(tree: MergedTree, path: str, *, follow: bool = True) -> Resolution:
             links += 1
             if links > MAX_SYMLINKS:
                 return failed(Failure.LOOP, name)
-            target = tree.node(child).link
+            target = tree.link(child)
             if not target:  # Linux: an empty target names nothing
                 return failed(Failure.MISSING, name)
             if target.startswith("/"):
