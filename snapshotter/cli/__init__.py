@@ -86,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     reconfigure = getattr(sys.stdout, "reconfigure", None)
     if reconfigure is not None:
         reconfigure(errors="surrogateescape")
+    # A command may exit otherwise on errors (diff: 2, as diffoci; 1 means "different").
+    error_status: int = getattr(args, "error_status", EXIT_ERROR)
     try:
         handler: Handler = args.handler
         return handler(store, args)
@@ -93,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"snapshotter: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return error_status
     except KeyboardInterrupt:
         print("snapshotter: interrupted", file=sys.stderr)
         return 130
@@ -106,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"snapshotter: error: {os_error(exc)}", file=sys.stderr)
-        return EXIT_ERROR
+        return error_status
 
 
 def os_error(exc: OSError) -> str:

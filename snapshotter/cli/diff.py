@@ -9,10 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import traceback
 from collections.abc import Iterable
 
-from ..errors import SnapshotterError
 from ..explore.diff import (
     Action,
     ImageDiff,
@@ -112,29 +110,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "deleted}, config: [{key, image, other}], history: [{index, field, image, other}], "
         "same, shared_layers, image, other} (null: absent)",
     )
-    p.set_defaults(handler=cmd_diff, diff_parser=p)
+    p.set_defaults(handler=cmd_diff, usage_error=p.error, error_status=EXIT_TROUBLE)
 
 
 def cmd_diff(store: Store, args: argparse.Namespace) -> int:
-    parser: argparse.ArgumentParser = args.diff_parser
     with_other = args.ignore_timestamps or args.ignore_history or args.semantic
     if (args.other is None) == (args.layer is None):
-        parser.error("give either OTHER or --layer N")
+        args.usage_error("give either OTHER or --layer N")
     if args.layer is not None and with_other:
-        parser.error("--semantic and --ignore-* compare two images; not with --layer")
+        args.usage_error("--semantic and --ignore-* compare two images; not with --layer")
     if args.other is not None and args.mtime:
-        parser.error("--mtime is for --layer (IMAGE OTHER compares mtimes unless told not to)")
-    try:
-        if args.layer is not None:
-            return _layer(store, args)
-        return _images(store, args)
-    except BrokenPipeError:
-        raise
-    except (SnapshotterError, OSError) as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(f"snapshotter: error: {exc}", file=sys.stderr)
-        return EXIT_TROUBLE
+        args.usage_error("--mtime is for --layer (IMAGE OTHER compares mtimes unless told not to)")
+    if args.layer is not None:
+        return _layer(store, args)
+    return _images(store, args)
 
 
 def _layer(store: Store, args: argparse.Namespace) -> int:
