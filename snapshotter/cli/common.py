@@ -12,6 +12,11 @@ from ..store.store import Store
 def image_arguments(p: argparse.ArgumentParser) -> None:
     """IMAGE and --platform, as ``mount`` takes them."""
     p.add_argument("image", metavar="IMAGE", help="name, NAME@DIGEST, digest or id prefix")
+    platform_argument(p)
+
+
+def platform_argument(p: argparse.ArgumentParser) -> None:
+    """--platform, to pick an image from an index, as pull picks it."""
     p.add_argument(
         "--platform", help="OS/ARCH[/VARIANT] to pick from an index (default: the host's)"
     )

@@ -28,6 +28,7 @@ from ..oci.model import Descriptor, Platform
 from ..oci.reference import Reference
 from ..store.store import Store
 from . import EXIT_OK
+from .common import platform_argument
 from .format import (
     ago,
     ellipsis,
@@ -105,9 +106,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="json: docker's JSON Lines (Comment, CreatedAt, CreatedBy, CreatedSince, ID, "
         "Size: all strings)",
     )
-    p.add_argument(
-        "--platform", help="OS/ARCH[/VARIANT] to pick from an index (default: the host's)"
-    )
+    platform_argument(p)
     registry_arguments(p)
     p.set_defaults(handler=cmd_history, usage_error=p.error)
 
@@ -130,9 +129,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "image", metavar="IMAGE", help="name, NAME@DIGEST, digest, id prefix, or docker://REF"
     )
-    p.add_argument(
-        "--platform", help="OS/ARCH[/VARIANT] to pick from an index (default: the host's)"
-    )
+    platform_argument(p)
     how = p.add_mutually_exclusive_group()
     how.add_argument(
         "--record",

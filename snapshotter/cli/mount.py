@@ -8,6 +8,7 @@ from pathlib import Path
 from ..oci.model import Platform
 from ..store.store import Store
 from . import EXIT_OK
+from .common import platform_argument
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,9 +32,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="N",
         help="mount the image as it stood after its first N layers (0 = empty)",
     )
-    p.add_argument(
-        "--platform", help="OS/ARCH[/VARIANT] to pick from an index (default: the host's)"
-    )
+    platform_argument(p)
     p.add_argument(
         "--foreground",
         action="store_true",
