@@ -22,7 +22,9 @@ pyfuse3 the view is the same, one open/release (opendir/releasedir) pair per ope
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import logging
 import os
 import signal
@@ -36,6 +38,7 @@ import trio
 from ..errors import SnapshotterError
 from ..store.toc import EntryKind
 from .merge import Node, Stat
+from .prefetch import Prefetcher
 from .tree import ImageView, data_name
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,11 @@ BLOCK_SIZE = 4096
 NO_OPEN = "no_open_inode" in getattr(pyfuse3, "FEATURES", ())
 # Without open/release, data files stay open until this many others were opened after them.
 MAX_OPEN_DATA_FILES = 256
+# Reads warm the files that follow them (view/prefetch.py); SNAPSHOTTER_PREFETCH=0 turns
+# it off, to measure what it brings (scripts/bench_mount.py).
+PREFETCH = os.environ.get("SNAPSHOTTER_PREFETCH", "1") != "0"
+# Files from this size on are read with the backing file's readahead doubled.
+SEQUENTIAL_SIZE = 1 << 20
 
 _TYPE_BITS = {
     EntryKind.FILE: stat.S_IFREG,
@@ -92,7 +100,7 @@ def _ask(query: Callable[[int], T], inode: int) -> T:
 class ImageFS(pyfuse3.Operations):
     """pyfuse3 operations over one ``ImageView``."""
 
-    def __init__(self, view: ImageView, *, no_open: bool = NO_OPEN):
+    def __init__(self, view: ImageView, *, no_open: bool = NO_OPEN, prefetch: bool = PREFETCH):
         super().__init__()
         self.view = view
         self.tree = view.tree
@@ -103,6 +111,39 @@ class ImageFS(pyfuse3.Operations):
         self._files: dict[int, int] = {}
         self._next_fh = 1
         self._data_dirs: dict[int, int] = {}  # layer -> O_PATH fd of its data_dir
+        self.prefetch = prefetch
+        self._prefetcher: Prefetcher | None = None
+
+    def init(self) -> None:
+        # FUSE's INIT: in the process that serves, after any fork.  The layers' data
+        # directories are opened here, once, so that prefetch workers only read the dict.
+        for layer in range(len(self.view.snapshots)):
+            with contextlib.suppress(OSError):
+                self._data_dirs[layer] = os.open(
+                    self.view.data_dir(layer), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+                )
+        if self.prefetch:
+            self._prefetcher = Prefetcher(self._files_after)
+
+    def close(self) -> None:
+        """Stop the prefetch workers (after the loop ended)."""
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
+
+    def _files_after(self, inode: int, count: int) -> list[tuple[int, Callable[[], int]]]:
+        """The non-empty regular files among the ``count`` inodes after ``inode``, each
+        with the function that opens its content (for the prefetch workers)."""
+        stat = self.tree.stat
+        files: list[tuple[int, Callable[[], int]]] = []
+        for i in range(inode + 1, min(inode + count, self.tree.max_inode) + 1):
+            try:
+                node = stat(i)
+            except KeyError:  # a number no inode has (hardlinks share theirs)
+                continue
+            if node.kind is EntryKind.FILE and node.size:
+                files.append((i, functools.partial(self._open_data_file, node)))
+        return files
 
     def _node(self, inode: int) -> Node:
         return _ask(self.tree.node, inode)
@@ -177,25 +218,39 @@ class ImageFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR if node.kind is EntryKind.DIR else errno.EINVAL)
         fh = self._next_fh
         self._next_fh += 1
-        self._files[fh] = self._open_data(node)
+        self._files[fh] = self._first_open(node)
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=True)
 
-    def _open_data(self, node: Stat) -> int:
+    def _first_open(self, node: Stat) -> int:
+        """A descriptor of ``node``'s content for its first read (-1: empty file): the one
+        a prefetch worker opened, else a new one; and the readers' stream moves on."""
         if not node.size:
             return -1
+        if self._prefetcher is not None:
+            self._prefetcher.reading(node.inode)
+            fd = self._prefetcher.take(node.inode)
+            if fd is not None:
+                return fd
         try:
-            dir_fd = self._data_dirs.get(node.layer)
-            if dir_fd is None:
-                dir_fd = self._data_dirs[node.layer] = os.open(
-                    self.view.data_dir(node.layer), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
-                )
-            # relative to the directory: no path to build, and a one-name lookup
-            return os.open(
-                data_name(node.data), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dir_fd
-            )
+            fd = self._open_data_file(node)
         except OSError as exc:
             log.error("inode %d: cannot open its content: %s", node.inode, exc)
             raise pyfuse3.FUSEError(errno.EIO) from exc
+        if node.size >= SEQUENTIAL_SIZE:
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        return fd
+
+    def _open_data_file(self, node: Stat) -> int:
+        dir_fd = self._data_dirs.get(node.layer)
+        if dir_fd is None:  # before INIT (tests that call handlers directly)
+            dir_fd = self._data_dirs[node.layer] = os.open(
+                self.view.data_dir(node.layer), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+            )
+        # relative to the directory: no path to build, and a one-name lookup
+        return os.open(
+            data_name(node.data), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dir_fd
+        )
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         fd = self._files.get(fh)
@@ -207,7 +262,7 @@ class ImageFS(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EINVAL)
             if len(self._files) >= MAX_OPEN_DATA_FILES:
                 self._close(next(iter(self._files)))
-            fd = self._files[fh] = self._open_data(node)
+            fd = self._files[fh] = self._first_open(node)
         if fd < 0:
             return b""
         try:
@@ -268,9 +323,11 @@ def mount_options(fsname: str, *, allow_other: bool, debug: bool) -> set[str]:
     return options
 
 
-def start(view: ImageView, mountpoint: str, options: set[str]) -> None:
+def start(view: ImageView, mountpoint: str, options: set[str]) -> ImageFS:
     """Mount (the kernel sees the file system from here on); ``serve`` answers it."""
-    pyfuse3.init(ImageFS(view), mountpoint, options)
+    fs = ImageFS(view)
+    pyfuse3.init(fs, mountpoint, options)
+    return fs
 
 
 async def serve(on_ready: Callable[[], None] | None = None) -> None:

@@ -477,6 +477,11 @@ class MergedTree:
         """The number of inodes (a hardlinked one counts once)."""
         return self._count
 
+    @property
+    def max_inode(self) -> int:
+        """The highest inode number (numbers below it may be unused)."""
+        return len(self._kind) - 1
+
     # -- whole-tree views, for tests and debugging: each builds every record -----------------
 
     @property

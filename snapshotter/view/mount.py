@@ -208,11 +208,13 @@ def _daemon(
         }
         os.write(lock_fd, json.dumps(doc).encode())
         try:
-            fusefs.start(view, str(mp), options)
+            fs = fusefs.start(view, str(mp), options)
         except RuntimeError as exc:
             raise SnapshotterError(f"cannot mount at {str(mp)!r}: {exc}") from exc
-
-        trio.run(fusefs.serve, on_ready)
+        try:
+            trio.run(fusefs.serve, on_ready)
+        finally:
+            fs.close()
     finally:
         record_path.unlink(missing_ok=True)
         os.close(lock_fd)
