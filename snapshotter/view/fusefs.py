@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import logging
 import os
 import signal
@@ -38,7 +37,7 @@ import trio
 from ..errors import SnapshotterError
 from ..store.toc import EntryKind
 from .merge import Node, Stat
-from .prefetch import Prefetcher
+from .prefetch import Streams, Warmer
 from .tree import ImageView, data_name
 
 log = logging.getLogger(__name__)
@@ -112,38 +111,42 @@ class ImageFS(pyfuse3.Operations):
         self._next_fh = 1
         self._data_dirs: dict[int, int] = {}  # layer -> O_PATH fd of its data_dir
         self.prefetch = prefetch
-        self._prefetcher: Prefetcher | None = None
+        self._warmer: Warmer | None = None
+        self._streams: Streams | None = None
 
     def init(self) -> None:
-        # FUSE's INIT: in the process that serves, after any fork.  The layers' data
-        # directories are opened here, once, so that prefetch workers only read the dict.
+        # FUSE's INIT: in the process that serves, after any fork.
         for layer in range(len(self.view.snapshots)):
             with contextlib.suppress(OSError):
                 self._data_dirs[layer] = os.open(
                     self.view.data_dir(layer), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
                 )
         if self.prefetch:
-            self._prefetcher = Prefetcher(self._files_after)
+            self._warmer = Warmer(
+                [str(self.view.data_dir(i)) for i in range(len(self.view.snapshots))]
+            )
+            self._streams = Streams(self._warm)
 
     def close(self) -> None:
-        """Stop the prefetch workers (after the loop ended)."""
-        if self._prefetcher is not None:
-            self._prefetcher.close()
-            self._prefetcher = None
+        """Stop the prefetch process (after the loop ended)."""
+        if self._warmer is not None:
+            self._warmer.close()
+            self._warmer = self._streams = None
 
-    def _files_after(self, inode: int, count: int) -> list[tuple[int, Callable[[], int]]]:
-        """The non-empty regular files among the ``count`` inodes after ``inode``, each
-        with the function that opens its content (for the prefetch workers)."""
+    def _warm(self, inode: int, count: int) -> None:
+        """Have the non-empty regular files among the ``count`` inodes after ``inode``
+        warmed (view/prefetch.py)."""
         stat = self.tree.stat
-        files: list[tuple[int, Callable[[], int]]] = []
+        files = []
         for i in range(inode + 1, min(inode + count, self.tree.max_inode) + 1):
             try:
                 node = stat(i)
-            except KeyError:  # a number no inode has (hardlinks share theirs)
+            except (KeyError, SnapshotterError):  # unused numbers; damage is the read's to report
                 continue
             if node.kind is EntryKind.FILE and node.size:
-                files.append((i, functools.partial(self._open_data_file, node)))
-        return files
+                files.append((node.layer, node.data))
+        if files and self._warmer is not None:
+            self._warmer.warm(files)
 
     def _node(self, inode: int) -> Node:
         return _ask(self.tree.node, inode)
@@ -222,15 +225,12 @@ class ImageFS(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=True)
 
     def _first_open(self, node: Stat) -> int:
-        """A descriptor of ``node``'s content for its first read (-1: empty file): the one
-        a prefetch worker opened, else a new one; and the readers' stream moves on."""
+        """A descriptor of ``node``'s content for its first read (-1: empty file); the
+        reader's prefetch stream moves on."""
         if not node.size:
             return -1
-        if self._prefetcher is not None:
-            self._prefetcher.reading(node.inode)
-            fd = self._prefetcher.take(node.inode)
-            if fd is not None:
-                return fd
+        if self._streams is not None:
+            self._streams.reading(node.inode)
         try:
             fd = self._open_data_file(node)
         except OSError as exc:

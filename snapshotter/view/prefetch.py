@@ -1,4 +1,4 @@
-"""Warm the backing files of the view ahead of a reader, on threads beside the FUSE loop.
+"""Warm the backing files of the view ahead of a reader, in a process beside the FUSE loop.
 
 The daemon answers FUSE requests on one thread.  On a cold disk, every first read of a
 file waits there for the store's disk twice (the data file's inode, then its data), and
@@ -8,17 +8,20 @@ time and the disk's latency add up, where the kernel's overlayfs pays the disk a
 Readers of an image mostly go through it in order: ``tar``, ``cp -r``, ``grep -r`` and
 ``rg`` read a directory's files one after another, and inodes are numbered in path order
 (``merge``), so the files a reader will ask for next are the inodes that follow the one
-it reads now.  A ``Prefetcher`` keeps a few such streams (one per reader walking its own
-part of the tree); when a read lands on the window a stream has warmed, the stream goes
-further ahead, doubling its window up to ``MAX_WINDOW`` files, the way the kernel's own
-readahead grows.  A read anywhere else starts a new stream with a small window, so one
-``cat`` of one file costs a few small files' worth of readahead.
+it reads now.  ``Streams`` follows a few such readers (each walking its own part of the
+tree); when a read lands in the window a stream has warmed, the stream goes further
+ahead, doubling its window up to ``MAX_WINDOW`` files, the way the kernel's own readahead
+grows.  A read anywhere else starts a new stream with a small window, so one ``cat`` of
+one file costs a few small files' worth of readahead.
 
-Warming a file is ``open`` (the inode comes off the disk on a worker thread) and
-``posix_fadvise(WILLNEED)`` of its first ``WARM_BYTES`` (the disk reads them while the
-loop answers other requests); the open descriptor is handed to the loop, which then reads
-without opening.  Nothing here blocks the loop: it only queues inodes and takes
-descriptors.  A metadata walk (``find``, ``ls -R``) reads no file, so it warms nothing.
+The warming itself is done by a ``Warmer``: a child process that, for each file named to
+it through a pipe, opens it (the inode comes off the disk there) and asks the kernel to
+read its first ``WARM_BYTES`` (``posix_fadvise(WILLNEED)``), then closes it.  By the time
+the loop opens and reads the file, its inode, directory entry and first pages are in the
+kernel's caches.  A process rather than threads: a thread would take the loop's GIL
+twice per file (around each system call), and those hand-overs cost the loop more than
+the open they save.  The loop never waits for the warmer: a full pipe drops the hint.
+A metadata walk (``find``, ``ls -R``) reads no file, so it warms nothing.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ import collections
 import contextlib
 import logging
 import os
-import queue
-import threading
-from collections.abc import Callable
+import signal
+import struct
+from collections.abc import Callable, Sequence
+
+from .tree import data_name
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +45,11 @@ MAX_WINDOW = 512
 MAX_STREAMS = 16
 # How much of each file is asked for; the backing file's own readahead does the rest.
 WARM_BYTES = 512 << 10
-# Descriptors opened ahead and not yet taken by the loop, at most.
-MAX_READY = 1024
-WORKERS = 2
 
-_STOP = -1
+# One hint on the pipe: the layer, and the file's name in its data directory.
+_HINT = struct.Struct("<IQ")
+# Hints per write: at most PIPE_BUF bytes, so that a write is whole or not at all.
+_HINTS_PER_WRITE = 4096 // _HINT.size
 
 
 class _Stream:
@@ -55,107 +60,109 @@ class _Stream:
         self.until = until  # the last inode queued for warming
 
 
-class Prefetcher:
-    """Opens and warms the data files of the inodes after the ones being read.
+class Streams:
+    """Which inodes to warm, given the inodes read for the first time.
 
-    ``files_after(inode, count)`` names the regular, non-empty files among the ``count``
-    inodes after ``inode`` as (inode, open function) pairs; the open function returns a
-    descriptor of the file's content, or raises OSError.
+    ``warm(first, count)`` is called for each new range: the ``count`` inodes after
+    ``first``.  Pure bookkeeping: testable, and cheap enough for the loop.
     """
 
-    def __init__(
-        self,
-        files_after: Callable[[int, int], list[tuple[int, Callable[[], int]]]],
-        *,
-        workers: int = WORKERS,
-    ):
-        self._files_after = files_after
+    def __init__(self, warm: Callable[[int, int], None]):
+        self._warm = warm
         self._streams: collections.OrderedDict[int, _Stream] = collections.OrderedDict()
-        self._queue: queue.SimpleQueue[tuple[int, Callable[[], int]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._ready: dict[int, int] = {}
-        self._lock = threading.Lock()
-        self.warmed = self.hits = self.misses = 0
-        self._threads = [
-            threading.Thread(target=self._work, name=f"prefetch-{i}", daemon=True)
-            for i in range(workers)
-        ]
-        for t in self._threads:
-            t.start()
-
-    # -- the loop's side: never blocks
 
     def reading(self, inode: int) -> None:
-        """The loop is about to read ``inode`` for the first time: move the stream it
-        belongs to ahead, or start one."""
+        """``inode`` is being read for the first time: move the stream it belongs to
+        ahead, or start one."""
         for key, s in self._streams.items():
             if key <= inode <= s.until:
                 del self._streams[key]
-                if s.until - inode < s.window:  # the reader caught up: go further
+                if s.until - inode < s.window // 2:  # past the middle: go further
                     s.window = min(2 * s.window, MAX_WINDOW)
-                    self._queue_after(s.until, s.window)
+                    self._warm(s.until, s.window)
                     s.until += s.window
                 self._streams[inode] = s
                 return
-        s = _Stream(FIRST_WINDOW, inode + FIRST_WINDOW)
-        self._queue_after(inode, FIRST_WINDOW)
-        self._streams[inode] = s
+        self._warm(inode, FIRST_WINDOW)
+        self._streams[inode] = _Stream(FIRST_WINDOW, inode + FIRST_WINDOW)
         if len(self._streams) > MAX_STREAMS:
             self._streams.popitem(last=False)
 
-    def take(self, inode: int) -> int | None:
-        """The descriptor a worker opened for ``inode``, now the caller's; None if none."""
-        with self._lock:
-            fd = self._ready.pop(inode, None)
-        if fd is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return fd
+    def windows(self) -> list[tuple[int, int, int]]:
+        """(last inode read, window, last inode warmed) of each stream, oldest first."""
+        return [(k, s.window, s.until) for k, s in self._streams.items()]
+
+
+class Warmer:
+    """A child process that warms the files it is told of (see the module's docstring).
+
+    ``data_dirs[layer]`` is the directory holding layer ``layer``'s content files.  With
+    ``trace``, the child appends a line "layer name" per file it warmed (for tests and
+    ``--debug``).
+    """
+
+    def __init__(self, data_dirs: Sequence[str], *, trace: str | None = None):
+        read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC)
+        self.sent = self.dropped = 0
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - the child; its effects are tested
+            code = 1
+            try:
+                # Hold nothing of the daemon's: above all not /dev/fuse, or a killed
+                # daemon's view would hang instead of failing with ENOTCONN.
+                os.closerange(3, read_fd)
+                os.closerange(read_fd + 1, os.sysconf("SC_OPEN_MAX"))
+                signal.set_wakeup_fd(-1)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    signal.signal(sig, signal.SIG_DFL)
+                _warm_forever(read_fd, data_dirs, trace)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(read_fd)
+        os.set_blocking(self._write_fd, False)
+
+    def warm(self, files: Sequence[tuple[int, int]]) -> None:
+        """Ask for (layer, name) files to be warmed; never blocks (a full pipe drops)."""
+        for start in range(0, len(files), _HINTS_PER_WRITE):
+            batch = files[start : start + _HINTS_PER_WRITE]
+            try:
+                os.write(self._write_fd, b"".join(_HINT.pack(*f) for f in batch))
+                self.sent += len(batch)
+            except BlockingIOError:
+                self.dropped += len(files) - start
+                return
+            except OSError:  # the warmer is gone: reads still work, only colder
+                self.dropped += len(files) - start
+                return
 
     def close(self) -> None:
-        for _ in self._threads:
-            self._queue.put(None)
-        for t in self._threads:
-            t.join(timeout=5)
-        with self._lock:
-            ready, self._ready = self._ready, {}
-        for fd in ready.values():
-            os.close(fd)
-        log.info("prefetch: %d files warmed, %d reads found theirs open, %d did not",
-                 self.warmed, self.hits, self.misses)
+        """End the child (it finishes its current file) and reap it."""
+        if self._write_fd >= 0:
+            os.close(self._write_fd)
+            self._write_fd = -1
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+            log.info("prefetch: %d files hinted, %d hints dropped", self.sent, self.dropped)
 
-    def _queue_after(self, inode: int, count: int) -> None:
-        try:
-            files = self._files_after(inode, count)
-        except Exception:  # a damaged tree is the loop's to report, on the read itself
-            return
-        for item in files:
-            self._queue.put(item)
 
-    # -- the workers
-
-    def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
-            inode, open_data = item
-            with self._lock:
-                if inode in self._ready:
-                    continue
+def _warm_forever(read_fd: int, data_dirs: Sequence[str], trace: str | None) -> None:
+    dirs = [os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for d in data_dirs]
+    out = open(trace, "a", buffering=1) if trace else None  # noqa: SIM115 - for the life of the child
+    pending = b""
+    while chunk := os.read(read_fd, 1 << 16):
+        pending += chunk
+        whole = len(pending) - len(pending) % _HINT.size
+        for layer, name in _HINT.iter_unpack(pending[:whole]):
             try:
-                fd = open_data()
-            except OSError:
-                continue  # the loop's own open reports it, if the file is ever read
+                fd = os.open(
+                    data_name(name), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dirs[layer]
+                )
+            except (OSError, IndexError):
+                continue
             with contextlib.suppress(OSError):
                 os.posix_fadvise(fd, 0, WARM_BYTES, os.POSIX_FADV_WILLNEED)
-            self.warmed += 1
-            stale = None
-            with self._lock:
-                if inode in self._ready:
-                    stale = fd
-                else:
-                    self._ready[inode] = fd
-                    if len(self._ready) > MAX_READY:
-                        stale = self._ready.pop(next(iter(self._ready)))
-            if stale is not None:
-                os.close(stale)
+            os.close(fd)
+            if out is not None:
+                out.write(f"{layer} {data_name(name)}\n")
+        pending = pending[whole:]
