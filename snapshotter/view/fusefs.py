@@ -84,6 +84,11 @@ def attributes(node: Node | Stat) -> pyfuse3.EntryAttributes:
     return a
 
 
+NO_ENTRY = pyfuse3.EntryAttributes()
+NO_ENTRY.st_ino = pyfuse3.InodeT(0)
+NO_ENTRY.entry_timeout = TIMEOUT
+
+
 def _ask(query: Callable[[int], T], inode: int) -> T:
     """``query(inode)`` in FUSE's terms: ENOENT for an unknown inode, EIO (and a log
     line) for a damaged tree."""
@@ -98,6 +103,14 @@ def _ask(query: Callable[[int], T], inode: int) -> T:
 
 class ImageFS(pyfuse3.Operations):
     """pyfuse3 operations over one ``ImageView``."""
+
+    # Honoured by the pyfuse3 that scripts/bootstrap builds (feature ``conn_flags``),
+    # ignored by a stock one.  Nothing in the view ever changes: the kernel may keep
+    # symlink targets, need not check attributes before a cached read, and gets no
+    # splice(2) per request (no request carries data worth it).
+    enable_cache_symlinks = True
+    enable_auto_inval_data = False
+    enable_splice_read = False
 
     def __init__(self, view: ImageView, *, no_open: bool = NO_OPEN, prefetch: bool = PREFETCH):
         super().__init__()
@@ -163,7 +176,10 @@ class ImageFS(pyfuse3.Operations):
             log.error("inode %d: lookup %r: %s", parent_inode, name, exc)
             raise pyfuse3.FUSEError(errno.EIO) from exc
         if inode is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            # An entry with inode 0: "no such name", which the kernel keeps (a negative
+            # dentry) for the entry timeout instead of asking again on every probe of
+            # a search path (ld.so, Python's imports, shells).
+            return NO_ENTRY
         return attributes(self._stat(inode))
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:

@@ -1,0 +1,81 @@
+"""What the kernel keeps of the view, counted in the FUSE requests it sends (``--debug``).
+
+The view never changes, so the kernel may keep symlink targets (with the pyfuse3 that
+scripts/bootstrap builds: feature ``conn_flags``) and names that do not exist (negative
+entries, with any pyfuse3); and reading through the view warms the files that follow.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pyfuse3
+import pytest
+from builders import ImageBuilder, LayerBuilder
+from conftest import Run
+from test_fusefs import gone, mounted, need_fuse, pull
+
+CONN_FLAGS = "conn_flags" in getattr(pyfuse3, "FEATURES", ())
+
+
+def opcodes(log: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for op in re.findall(r"opcode: ([A-Z_]+)", log):
+        counts[op] = counts.get(op, 0) + 1
+    return counts
+
+
+@pytest.fixture
+def linked(tmp_path: Path, cli: Run) -> str:
+    need_fuse()
+    image = ImageBuilder(
+        [
+            LayerBuilder()
+            .dir("usr")
+            .dir("usr/lib")
+            .file("usr/lib/libc.so", b"ELF" * 100)
+            .symlink("lib", "usr/lib")
+            .symlink("libc", "lib/libc.so")
+        ]
+    )
+    return pull(cli, tmp_path, "example.com/linked:1", image)
+
+
+def requests_for(tmp_path: Path, cli: Run, store_root: Path, image: str, work) -> dict[str, int]:
+    mp = tmp_path / "mp"
+    mp.mkdir(exist_ok=True)
+    with mounted(cli, store_root, image, mp, "--debug") as pid:
+        log = store_root / "mounts" / f"daemon-{pid}.log"
+        os.listdir(mp)  # the root's entries are known before the counting starts
+        before = opcodes(log.read_text())
+        work(mp)
+        assert cli("umount", str(mp)).rc == 0
+        assert gone(pid, 10)
+    after = opcodes(log.read_text())
+    return {op: after[op] - before.get(op, 0) for op in after if after[op] > before.get(op, 0)}
+
+
+def test_symlink_targets_are_read_once(tmp_path, cli, store_root, linked):
+    def work(mp: Path) -> None:
+        for _ in range(5):
+            assert (mp / "lib/libc.so").read_bytes() == b"ELF" * 100
+            assert (mp / "libc").stat().st_size == 300
+            assert os.readlink(mp / "libc") == "lib/libc.so"
+
+    sent = requests_for(tmp_path, cli, store_root, linked, work)
+    # two symlinks; a stock pyfuse3 cannot ask the kernel to keep their targets
+    assert sent.get("READLINK", 0) == (2 if CONN_FLAGS else 20), sent
+
+
+def test_names_that_do_not_exist_are_asked_once(tmp_path, cli, store_root, linked):
+    def work(mp: Path) -> None:
+        for _ in range(5):
+            for name in ("usr/lib/libm.so", "usr/lib/libc.so.6", "nothing"):
+                assert not (mp / name).exists()
+                with pytest.raises(FileNotFoundError):
+                    (mp / name).read_bytes()
+
+    sent = requests_for(tmp_path, cli, store_root, linked, work)
+    assert sent.get("LOOKUP", 0) == 1 + 3, sent  # usr/lib (usr came with the root), the 3 misses
