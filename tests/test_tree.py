@@ -100,3 +100,31 @@ def test_an_unreadable_cache_is_rebuilt_in_memory(tmp_path, cli, store_root):
     cache.unlink()
     cache.mkdir()  # neither readable as a file nor replaceable by one
     assert listing(view().tree) == expected
+
+
+def test_pull_builds_the_merged_tree_so_a_first_mount_reads_the_cache(tmp_path, cli, store_root):
+    view = pulled(tmp_path, cli, store_root)
+    merged = store_root / "merged"
+    assert sorted(os.listdir(merged)) == [Digest.parse(view().chain_id).hex]
+    written = (merged / os.listdir(merged)[0]).stat().st_mtime_ns
+    assert listing(view().tree)["etc/motd"].size == 2
+    assert (merged / os.listdir(merged)[0]).stat().st_mtime_ns == written
+
+
+def test_pull_of_every_platform_builds_each_merged_tree(tmp_path, cli, store_root):
+    images = [
+        ImageBuilder(
+            [LayerBuilder().file("arch", arch.encode()), LayerBuilder().file(arch, b"x")],
+            architecture=arch,
+        )
+        for arch in ("amd64", "arm64")
+    ]
+    layout = tmp_path / "layout"
+    write_oci_layout(layout, {}, index_of={"1": images})
+    result = cli("pull", "-q", "--all-platforms", f"oci:{layout}:1", "--name", "example.com/m:1")
+    assert result.rc == 0, result.err
+    built = sorted(os.listdir(store_root / "merged"))
+    store = Store(store_root)
+    chains = {open_tree(store, r).chain_id for r in store.read_state().images.values()}
+    assert len(chains) == 2
+    assert built == sorted(Digest.parse(c).hex for c in chains)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ..errors import SnapshotterError
 from ..oci.model import Platform
 from ..oci.reference import Reference
 from ..store.store import Store
@@ -67,6 +69,7 @@ def cmd_pull(store: Store, args: argparse.Namespace) -> int:
         result = trio.run(lambda: pull(store, args.source, platform=platform, **kwargs))
     finally:
         progress.close()
+    merge_views(store, [result.digest])
     if args.json:
         print_json(_pull_json(result))
     else:
@@ -79,6 +82,20 @@ def cmd_pull(store: Store, args: argparse.Namespace) -> int:
         f"{result.reused} already stored; {human_size(result.size)})"
     )
     return EXIT_OK
+
+
+def merge_views(store: Store, digests: list[str]) -> None:
+    """Build the merged tree of each pulled image now (it is cached per layer chain), so
+    that its first mount, ``ls`` or ``export`` opens it as a second one would."""
+    from ..view.tree import open_tree
+
+    state = store.read_state()
+    for digest in digests:
+        record = state.images.get(digest)
+        if record is not None:
+            # A tree that cannot be built now is reported by whatever opens it later.
+            with contextlib.suppress(SnapshotterError, OSError):
+                open_tree(store, record)
 
 
 def _pull_kwargs(args: argparse.Namespace, name: str | None, progress: Progress) -> dict[str, Any]:
@@ -118,6 +135,7 @@ def _pull_all_platforms(store: Store, args: argparse.Namespace, name: str | None
         result = trio.run(lambda: pull_all(store, args.source, **kwargs))
     finally:
         progress.close()
+    merge_views(store, [image.digest for image in result.images])
     if args.json:
         # One shape whatever the source: the images list has one entry for a plain image.
         print_json(
