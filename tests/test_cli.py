@@ -8,11 +8,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
 from conftest import run_on_a_terminal, run_snapshotter
+
+from snapshotter.cli import build_parser
 
 # In the order --help lists them: by family (cli/pull, cli/images, cli/inspect, cli/registry,
 # cli/mount).
@@ -395,3 +399,34 @@ def test_root_option_overrides_the_environment(tmp_path):
     assert listed() == ["localhost/a:1.0"]
     assert listed("--root", str(opt_root)) == ["localhost/b:1.0"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "from-env", "from-option"]
+
+
+def test_each_command_is_found_in_the_family_that_registers_it():
+    import argparse
+    import importlib
+
+    from snapshotter.cli import COMMANDS, FAMILIES
+
+    registered = {}
+    for family in FAMILIES:
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(f"snapshotter.cli.{family}").register(sub)
+        registered.update(dict.fromkeys(sub.choices, family))
+    assert registered == COMMANDS
+    assert list(build_parser()._subparsers._group_actions[0].choices) == list(COMMANDS)
+
+
+def test_a_command_line_loads_only_its_command_family():
+    code = (
+        "import sys; from snapshotter.cli import build_parser;"
+        "build_parser(sys.argv[1:]).parse_args(sys.argv[1:]);"
+        "print(sorted(m for m in sys.modules if m.startswith('snapshotter.cli.')))"
+    )
+    for argv, loaded in (
+        (["--root", "/x", "umount", "/mnt"], ["common", "mount"]),
+        (["--debug", "ls", "img"], ["common", "files", "format"]),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True
+        ).stdout
+        assert out.strip() == repr([f"snapshotter.cli.{m}" for m in loaded])

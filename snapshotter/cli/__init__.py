@@ -22,6 +22,7 @@ exits 0 same, 1 different, 2 error (diffoci's).
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import traceback
@@ -44,8 +45,42 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import diff, export, files, images, inspect, mount, pull, registry, usage
+# The command families (modules of this package), in --help's order, and the family of
+# each command: a command line that names a command imports only its family, so that
+# `mount` (whose start-up is timed by scripts/bench_mount.py) does not import `diff`.
+FAMILIES = ("pull", "images", "inspect", "files", "diff", "usage", "export", "registry", "mount")
+COMMANDS = {
+    "pull": "pull",
+    **dict.fromkeys(("images", "tag", "rmi", "prune"), "images"),
+    **dict.fromkeys(("history", "inspect"), "inspect"),
+    **dict.fromkeys(("ls", "cat", "blame"), "files"),
+    "diff": "diff",
+    **dict.fromkeys(("du", "wasted"), "usage"),
+    "export": "export",
+    **dict.fromkeys(("tags", "search", "login", "logout"), "registry"),
+    **dict.fromkeys(("mount", "umount"), "mount"),
+}
+
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command a command line names: its first word that is neither an option nor
+    ``--root``'s value.  (An abbreviated ``--root`` makes it guess wrong: then every
+    family is loaded, which only costs time.)"""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--root":
+            skip = True
+        elif arg == "--" or not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or, given the command line, of the one it names."""
+    command = _command_in(argv) if argv is not None else None
+    families = (COMMANDS[command],) if command in COMMANDS else FAMILIES
 
     parser = _Parser(
         prog="snapshotter",
@@ -69,13 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"snapshotter {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for family in (pull, images, inspect, files, diff, usage, export, registry, mount):
-        family.register(sub)
+    for family in families:
+        importlib.import_module(f".{family}", __name__).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help(sys.stderr)
