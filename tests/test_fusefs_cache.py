@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pyfuse3
@@ -16,6 +19,8 @@ import pytest
 from builders import ImageBuilder, LayerBuilder
 from conftest import Run
 from test_fusefs import gone, mounted, need_fuse, pull
+
+from snapshotter.view.mount import mounted_at
 
 CONN_FLAGS = "conn_flags" in getattr(pyfuse3, "FEATURES", ())
 
@@ -79,3 +84,31 @@ def test_names_that_do_not_exist_are_asked_once(tmp_path, cli, store_root, linke
 
     sent = requests_for(tmp_path, cli, store_root, linked, work)
     assert sent.get("LOOKUP", 0) == 1 + 3, sent  # usr/lib (usr came with the root), the 3 misses
+
+
+BLOCKING = "main_blocking" in getattr(pyfuse3, "FEATURES", ())
+
+
+@pytest.mark.parametrize("loop", ["blocking", "trio"] if BLOCKING else ["trio"])
+def test_both_request_loops_serve_and_stop_on_a_signal(tmp_path, cli, store_root, linked, loop):
+    """The pyfuse3 that scripts/bootstrap builds serves without trio; with a stock one
+    (or SNAPSHOTTER_FUSE_LOOP=trio) trio runs the loop: both answer and unmount."""
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("SNAPSHOTTER_FUSE_LOOP", loop)
+        with mounted(cli, store_root, linked, mp) as pid:
+            assert (mp / "lib/libc.so").read_bytes() == b"ELF" * 100
+            assert sorted(os.listdir(mp / "usr/lib")) == ["libc.so"]
+            os.kill(pid, signal.SIGHUP)
+            assert gone(pid, 10)
+            assert not mounted_at(mp)
+
+
+def test_the_daemon_does_not_import_trio_when_pyfuse3_serves_without_it():
+    code = (
+        "import sys; import snapshotter.cli.mount, snapshotter.view.mount, "
+        "snapshotter.view.fusefs; print('trio' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(not BLOCKING)

@@ -32,7 +32,6 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import pyfuse3
-import trio
 
 from ..errors import SnapshotterError
 from ..store.toc import EntryKind
@@ -48,6 +47,8 @@ TIMEOUT = 365 * 24 * 3600.0
 BLOCK_SIZE = 4096
 # Whether pyfuse3 passes the inode as ``fh`` once open/opendir answered ENOSYS.
 NO_OPEN = "no_open_inode" in getattr(pyfuse3, "FEATURES", ())
+# Whether pyfuse3 can serve without trio (``main_blocking``).
+BLOCKING = "main_blocking" in getattr(pyfuse3, "FEATURES", ())
 # Without open/release, data files stay open until this many others were opened after them.
 MAX_OPEN_DATA_FILES = 256
 # Reads warm the files that follow them (view/prefetch.py); SNAPSHOTTER_PREFETCH=0 turns
@@ -346,30 +347,64 @@ def start(view: ImageView, mountpoint: str, options: set[str]) -> ImageFS:
     return fs
 
 
-async def serve(on_ready: Callable[[], None] | None = None) -> None:
-    """Answer the kernel until unmounted or signalled (SIGTERM, SIGINT, SIGHUP)."""
-    unmount = True
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def serve(on_ready: Callable[[], None] | None = None) -> None:
+    """Answer the kernel until unmounted or signalled (SIGTERM, SIGINT, SIGHUP), then
+    unmount.  ``on_ready`` is called once signals are handled: a signal right after the
+    view is announced must unmount it, not kill the daemon with the view still mounted.
+
+    Every handler answers without waiting for anything but a local system call, so with
+    the pyfuse3 that scripts/bootstrap builds (feature ``main_blocking``) requests are read
+    and answered in this thread with no event loop, and trio is never imported; a stock
+    pyfuse3 runs on trio with one task (as does SNAPSHOTTER_FUSE_LOOP=trio, to measure).
+    """
+    blocking = BLOCKING and os.environ.get("SNAPSHOTTER_FUSE_LOOP") != "trio"
     try:
-        async with trio.open_nursery() as nursery:
+        if blocking:
+            _serve_blocking(on_ready)
+        else:
+            import trio
 
-            async def watch_signals(task_status: trio.TaskStatus[None]) -> None:
-                with trio.open_signal_receiver(
-                    signal.SIGTERM, signal.SIGINT, signal.SIGHUP
-                ) as sigs:
-                    task_status.started()
-                    async for _ in sigs:
-                        pyfuse3.terminate()
-                        return
-
-            # Before the view is announced: a signal right after that must unmount,
-            # not kill the daemon with the view still mounted.
-            await nursery.start(watch_signals)
-            if on_ready is not None:
-                on_ready()
-            # Handlers never block on anything but a local pread, so extra worker tasks
-            # only add trio scheduling to every request: one task answered a warm
-            # metadata walk about 30% faster in scripts/bench_mount.py.
-            await pyfuse3.main(min_tasks=1, max_tasks=1)
-            nursery.cancel_scope.cancel()
+            trio.run(_serve_trio, on_ready)
     finally:
-        pyfuse3.close(unmount=unmount)
+        pyfuse3.close(unmount=True)
+
+
+def _serve_blocking(on_ready: Callable[[], None] | None) -> None:
+    wakeup_read, wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    previous = {sig: signal.signal(sig, lambda *_: pyfuse3.terminate()) for sig in SIGNALS}
+    previous_fd = signal.set_wakeup_fd(wakeup_write)
+    try:
+        if on_ready is not None:
+            on_ready()
+        pyfuse3.main_blocking(wakeup_read)
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        os.close(wakeup_read)
+        os.close(wakeup_write)
+
+
+async def _serve_trio(on_ready: Callable[[], None] | None) -> None:
+    import trio
+
+    async with trio.open_nursery() as nursery:
+
+        async def watch_signals(task_status: trio.TaskStatus[None]) -> None:
+            with trio.open_signal_receiver(*SIGNALS) as sigs:
+                task_status.started()
+                async for _ in sigs:
+                    pyfuse3.terminate()
+                    return
+
+        await nursery.start(watch_signals)
+        if on_ready is not None:
+            on_ready()
+        # Handlers never block on anything but a local pread, so extra worker tasks
+        # only add trio scheduling to every request: one task answered a warm
+        # metadata walk about 30% faster in scripts/bench_mount.py.
+        await pyfuse3.main(min_tasks=1, max_tasks=1)
+        nursery.cancel_scope.cancel()

@@ -189,8 +189,6 @@ def _daemon(
     options: set[str],
     on_ready: Callable[[], None] | None,
 ) -> None:
-    import trio
-
     from . import fusefs
 
     store.mounts.mkdir(parents=True, exist_ok=True)
@@ -212,7 +210,7 @@ def _daemon(
         except RuntimeError as exc:
             raise SnapshotterError(f"cannot mount at {str(mp)!r}: {exc}") from exc
         try:
-            trio.run(fusefs.serve, on_ready)
+            fusefs.serve(on_ready)
         finally:
             fs.close()
     finally:
