@@ -12,12 +12,13 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyfuse3
 import pytest
 from builders import ImageBuilder, LayerBuilder
-from conftest import Run
+from conftest import Run, need_root
 from test_fusefs import gone, mounted, need_fuse, pull
 
 from snapshotter.view.mount import mounted_at
@@ -112,3 +113,34 @@ def test_the_daemon_does_not_import_trio_when_pyfuse3_serves_without_it():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(not BLOCKING)
+
+
+def test_the_view_reads_ahead_in_1_mib_requests(tmp_path, cli, store_root):
+    """As root, the view's readahead window is raised to libfuse's largest READ (1 MiB),
+    so a big file comes in 1 MiB requests, not the default 128 KiB ones."""
+    need_root()
+    need_fuse()
+    data = os.urandom(1 << 20) * 8
+    image = ImageBuilder([LayerBuilder().file("big", data)])
+    name = pull(cli, tmp_path, "example.com/big:1", image)
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    with mounted(cli, store_root, name, mp, "--debug") as pid:
+        device = os.stat(mp).st_dev
+        ra = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+        deadline = time.monotonic() + 10  # raised by the daemon once INIT is answered
+        while int(ra.read_text()) != 1024 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert int(ra.read_text()) == 1024
+        with open(mp / "big", "rb") as f:
+            assert f.read() == data
+        log = (store_root / "mounts" / f"daemon-{pid}.log").read_text()
+        assert cli("umount", str(mp)).rc == 0
+        assert gone(pid, 10)
+    reads = set(re.findall(r"unique: (\d+), opcode: READ \(", log))
+    sizes = [
+        int(size) - 16  # the reply's header
+        for unique, size in re.findall(r"unique: (\d+), success, outsize: (\d+)", log)
+        if unique in reads
+    ]
+    assert max(sizes) == 1 << 20, sizes
