@@ -8,11 +8,14 @@ is a real daemon (not a fork of pytest), and always unmounted and reaped.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
 from conftest import run_in, run_snapshotter
 from test_fusefs import daemons, force_unmount, gone, need_fuse
@@ -83,3 +86,84 @@ def test_images_sharing_their_top_layer_over_different_bases_each_show_their_own
         assert (mp_a / "top").read_bytes() == (mp_b / "top").read_bytes() == b"shared"
         assert (mp_a / "base").read_bytes() == (mp_b / "base").read_bytes() == b"top wins here"
     assert len(list((root / "merged").iterdir())) == 2
+
+
+# -- what a live view meets ----------------------------------------------------------------
+
+# A VFS_CAP_REVISION_2 capability set: magic with the effective bit, permitted =
+# CAP_NET_BIND_SERVICE (bit 10), nothing inheritable (linux/capability.h).
+CAP_NET_BIND_SERVICE = struct.pack("<IIIII", 0x0200_0001, 1 << 10, 0, 0, 0)
+
+
+def test_security_xattrs_show_through_the_view(tmp_path):
+    """security.capability is what makes `ping` work without setuid: the view must answer
+    it (test_fusefs's walk leaves security.* out of its comparison)."""
+    need_fuse()
+    root = tmp_path / "store"
+    layer = (
+        LayerBuilder()
+        .file(
+            "bin/ping", b"\x7fELF", mode=0o755, xattrs={"security.capability": CAP_NET_BIND_SERVICE}
+        )
+        .file("bin/plain", b"\x7fELF", mode=0o755)
+    )
+    image = pull(root, tmp_path, "example.com/caps:1", ImageBuilder([layer]))
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    with mounted(root, image, mp):
+        assert os.getxattr(mp / "bin/ping", "security.capability") == CAP_NET_BIND_SERVICE
+        assert "security.capability" in os.listxattr(mp / "bin/ping")
+        with pytest.raises(OSError) as info:
+            os.getxattr(mp / "bin/plain", "security.capability")
+        assert info.value.errno == errno.ENODATA
+
+
+def _data_file(root: Path, content: bytes) -> Path:
+    """The content file in the store holding ``content`` (found by content, not by toc)."""
+    found = [
+        p
+        for p in (root / "snapshots").glob("sha256/*/data/*")
+        if p.stat().st_size == len(content) and p.read_bytes() == content
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_a_data_file_missing_under_a_live_view_is_eio_and_the_view_stays_up(tmp_path):
+    need_fuse()
+    root = tmp_path / "store"
+    lost, kept = b"lost " * 1000, b"kept " * 1000
+    layer = LayerBuilder().file("lost", lost).file("kept", kept).dir("d").file("d/also", b"also")
+    image = pull(root, tmp_path, "example.com/lossy:1", ImageBuilder([layer]))
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    with mounted(root, image, mp) as pid:
+        _data_file(root, lost).unlink()  # before anything read it: no fd, no cached page
+        with pytest.raises(OSError) as info:
+            (mp / "lost").read_bytes()
+        assert info.value.errno == errno.EIO
+        assert os.lstat(mp / "lost").st_size == len(lost)  # its metadata is still there
+        assert (mp / "kept").read_bytes() == kept
+        assert (mp / "d/also").read_bytes() == b"also"
+        assert sorted(os.listdir(mp)) == ["d", "kept", "lost"]
+        with pytest.raises(OSError) as info:  # asked again: the same answer, still up
+            (mp / "lost").read_bytes()
+        assert info.value.errno == errno.EIO
+        assert not gone(pid, 0) and mounted_at(mp)
+        log = root / "mounts" / f"daemon-{pid}.log"
+        assert "cannot open its content" in log.read_text()
+
+
+def test_sighup_unmounts_cleanly(tmp_path):
+    need_fuse()
+    root = tmp_path / "store"
+    layer = LayerBuilder().file("a", b"alpha")
+    image = pull(root, tmp_path, "example.com/hup:1", ImageBuilder([layer]))
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    with mounted(root, image, mp) as pid:
+        assert (mp / "a").read_bytes() == b"alpha"
+        os.kill(pid, signal.SIGHUP)
+        assert gone(pid, 10)
+        assert not mounted_at(mp) and os.listdir(mp) == []
+        assert list((root / "mounts").iterdir()) == []  # record and daemon log
