@@ -12,12 +12,13 @@ import errno
 import os
 import signal
 import struct
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
-from conftest import run_in, run_snapshotter
+from conftest import need_root, need_tool, run_in, run_snapshotter, unavailable
 from test_fusefs import daemons, force_unmount, gone, need_fuse
 
 from snapshotter.view.mount import mounted_at
@@ -167,3 +168,94 @@ def test_sighup_unmounts_cleanly(tmp_path):
         assert gone(pid, 10)
         assert not mounted_at(mp) and os.listdir(mp) == []
         assert list((root / "mounts").iterdir()) == []  # record and daemon log
+
+
+# -- umount ------------------------------------------------------------------------------------
+
+
+def one_line_error(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("snapshotter: error: "), err
+    return lines[0]
+
+
+def test_umount_of_a_busy_view_is_refused_and_lazy_detaches_it(tmp_path):
+    """As umount(8): a view with a file open in it, or a process's working directory,
+    stays mounted and the command says why; --lazy detaches it at once, and its daemon
+    serves the open file until it is closed, then ends."""
+    need_fuse()
+    root = tmp_path / "store"
+    layer = LayerBuilder().file("a", b"alpha" * 1000).dir("d").file("d/b", b"beta")
+    image = pull(root, tmp_path, "example.com/busy:1", ImageBuilder([layer]))
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    with mounted(root, image, mp) as pid:
+        fd = os.open(mp / "a", os.O_RDONLY)
+        sleeper = None
+        try:
+            rc, out, err = snapshotter(root, "umount", str(mp))
+            assert rc == 1 and out == ""
+            assert "is busy" in one_line_error(err) and "--lazy" in err
+            assert mounted_at(mp) and not gone(pid, 0)
+            assert os.pread(fd, 5, 0) == b"alpha" and (mp / "d/b").read_bytes() == b"beta"
+            os.close(fd)
+            fd = -1
+            sleeper = subprocess.Popen(["sleep", "60"], cwd=mp / "d")
+            rc, out, err = snapshotter(root, "umount", str(mp))
+            assert rc == 1 and "is busy" in one_line_error(err)
+            assert mounted_at(mp) and (mp / "d/b").read_bytes() == b"beta"
+
+            fd = os.open(mp / "a", os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # reads reach the daemon
+            rc, out, err = snapshotter(root, "umount", "--lazy", str(mp))
+            assert rc == 0 and out == "", err
+            assert (
+                err == f"snapshotter: {str(mp)!r} was busy and is detached; its daemon "
+                "ends when the last file open in it is closed\n"
+            )
+            assert not mounted_at(mp) and os.listdir(mp) == []
+            assert os.pread(fd, 5, 4995) == b"alpha"  # still served
+            assert not gone(pid, 0)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            if sleeper is not None:
+                sleeper.kill()
+                sleeper.wait()
+        assert gone(pid, 10)  # the last user let go
+        assert list((root / "mounts").iterdir()) == []
+
+
+@contextlib.contextmanager
+def foreign_mount(kind: str, tmp_path: Path, mp: Path) -> Iterator[None]:
+    """A mount at ``mp`` that is not a view: a tmpfs, or another FUSE file system."""
+    if kind == "tmpfs":
+        command = ["mount", "-t", "tmpfs", "-o", "size=1m", "snapshotter-test", str(mp)]
+    else:
+        lower = tmp_path / "lower"
+        lower.mkdir()
+        (lower / "mine").write_text("not yours")
+        command = [need_tool("fuse-overlayfs"), "-o", f"lowerdir={lower}", str(mp)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        unavailable(f"cannot mount a {kind}: {done.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(mp)], capture_output=True)
+        force_unmount(mp)
+
+
+@pytest.mark.parametrize("kind", ["tmpfs", "fuse-overlayfs"])
+def test_umount_refuses_a_mount_that_is_not_a_view(tmp_path, kind):
+    need_root()
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    with foreign_mount(kind, tmp_path, mp):
+        if kind == "tmpfs":
+            (mp / "mine").write_text("not yours")
+        rc, out, err = snapshotter(tmp_path / "store", "umount", str(mp))
+        assert rc == 1 and out == ""
+        fstype = "tmpfs" if kind == "tmpfs" else "fuse.fuse-overlayfs"
+        assert f"is not a snapshotter view but a {fstype} mount" in one_line_error(err)
+        assert mounted_at(mp) and (mp / "mine").read_text() == "not yours"
