@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import signal
 import struct
@@ -259,3 +260,32 @@ def test_umount_refuses_a_mount_that_is_not_a_view(tmp_path, kind):
         fstype = "tmpfs" if kind == "tmpfs" else "fuse.fuse-overlayfs"
         assert f"is not a snapshotter view but a {fstype} mount" in one_line_error(err)
         assert mounted_at(mp) and (mp / "mine").read_text() == "not yours"
+
+
+# -- odd mountpoints -----------------------------------------------------------------------------
+
+
+def test_a_mountpoint_named_with_space_newline_tab_and_backslash(tmp_path):
+    r"""/proc/self/mountinfo writes these four as \040 \012 \011 \134: mount, the busy check,
+    the store's record, images --json, rmi's refusal and umount must all see the real name."""
+    need_fuse()
+    root = tmp_path / "store"
+    layer = LayerBuilder().file("a", b"alpha")
+    image = pull(root, tmp_path, "example.com/odd:1", ImageBuilder([layer]))
+    mp = tmp_path / "a b\nc\td\\e \\012"
+    mp.mkdir()
+    with mounted(root, image, mp) as pid:
+        assert mounted_at(mp) and not mounted_at(tmp_path / "a b")
+        assert (mp / "a").read_bytes() == b"alpha"
+        rc, _, err = snapshotter(root, "mount", image, str(mp))  # already mounted there
+        assert rc == 1 and "is busy: something is already mounted there" in one_line_error(err)
+        rc, out, err = snapshotter(root, "images", "--json")
+        assert rc == 0, err
+        assert [i["mounts"] for i in json.loads(out)] == [[str(mp)]]
+        rc, _, err = snapshotter(root, "rmi", image)
+        assert rc == 1 and repr(str(mp)) in one_line_error(err)
+        rc, out, err = snapshotter(root, "umount", str(mp))
+        assert rc == 0 and out == err == ""
+        assert gone(pid, 10)
+        assert not mounted_at(mp) and os.listdir(mp) == []
+        assert list((root / "mounts").iterdir()) == []
