@@ -11,15 +11,20 @@ import contextlib
 import errno
 import json
 import os
+import shlex
+import shutil
 import signal
+import stat
 import struct
 import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
-from conftest import need_root, need_tool, run_in, run_snapshotter, unavailable
+from conftest import REPO, need_root, need_tool, run_in, run_snapshotter, unavailable
 from test_fusefs import daemons, force_unmount, gone, need_fuse
 
 from snapshotter.view.mount import mounted_at
@@ -28,16 +33,17 @@ from snapshotter.view.mount import mounted_at
 
 
 def snapshotter(root: Path, *args: str) -> tuple[int, str, str]:
-    done = run_snapshotter("--root", str(root), *args)
-    return done.returncode, done.stdout, done.stderr
+    """The command in-process (quick): for everything but a mount that succeeds, whose
+    daemon must not be a fork of pytest."""
+    done = run_in(root)(*args)
+    return done.rc, done.out, done.err
 
 
 def pull(root: Path, tmp: Path, name: str, image: ImageBuilder) -> str:
-    """Pull in-process (quick); only mounts need a process of their own."""
     layout = tmp / f"layout-{len(list(tmp.glob('layout-*')))}"
     write_oci_layout(layout, {"1": image})
-    result = run_in(root)("pull", "-q", f"oci:{layout}:1", "--name", name)
-    assert result.rc == 0, result.err
+    rc, _, err = snapshotter(root, "pull", "-q", f"oci:{layout}:1", "--name", name)
+    assert rc == 0, err
     return name
 
 
@@ -46,8 +52,8 @@ def mounted(root: Path, image: str, mp: Path, *extra: str) -> Iterator[int]:
     """``snapshotter mount`` in its own process; yield the daemon's pid; always unmount."""
     pids: list[int] = []
     try:
-        rc, out, err = snapshotter(root, "mount", image, str(mp), *extra)
-        assert rc == 0 and out == "", err
+        done = run_snapshotter("--root", str(root), "mount", image, str(mp), *extra)
+        assert done.returncode == 0 and done.stdout == "", done.stderr
         pids = daemons(root, mp)
         assert len(pids) == 1, pids
         yield pids[0]
@@ -55,6 +61,8 @@ def mounted(root: Path, image: str, mp: Path, *extra: str) -> Iterator[int]:
         if mounted_at(mp):
             snapshotter(root, "umount", str(mp))
         force_unmount(mp)
+        if os.geteuid() == 0:  # blindly too: mounted_at is product code under test
+            subprocess.run(["umount", "-l", str(mp)], capture_output=True)
         for pid in pids:
             if not gone(pid, 5):
                 with contextlib.suppress(ProcessLookupError):
@@ -289,3 +297,135 @@ def test_a_mountpoint_named_with_space_newline_tab_and_backslash(tmp_path):
         assert gone(pid, 10)
         assert not mounted_at(mp) and os.listdir(mp) == []
         assert list((root / "mounts").iterdir()) == []
+
+
+# -- the default store roots -----------------------------------------------------------------
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A scratch directory every user can traverse (pytest's tmp_path is root's alone)."""
+    path = Path(tempfile.mkdtemp(prefix="snapshotter-roots-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        for mp in path.glob("mp*"):
+            force_unmount(mp)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def in_mount_namespace(script: str, env: dict[str, str]) -> str:
+    """``sh -c script`` as root in a private mount namespace (nothing it mounts reaches the
+    host's); returns its stdout, the script must succeed."""
+    done = subprocess.run(
+        [need_tool("unshare"), "--mount", "--propagation", "private", "sh", "-euc", script],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    return done.stdout
+
+
+def default_root_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("SNAPSHOTTER_ROOT", "XDG_DATA_HOME")}
+    return {**env, "HOME": str(home)}
+
+
+def test_root_keeps_its_store_in_var_lib(open_dir):
+    """Without --root or $SNAPSHOTTER_ROOT, root's store is /var/lib/snapshotter, whatever
+    $HOME and $XDG_DATA_HOME say; a tmpfs over /var/lib in a private namespace keeps it
+    off the host."""
+    need_root()
+    need_fuse()
+    image = ImageBuilder([LayerBuilder().file("a", b"alpha")])
+    write_oci_layout(open_dir / "layout", {"1": image})
+    (open_dir / "home").mkdir()
+    (open_dir / "mp").mkdir()
+    host_has_it = os.path.lexists("/var/lib/snapshotter")
+    cli = f"{sys.executable} -m snapshotter.cli"
+    out = in_mount_namespace(
+        f"""
+        mount -t tmpfs -o mode=755 snapshotter-test /var/lib
+        {cli} pull -q oci:{open_dir}/layout:1 --name example.com/default:1 >/dev/null
+        XDG_DATA_HOME={open_dir}/xdg {cli} images -q --no-trunc
+        {cli} mount example.com/default:1 {open_dir}/mp
+        cat {open_dir}/mp/a; echo
+        ls /var/lib/snapshotter/mounts/*.json | wc -l  # the daemon's record
+        {cli} umount {open_dir}/mp
+        ls /var/lib/snapshotter
+        """,
+        default_root_env(open_dir / "home"),
+    )
+    assert out.split("\n") == [
+        image.config_digest(),
+        "alpha",
+        "1",
+        *sorted(["blobs", "lock", "merged", "mounts", "snapshots", "state.json", "tmp"]),
+        "",
+    ], out
+    assert os.listdir(open_dir / "home") == [] and not (open_dir / "xdg").exists()
+    assert os.path.lexists("/var/lib/snapshotter") == host_has_it
+
+
+def test_a_user_keeps_the_store_in_xdg_data_home_or_home(open_dir):
+    """As uid 65534: ~/.local/share/snapshotter, or $XDG_DATA_HOME/snapshotter when set;
+    a view mounted (through fusermount3) and unmounted from that default store.
+
+    The user gets CAP_DAC_READ_SEARCH only to reach this Python, which may live under a
+    0700 /root; and, in a private mount namespace, a /dev/fuse it may open (the host's
+    may be root's alone, as in containers)."""
+    need_root()
+    need_fuse()
+    image = ImageBuilder([LayerBuilder().file("a", b"alpha")])
+    write_oci_layout(open_dir / "layout", {"1": image})
+    for d in ("home", "mp", "xdg"):
+        (open_dir / d).mkdir()
+        os.chown(open_dir / d, 65534, 65534)
+    node = open_dir / "fuse"
+    os.mknod(node, stat.S_IFCHR, os.stat("/dev/fuse").st_rdev)
+    node.chmod(0o666)
+    cli = f"{sys.executable} -m snapshotter.cli"
+    as_user = (
+        "setpriv --reuid=65534 --regid=65534 --clear-groups "
+        "--inh-caps=+dac_read_search --ambient-caps=+dac_read_search"
+    )
+    user_script = f"""
+        test "$(id -u)" = 65534
+        {cli} pull -q oci:{open_dir}/layout:1 --name example.com/mine:1 >/dev/null
+        {cli} mount example.com/mine:1 {open_dir}/mp
+        cat {open_dir}/mp/a; echo
+        ls $HOME/.local/share/snapshotter/mounts/*.json | wc -l  # the daemon's record
+        exec 3< {open_dir}/mp/a  # busy: fusermount3 refuses, and says so
+        ! {cli} umount {open_dir}/mp 2>{open_dir}/home/err
+        grep -o "is busy" {open_dir}/home/err
+        exec 3<&-
+        {cli} umount {open_dir}/mp
+        {cli} images -q --no-trunc
+        echo XDG
+        export XDG_DATA_HOME={open_dir}/xdg
+        {cli} images -q --no-trunc
+        {cli} pull -q oci:{open_dir}/layout:1 --name example.com/elsewhere:1 >/dev/null
+        {cli} images -q --no-trunc
+    """
+    out = in_mount_namespace(
+        f"mount --bind {node} /dev/fuse\nexec {as_user} sh -euc {shlex.quote(user_script)}",
+        default_root_env(open_dir / "home"),
+    )
+    assert out.split("\n") == [
+        "alpha",
+        "1",
+        "is busy",
+        image.config_digest(),
+        "XDG",  # a store of its own: empty at first
+        image.config_digest(),
+        "",
+    ], out
+    store = open_dir / "home/.local/share/snapshotter"
+    assert (store / "state.json").is_file() and os.stat(store).st_uid == 65534
+    assert os.listdir(store / "mounts") == []
+    assert (open_dir / "xdg/snapshotter/state.json").is_file()
+    assert not mounted_at(open_dir / "mp")
