@@ -24,7 +24,15 @@ from pathlib import Path
 
 import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
-from conftest import REPO, need_root, need_tool, run_in, run_snapshotter, unavailable
+from conftest import (
+    REPO,
+    assert_daemon_pyfuse3,
+    need_root,
+    need_tool,
+    run_in,
+    run_snapshotter,
+    unavailable,
+)
 from test_fusefs import daemons, force_unmount, gone, need_fuse
 
 from snapshotter.view.mount import mounted_at
@@ -56,6 +64,7 @@ def mounted(root: Path, image: str, mp: Path, *extra: str) -> Iterator[int]:
         assert done.returncode == 0 and done.stdout == "", done.stderr
         pids = daemons(root, mp)
         assert len(pids) == 1, pids
+        assert_daemon_pyfuse3(pids[0])
         yield pids[0]
     finally:
         if mounted_at(mp):
