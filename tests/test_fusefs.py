@@ -923,6 +923,21 @@ def test_signals_unmount_cleanly(tmp_path, cli, store_root, small, sig):
         assert daemons(store_root) == []
 
 
+def test_a_signal_as_soon_as_mount_returns_still_unmounts(tmp_path, cli, store_root, small):
+    """`mount` returns once the daemon serves; from then on a signal must end it cleanly.
+    (The daemon once said ready before its handlers were in place: SIGTERM then found
+    the default action and left a dead mount.)"""
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    for sig in [signal.SIGTERM, signal.SIGINT, signal.SIGHUP] * 5:
+        with mounted(cli, store_root, small, mp) as pid:
+            os.kill(pid, sig)
+            _, status = os.waitpid(pid, 0)  # the daemon forked from here
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (sig, status)
+            assert not mounted_at(mp), sig
+        assert Store(store_root).live_mounts() == []
+
+
 def test_double_mount_on_one_directory_is_refused(tmp_path, cli, store_root, small):
     mp = tmp_path / "mp"
     mp.mkdir()

@@ -279,15 +279,20 @@ async def serve(on_ready: Callable[[], None] | None = None) -> None:
     try:
         async with trio.open_nursery() as nursery:
 
-            async def watch_signals() -> None:
+            async def watch_signals(
+                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+            ) -> None:
                 with trio.open_signal_receiver(
                     signal.SIGTERM, signal.SIGINT, signal.SIGHUP
                 ) as sigs:
+                    task_status.started()
                     async for _ in sigs:
                         pyfuse3.terminate()
                         return
 
-            nursery.start_soon(watch_signals)
+            # Ready only once a signal unmounts: a SIGTERM sent as soon as `mount` returned
+            # must not find the default action, which leaves a dead mount (ENOTCONN).
+            await nursery.start(watch_signals)
             if on_ready is not None:
                 on_ready()
             # Handlers never block on anything but a local pread, so extra worker tasks
