@@ -26,6 +26,35 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# tests/test_stock_pyfuse3.py runs the FUSE tests again in a child pytest with a stock
+# pyfuse3 first on PYTHONPATH and this variable set: that child must really run the stock one.
+STOCK_PYFUSE3 = os.environ.get("SNAPSHOTTER_TEST_STOCK_PYFUSE3") == "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if STOCK_PYFUSE3:
+        import pyfuse3
+
+        if "no_open_inode" in getattr(pyfuse3, "FEATURES", ()):
+            raise pytest.UsageError(
+                f"SNAPSHOTTER_TEST_STOCK_PYFUSE3=1, but {pyfuse3.__file__} is the patched build"
+            )
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a child ``python -m snapshotter.cli``: this checkout first on
+    PYTHONPATH, whatever was there after it (the stock pyfuse3 of a stock run)."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def assert_daemon_pyfuse3(pid: int) -> None:
+    """The mount daemon ``pid`` runs the pyfuse3 build this test process imported."""
+    import pyfuse3
+
+    with open(f"/proc/{pid}/maps") as f:
+        loaded = {line.split()[-1] for line in f if "/pyfuse3/" in line}
+    assert loaded == {os.path.realpath(pyfuse3.__file__)}, loaded
 
 
 def unavailable(reason: str) -> None:

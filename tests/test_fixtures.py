@@ -9,6 +9,7 @@ device numbers, xattrs, hardlink groups, whiteouts and opaque markers.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -299,11 +300,39 @@ def test_same_image_in_classic_and_docker25_layouts_agrees(fixtures_dir, cli, st
     assert a["id"] == b["id"]
     assert a["diff_ids"] == b["diff_ids"]
     assert b["unpacked"] == 0 and b["reused"] == 1  # the snapshot was shared, not unpacked again
+
+
+def spec_chain_ids(diff_ids: list[str]) -> list[str]:
+    """image-spec config.md#layer-chainid, written out: ChainID(L1) = DiffID(L1), and
+    ChainID(Ln) = SHA256(ChainID(Ln-1) + " " + DiffID(Ln))."""
+    out: list[str] = []
+    for diff_id in diff_ids:
+        if out:
+            diff_id = "sha256:" + hashlib.sha256(f"{out[-1]} {diff_id}".encode()).hexdigest()
+        out.append(diff_id)
+    return out
+
+
+def test_chain_ids_of_a_five_layer_image_follow_the_image_spec(fixtures_dir, cli, store_root):
+    """The chain id names the cached merged tree of each layer prefix (merged/<hex>), so a
+    wrong one would let two different stacks share a tree."""
+    source = f"oci:{fixtures_dir}/{OL}/regclient--testrepo:v3"
+    doc = json.loads(cli("pull", "--json", "-q", source).out)
+    assert len(doc["diff_ids"]) == 5 and len(set(doc["diff_ids"])) == 5
+    expected = spec_chain_ids(doc["diff_ids"])
+    assert expected[0] == doc["diff_ids"][0]
+    assert len(set(expected[1:]) | set(doc["diff_ids"])) == 9  # nothing coincides
+
     from snapshotter.oci.model import chain_ids
 
-    assert chain_ids([Digest.parse(d) for d in a["diff_ids"]]) == chain_ids(
-        [Digest.parse(d) for d in b["diff_ids"]]
-    )
+    assert [str(c) for c in chain_ids([Digest.parse(d) for d in doc["diff_ids"]])] == expected
+    inspected = json.loads(cli("inspect", doc["digest"]).out)[0]
+    assert inspected["GraphDriver"]["Data"]["ChainID"] == expected[-1]
+    for n in range(1, 6):  # each prefix's merged tree is cached under its own chain id
+        assert cli("ls", "--layer", str(n), doc["digest"]).rc == 0
+        cached = {p.name for p in (store_root / "merged").iterdir()}
+        # pull built the whole image's
+        assert cached == {c.removeprefix("sha256:") for c in [*expected[:n], expected[-1]]}
 
 
 def test_docker25_archive_reads_the_same_through_both_transports(fixtures_dir, cli):

@@ -31,7 +31,16 @@ from pathlib import Path
 
 import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
-from conftest import REPO, Run, need_root, need_tool, run_in, unavailable
+from conftest import (
+    REPO,
+    Run,
+    assert_daemon_pyfuse3,
+    child_env,
+    need_root,
+    need_tool,
+    run_in,
+    unavailable,
+)
 from oracle import gnu_tar_extract, kind_letter, sha256_of
 
 from snapshotter.store.store import Store
@@ -58,7 +67,8 @@ def daemons(root: Path, mp: Path | None = None) -> list[int]:
 
 
 def gone(pid: int, timeout: float = 10.0) -> bool:
-    """Wait for ``pid`` to exit, reaping it when it is our child (daemons fork from here)."""
+    """Wait for ``pid`` to exit, reaping it when it is our child (daemons fork from here).
+    A zombie that is not ours counts as gone: whoever adopted it reaps it in its own time."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -66,8 +76,10 @@ def gone(pid: int, timeout: float = 10.0) -> bool:
                 return True
         except ChildProcessError:
             try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    if f.read().rpartition(b") ")[2][:1] == b"Z":
+                        return True
+            except FileNotFoundError:
                 return True
         if time.monotonic() > deadline:
             return False
@@ -105,6 +117,7 @@ def mounted(run: Run, root: Path, image: str, mp: Path, *extra: str) -> Iterator
         assert result.out == ""
         pids = daemons(root, mp)
         assert len(pids) == 1, pids
+        assert_daemon_pyfuse3(pids[0])
         yield pids[0]
     finally:
         cleanup(run, root, mp, pids)
@@ -749,33 +762,93 @@ def read_everything(root: Path) -> dict[str, bytes]:
     return out
 
 
-def test_reads_across_many_files_outlive_the_data_fd_limit(tmp_path, cli, store_root, monkeypatch):
-    # Without open/release (patched pyfuse3) the daemon keeps data files open itself and
-    # closes the oldest past a limit; interleaved reads of more files than that must still
-    # each reach the right data.  (With a stock pyfuse3 this is an ordinary read test.)
+def data_files_open(pid: int, store_root: Path) -> set[Path]:
+    """The store's content files the daemon ``pid`` holds open."""
+    snapshots = str(store_root / "snapshots") + "/"
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith(snapshots) and Path(target).parent.name == "data":
+                held.add(Path(target))  # not the data directories themselves (O_PATH)
+    return held
+
+
+def requests(log: Path, opcode: str) -> int:
+    """How many ``opcode`` requests the daemon's FUSE debug log shows."""
+    return log.read_text().count(f"opcode: {opcode} (")
+
+
+def test_open_release_or_the_data_fd_limit_as_the_pyfuse3_build_allows(
+    tmp_path, cli, store_root, monkeypatch
+):
+    """With the patched pyfuse3 (no_open_inode) open and opendir answer ENOSYS once, the
+    kernel sends no open, opendir or release after that, and the daemon keeps data files
+    open itself, closing the oldest past MAX_OPEN_DATA_FILES: interleaved reads of more
+    files than that must each reach the right data and really evict.  With a stock pyfuse3
+    every open and opendir reaches the daemon, which holds a data file per open file until
+    its release.  tests/test_stock_pyfuse3.py runs this file under both builds."""
     need_fuse()
     from snapshotter.view import fusefs
 
     monkeypatch.setattr(fusefs, "MAX_OPEN_DATA_FILES", 3)  # the daemon forks from here
     contents = {f"f{i}": random.Random(i).randbytes(300_000) for i in range(8)}
-    layer = LayerBuilder()
+    layer = LayerBuilder().dir("d").file("d/x", b"x")
     for name, data in contents.items():
         layer.file(name, data)
     ref = pull(cli, tmp_path, "example.com/fds:1", ImageBuilder([layer]))
+    data_file = {  # name -> its content file in the store, found by content
+        name: next(
+            p for p in store_root.glob("snapshots/sha256/*/data/*") if p.read_bytes() == data
+        )
+        for name, data in contents.items()
+    }
     mp = tmp_path / "mp"
     mp.mkdir()
-    with mounted(cli, store_root, ref, mp):
+    with mounted(cli, store_root, ref, mp, "--debug") as pid:
+        log = store_root / "mounts" / f"daemon-{pid}.log"
         fds = {name: os.open(mp / name, os.O_RDONLY) for name in contents}
         try:
-            for fd in fds.values():
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            if fusefs.NO_OPEN:
+                assert data_files_open(pid, store_root) == set()  # nothing opened yet
+            else:  # one data file per open file
+                assert data_files_open(pid, store_root) == set(data_file.values())
+            read = []
             for offset in (250_000, 0, 140_000):
                 for name, fd in fds.items():
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # reach the daemon
                     got = os.pread(fd, 5000, offset)
                     assert got == contents[name][offset : offset + 5000], (name, offset)
+                    read.append(name)
+                    held = data_files_open(pid, store_root)
+                    if fusefs.NO_OPEN:  # the three last read, the older ones evicted
+                        assert held == {data_file[n] for n in read[-3:]}, (name, offset)
+                    else:
+                        assert held == set(data_file.values())
         finally:
             for fd in fds.values():
                 os.close(fd)
+        for _ in range(3):
+            assert sorted(os.listdir(mp / "d")) == ["x"]
+        assert sorted(os.listdir(mp)) == ["d", *contents]
+        if fusefs.NO_OPEN:
+            assert requests(log, "OPEN") == requests(log, "OPENDIR") == 1  # ENOSYS, once
+            assert requests(log, "RELEASE") == requests(log, "RELEASEDIR") == 0
+            assert len(data_files_open(pid, store_root)) == 3  # until evicted or unmounted
+        else:
+
+            def released() -> bool:  # the kernel sends release after close has returned
+                return not data_files_open(pid, store_root) and requests(
+                    log, "RELEASEDIR"
+                ) == requests(log, "OPENDIR")
+
+            deadline = time.monotonic() + 10
+            while not released() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert data_files_open(pid, store_root) == set()
+            assert requests(log, "OPEN") == requests(log, "RELEASE") == len(contents)
+            assert requests(log, "OPENDIR") >= 4  # each listing (the kernel caches none)
+            assert requests(log, "RELEASEDIR") == requests(log, "OPENDIR")
 
 
 def test_mount_then_umount_leaves_nothing_behind(tmp_path, cli, store_root, small):
@@ -803,7 +876,7 @@ def test_relative_root_and_mountpoint_work_from_any_directory(tmp_path, cli, sto
     rel_root = f"root-{os.getpid()}-{time.monotonic_ns()}"  # a name / surely lacks
     (tmp_path / rel_root).symlink_to(store_root)
     command = [sys.executable, "-m", "snapshotter.cli", "--root", rel_root]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = child_env()
     mp = tmp_path / "mp"
     pids: list[int] = []
     try:
@@ -850,6 +923,21 @@ def test_signals_unmount_cleanly(tmp_path, cli, store_root, small, sig):
         assert daemons(store_root) == []
 
 
+def test_a_signal_as_soon_as_mount_returns_still_unmounts(tmp_path, cli, store_root, small):
+    """`mount` returns once the daemon serves; from then on a signal must end it cleanly.
+    (The daemon once said ready before its handlers were in place: SIGTERM then found
+    the default action and left a dead mount.)"""
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    for sig in [signal.SIGTERM, signal.SIGINT, signal.SIGHUP] * 5:
+        with mounted(cli, store_root, small, mp) as pid:
+            os.kill(pid, sig)
+            _, status = os.waitpid(pid, 0)  # the daemon forked from here
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (sig, status)
+            assert not mounted_at(mp), sig
+        assert Store(store_root).live_mounts() == []
+
+
 def test_double_mount_on_one_directory_is_refused(tmp_path, cli, store_root, small):
     mp = tmp_path / "mp"
     mp.mkdir()
@@ -892,7 +980,7 @@ def test_missing_dev_fuse_is_one_line(tmp_path, store_root, small):
         capture_output=True,
         text=True,
         cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        env=child_env(),
     )
     assert done.returncode == 1, (done.stdout, done.stderr)
     lines = done.stderr.strip().splitlines()
@@ -919,10 +1007,11 @@ def foreground(store_root: Path, image: str, mp: Path, log: Path, *extra: str):
             stdout=subprocess.DEVNULL,
             stderr=err,
             cwd=REPO,
-            env=dict(os.environ, PYTHONPATH=str(REPO)),
+            env=child_env(),
         )
     try:
         wait_mounted(mp, proc)
+        assert_daemon_pyfuse3(proc.pid)
         yield proc
     finally:
         force_unmount(mp)

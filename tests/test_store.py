@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from builders import ImageBuilder, LayerBuilder, sha256_digest, write_oci_layout
-from conftest import REPO, run_snapshotter, tree_state
+from conftest import REPO, need_tool, run_snapshotter, tree_state
 
 from snapshotter.store.store import Staging, Store
 
@@ -306,9 +306,17 @@ def test_prune_removes_only_dangling_images_and_reports_what_it_freed(cli, store
     only_old = set(old["diff_ids"]) - set(new["diff_ids"])
     assert len(only_old) == 1
     snap = store_root / "snapshots/sha256" / next(iter(only_old)).split(":")[1]
-    expected_freed = _disk_usage(snap) + sum(
-        (store_root / "blobs/sha256" / d.split(":")[1]).stat().st_size
-        for d in (old["digest"], old["id"])
+    from snapshotter.oci.digest import Digest
+    from snapshotter.oci.model import chain_ids
+
+    old_chain = chain_ids([Digest.parse(d) for d in old["diff_ids"]])[-1]
+    expected_freed = (
+        _disk_usage(snap)
+        + sum(
+            (store_root / "blobs/sha256" / d.split(":")[1]).stat().st_size
+            for d in (old["digest"], old["id"])
+        )
+        + (store_root / "merged" / old_chain.hex).stat().st_size  # built by pull
     )
 
     result = cli("prune", "--json")
@@ -330,8 +338,9 @@ def test_prune_all_removes_every_image_and_empties_the_store(cli, store_root, tm
     a = pull(cli, oci(tmp_path / "a", {"1": app_image("a")}))
     b = pull(cli, oci(tmp_path / "b", {"1": app_image("b")}))
     expected_freed = _disk_usage(store_root / "snapshots") + sum(
-        f.stat().st_size for f in files_under(store_root / "blobs")
-    )  # snapshots by blocks on disk, blobs by their size
+        f.stat().st_size
+        for f in files_under(store_root / "blobs") + files_under(store_root / "merged")
+    )  # snapshots by blocks on disk, blobs and merged trees (built by pull) by their size
 
     result = cli("prune", "-a", "--json")
     assert result.rc == 0, result.err
@@ -468,8 +477,10 @@ def test_a_mount_record_without_a_live_holder_does_not_protect(cli, store_root, 
 
 
 def _comparable(tree: dict[str, tuple], root: Path) -> dict[str, tuple]:
-    """``tree_state`` with state.json's pull times left out (they are wall-clock)."""
-    out = dict(tree)
+    """``tree_state`` with state.json's pull times left out (they are wall-clock), and
+    without the merged-tree caches (pull writes them after its commit; a missing one is
+    rebuilt by whatever opens the image)."""
+    out = {k: v for k, v in tree.items() if not k.startswith("merged/")}
     if "state.json" in out:
         state = json.loads((root / "state.json").read_text())
         for image in state["images"].values():
@@ -484,17 +495,70 @@ def _recover(root: Path) -> None:
         pass
 
 
-def _staging_started(store: Path) -> bool:
-    tmp = store / "tmp"
-    return tmp.is_dir() and any(p.suffix == ".lock" for p in tmp.iterdir())
+def _added(root: Path, pristine: Path, kind: str) -> int:
+    """How many snapshots or blobs ``root`` has that the pristine store had not."""
+    names = snapshot_dirs if kind == "snapshots" else blob_files
+    return len(names(root) - names(pristine))
 
 
-def _committing(store: Path) -> bool:
-    return (store / "journal.json").exists()
+def _moment(store: Path, pristine: Path, image: ImageBuilder) -> str:
+    """Where a pull stood when it died, read from what it left in ``store``."""
+    state = json.loads((store / "state.json").read_text())
+    committed = image.manifest_digest() in state["images"]
+    journal = (store / "journal.json").exists()
+    staged = [
+        layer_dir
+        for area in (store / "tmp").iterdir()
+        if area.is_dir()
+        for layer_dir in area.iterdir()
+    ]
+    if committed:
+        return "committed, journal left" if journal else "done"
+    if journal:
+        snapshots = _added(store, pristine, "snapshots")
+        blobs = _added(store, pristine, "blobs")
+        return f"commit: {snapshots}/{len(image.layers)} snapshots, {blobs}/2 blobs moved in"
+    tocs = sum((d / "toc.json.zst").is_file() for d in staged)
+    if tocs == len(image.layers) == len(staged):
+        return "staged"
+    if tocs < len(staged) and any(any((d / "data").iterdir()) for d in staged):
+        return "unpacking"
+    return f"unexpected: {len(staged)} layers in staging, {tocs} with a toc"
 
 
-def test_pull_killed_at_any_moment_leaves_the_store_as_before_or_complete(cli, tmp_path):
-    big = ImageBuilder([layer(f"blob{i}", noise(100 + i, 2 << 20)) for i in range(6)])
+# Where to kill a pull of BIG_PULL: (syscalls, which call of them, only on this file of the
+# store, the moment its store must show, whether that is past the commit point).  strace
+# delivers SIGKILL on entry to that call, so the call itself never runs.  The moments follow
+# Store.commit: the journal is created, the 6 staged snapshots, then the manifest and the
+# config are renamed into place, then state.json (the commit point), then the journal goes.
+KILLS = [
+    ("write", 60, None, "unpacking", False),  # the many-files layer writes a file per call
+    ("openat", 1, "journal.json", "staged", False),
+    ("rename", 1, None, "commit: 0/6 snapshots, 0/2 blobs moved in", False),
+    ("rename", 4, None, "commit: 3/6 snapshots, 0/2 blobs moved in", False),
+    ("rename", 8, None, "commit: 6/6 snapshots, 1/2 blobs moved in", False),
+    ("rename", 9, None, "commit: 6/6 snapshots, 2/2 blobs moved in", False),  # state.json
+    ("unlink", 1, "journal.json", "committed, journal left", True),
+    (None, 0, None, "done", True),  # not killed
+]
+SYSCALLS = {
+    "write": "write",
+    "openat": "openat",
+    "rename": "rename,renameat,renameat2",
+    "unlink": "unlink,unlinkat",
+}
+
+
+def big_pull() -> ImageBuilder:
+    many = LayerBuilder()
+    for i in range(200):
+        many.file(f"many/f{i:03d}", noise(1000 + i, 100))
+    return ImageBuilder([layer(f"blob{i}", noise(100 + i, 256 << 10)) for i in range(5)] + [many])
+
+
+def test_pull_killed_at_each_moment_leaves_the_store_as_before_or_complete(cli, tmp_path):
+    strace = need_tool("strace")
+    big = big_pull()
     big_src = oci(tmp_path / "big", {"1": big})
     small_src = oci(tmp_path / "small", {"1": app_image("small")})
     pristine = tmp_path / "pristine"
@@ -507,56 +571,45 @@ def test_pull_killed_at_any_moment_leaves_the_store_as_before_or_complete(cli, t
     assert done.returncode == 0, done.stderr
     after = _comparable(tree_state(reference), reference)
 
-    def kill_pull(when: Callable[[Path], bool], delay: float | None) -> tuple[str, bool]:
-        """Kill -9 a pull ``delay`` seconds after ``when(store)`` first holds (None: let it
-        finish); check the store."""
-        store = tmp_path / "store"
+    for calls, nth, path, moment, past_commit in KILLS:
+        store = Path(os.path.realpath(tmp_path)) / "store"  # as strace -P compares it
         shutil.copytree(pristine, store)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "snapshotter.cli", "--root", str(store), "pull", "-q", big_src],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        while proc.poll() is None and not when(store):
-            pass
-        if delay is None:
-            assert proc.wait(timeout=120) == 0
+        pull = [sys.executable, "-m", "snapshotter.cli", "--root", str(store), "pull", "-q"]
+        if calls is None:
+            command = pull
         else:
-            if delay:
-                time.sleep(delay)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        interrupted = any((store / "tmp").iterdir()) or (store / "journal.json").exists()
+            syscalls = SYSCALLS[calls]
+            command = [strace, "-f", "-qq", "-o", "/dev/null"]
+            command += ["-e", f"trace={syscalls}"]
+            command += ["-e", f"inject={syscalls}:signal=SIGKILL:when={nth}"]
+            command += ["-P", str(store / path)] if path else []
+            command += pull
+        proc = subprocess.run(
+            [*command, big_src], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+        killed = f"kill at {calls} #{nth}" + (f" of {path}" if path else "")
+        if calls is None:
+            assert proc.returncode == 0, proc.stderr
+        else:  # strace passes the tracee's death on as its own
+            assert proc.returncode == -signal.SIGKILL, (killed, proc.returncode, proc.stderr)
+        assert _moment(store, pristine, big) == moment, killed
+
         # A reader sees the old image list or the new one (``images`` recovers first).
         listed = cli("images", "-q", "--no-trunc", root=store)
         assert listed.rc == 0, listed.err
         _recover(store)
         now = tree_state(store)
-        if _comparable(now, store) == after:
-            outcome = "complete"
+        if past_commit:
+            assert _comparable(now, store) == after, f"{killed} left an incomplete image"
             assert big.config_digest() in listed.out.split()
             doc = json.loads(cli("inspect", "--record", big.manifest_digest(), root=store).out)
             assert all(complete_snapshot(store, lay["diff_id"]) for lay in doc["layers"])
         else:
-            outcome = "before"
-            assert now == before, f"a kill {delay}s after {when.__name__} left a partial store"
+            assert now == before, f"{killed} left a partial store"
             assert big.config_digest() not in listed.out.split()
         assert list((store / "tmp").iterdir()) == []
         assert not (store / "journal.json").exists()
         shutil.rmtree(store)
-        return outcome, interrupted
-
-    # A kill as soon as layers start to unpack into staging (unpacking takes far longer than
-    # noticing that): recovery must find the staging area and bring the store back as before.
-    outcome, interrupted = kill_pull(_staging_started, 0.0)
-    assert interrupted and outcome == "before", "the kill should have left a staging area"
-    # Kills later and later, then a pull left to finish: before or complete, nothing between.
-    outcomes = [kill_pull(_staging_started, d)[0] for d in (0.01, 0.03, 0.06, 0.1, 0.2, 0.4)]
-    assert kill_pull(_staging_started, None)[0] == "complete", outcomes
-    # Kills inside the commit itself (the journal exists only then): both ends are fine.
-    for delay in (0.0, 0.001, 0.003):
-        kill_pull(_committing, delay)
 
 
 def _simulate_dead_pull(root: Path) -> dict[str, Path]:
@@ -729,28 +782,41 @@ def test_concurrent_pulls_of_one_image_register_it_once(tmp_path):
 
 
 def test_recovery_survives_staging_areas_coming_and_going(store_root):
+    """Sweeps of tmp/ while another "pull" creates, uses and removes staging areas as fast as
+    it can: entries vanish between listing and opening, and a live area must never be swept.
+    Runs until enough sweeps really overlapped that churn (a sweep that raises fails)."""
     store = Store(store_root)
     store.ensure()
     stop = threading.Event()
+    made = 0  # staging areas created, used and closed by the other "pull"
+    swept_live: list[OSError] = []
 
-    def other_pulls() -> None:  # what concurrent pulls do to tmp/, as fast as possible
+    def other_pull() -> None:
+        nonlocal made
         while not stop.is_set():
-            Staging(store).close()
+            with Staging(store) as staging:
+                try:
+                    (staging.path / "work").write_bytes(b"x")
+                    (staging.path / "work").unlink()
+                except OSError as exc:
+                    swept_live.append(exc)
+            made += 1
 
-    churn = threading.Thread(target=other_pulls)
+    churn = threading.Thread(target=other_pull)
     churn.start()
-    errors: list[OSError] = []
+    overlapped = sweeps = 0
     try:
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline and not errors:
-            try:
-                store.sweep_tmp()
-            except OSError as exc:
-                errors.append(exc)
+        deadline = time.monotonic() + 30
+        while overlapped < 200 and not swept_live:
+            assert time.monotonic() < deadline, f"{overlapped} of {sweeps} sweeps saw churn"
+            seen = made
+            store.sweep_tmp()
+            sweeps += 1
+            overlapped += made != seen
     finally:
         stop.set()
         churn.join()
-    assert errors == []
+    assert swept_live == []
 
 
 # -- verification ----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..oci.model import Platform
@@ -21,7 +22,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "device, xattr and mtime as the layers said. The view is read-only, and mounted "
             "nosuid,nodev: images are untrusted. Returns once the view is ready; the daemon "
             "serving it runs in the background until 'snapshotter umount', fusermount3 -u, "
-            "or SIGTERM/SIGINT."
+            "or SIGTERM/SIGINT/SIGHUP."
         ),
     )
     p.add_argument("image", metavar="IMAGE", help="name, NAME@DIGEST, digest or id prefix")
@@ -59,10 +60,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="unmount a view made by 'mount'",
         description=(
             "Unmount a view made by 'mount' and end its daemon; also clears the mountpoint "
-            "of a daemon that was killed."
+            "of a daemon that was killed. A view still in use (a process has a file open "
+            "in it, or its working directory there) is refused, as umount(8) refuses it, "
+            "unless --lazy. Any other kind of mount is refused."
         ),
     )
     p.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
+    p.add_argument(
+        "-l",
+        "--lazy",
+        action="store_true",
+        help="detach a busy view at once (umount -l); its daemon keeps serving the files "
+        "open in it and ends when the last is closed",
+    )
     p.set_defaults(handler=cmd_umount)
 
 
@@ -88,5 +98,10 @@ def cmd_mount(store: Store, args: argparse.Namespace) -> int:
 def cmd_umount(store: Store, args: argparse.Namespace) -> int:
     from ..view.mount import umount
 
-    umount(store, args.mountpoint)
+    if umount(store, args.mountpoint, lazy=args.lazy):
+        print(
+            f"snapshotter: {str(args.mountpoint)!r} was busy and is detached; its daemon "
+            "ends when the last file open in it is closed",
+            file=sys.stderr,
+        )
     return EXIT_OK

@@ -684,7 +684,7 @@ def check_not_in_use(store: Store, digest: str, text: str) -> None:
     mounts = in_use(store).get(digest)
     if mounts:
         raise InUse(
-            f"image {text!r} is in use by the mount at {', '.join(mounts)} "
+            f"image {text!r} is in use by the mount at {', '.join(map(repr, mounts))} "
             "(unmount it, or use --force)"
         )
 

@@ -125,6 +125,8 @@ class ImageFS(pyfuse3.Operations):
         self._next_fh = 1
         self._data_dirs: dict[int, int] = {}  # layer -> O_PATH fd of its data_dir
         self.prefetch = prefetch
+        # Called once, on the first read of a file (INIT has been answered by then).
+        self.on_first_read: Callable[[], object] | None = None
         self._warmer: Warmer | None = None
         self._streams: Streams | None = None
 
@@ -246,6 +248,9 @@ class ImageFS(pyfuse3.Operations):
         reader's prefetch stream moves on."""
         if not node.size:
             return -1
+        if self.on_first_read is not None:
+            first, self.on_first_read = self.on_first_read, None
+            first()
         if self._streams is not None:
             self._streams.reading(node.inode)
         try:

@@ -11,17 +11,20 @@ is released by the kernel, so its record goes stale by itself.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
+import functools
 import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InUse, NotFound, SnapshotterError
@@ -31,18 +34,38 @@ from .tree import ImageView, open_tree
 READY = b"ok\n"
 
 
+# The file system type of every view in /proc/self/mountinfo (fusefs mounts subtype=snapshotter).
+VIEW_FSTYPE = "fuse.snapshotter"
+
+
+@dataclass(frozen=True, slots=True)
+class MountEntry:
+    fstype: str  # e.g. fuse.snapshotter, tmpfs
+    source: str  # the fsname, e.g. snapshotter:docker.io/library/debian:12
+
+
+def mount_entry(path: Path) -> MountEntry | None:
+    """The topmost mount at ``path`` (dead FUSE mounts, ENOTCONN, included), or None."""
+    target = os.fsencode(str(path))
+    found = None
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            # ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
+            fields = line.rstrip(b"\n").split(b" ")
+            if len(fields) > 4 and _unescape(fields[4]) == target:
+                after = fields.index(b"-", 6) + 1 if b"-" in fields[6:] else len(fields)
+                fstype, source = (fields[after:] + [b"?", b"?"])[:2]
+                # a later line is mounted on top of an earlier one
+                found = MountEntry(os.fsdecode(_unescape(fstype)), os.fsdecode(_unescape(source)))
+    return found
+
+
 def mounted_at(path: Path) -> bool:
     """Whether ``path`` is a mount point, dead FUSE mounts (ENOTCONN) included."""
-    target = os.fsencode(str(path))
     try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            for line in f:
-                fields = line.split(b" ")
-                if len(fields) > 4 and _unescape(fields[4]) == target:
-                    return True
+        return mount_entry(path) is not None
     except OSError:
         return os.path.ismount(path)
-    return False
 
 
 def _unescape(field: bytes) -> bytes:
@@ -211,8 +234,10 @@ def _daemon(
         except RuntimeError as exc:
             raise SnapshotterError(f"cannot mount at {str(mp)!r}: {exc}") from exc
         # The window can only be raised once the kernel has the daemon's INIT reply
-        # (which caps it): a thread waits for that with a stat of the view.
-        threading.Thread(target=raise_readahead, args=(mp,), daemon=True).start()
+        # (which caps it): on the first read, which comes after it.
+        device = mount_device(mp)
+        if device is not None:
+            fs.on_first_read = functools.partial(set_readahead, device)
         try:
             fusefs.serve(on_ready)
         finally:
@@ -229,15 +254,23 @@ def _daemon(
 READAHEAD_KB = int(os.environ.get("SNAPSHOTTER_READAHEAD_KB") or 1024)
 
 
-def raise_readahead(mp: Path, kb: int = READAHEAD_KB) -> int | None:
-    """Set the readahead window of the view mounted at ``mp`` to ``kb`` KiB, where we may
-    (root); the window now in force, or None when it could not be read.  The stat(2) of
-    the view waits for its daemon to have answered INIT."""
-    try:
-        device = os.stat(mp).st_dev
-    except OSError:
-        return None
-    path = f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb"
+def mount_device(mp: Path) -> str | None:
+    """The device ("major:minor") of the file system mounted at ``mp``, from mountinfo
+    (a stat(2) of a view would wait for its daemon)."""
+    target = os.fsencode(str(mp))
+    device = None
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split(b" ")
+            if len(fields) > 4 and _unescape(fields[4]) == target:
+                device = fields[2].decode()  # the last one: the top of the stack
+    return device
+
+
+def set_readahead(device: str, kb: int = READAHEAD_KB) -> int | None:
+    """Set the readahead window of file system ``device`` to ``kb`` KiB where we may
+    (root); the window now in force, or None when it cannot be read."""
+    path = f"/sys/class/bdi/{device}/read_ahead_kb"
     with contextlib.suppress(OSError), open(path, "w") as f:
         f.write(str(kb))
     try:
@@ -247,24 +280,68 @@ def raise_readahead(mp: Path, kb: int = READAHEAD_KB) -> int | None:
         return None
 
 
-def umount(store: Store, mountpoint: Path) -> None:
-    """Unmount a view, live or with a dead daemon, and wait for its daemon to exit."""
+def umount(store: Store, mountpoint: Path, *, lazy: bool = False) -> bool:
+    """Unmount a view, live or with a dead daemon, and wait for its daemon to exit.
+
+    A view still in use (a process has a file open in it, or its working directory there)
+    is refused with ``InUse``, as umount(8) refuses, unless ``lazy``: then it is detached
+    at once, and its daemon goes on serving what is open until the last of it is closed;
+    returns True in that case (and does not wait for the daemon).  A mount that is not a
+    view is refused: it is not ours to unmount.
+    """
     mp = Path(os.path.abspath(mountpoint))
     daemons = [m.pid for m in store.live_mounts() if m.mountpoint == str(mp)]
-    if not mounted_at(mp):
+    entry = mount_entry(mp)
+    if entry is None:
         raise NotFound(f"{str(mp)!r} is not mounted")
-    result = subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True, text=True)
-    if result.returncode != 0:
-        if os.geteuid() == 0:
-            result = subprocess.run(["umount", "-l", str(mp)], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise SnapshotterError(
-                f"cannot unmount {str(mp)!r}: {_one_line(RuntimeError(result.stderr))}"
+    if entry.fstype != VIEW_FSTYPE:
+        raise NotFound(
+            f"{str(mp)!r} is not a snapshotter view but a {entry.fstype} mount of "
+            f"{entry.source!r}: unmount it with umount(8)"
+        )
+    if _unmount(mp, detach=False):
+        if not lazy:
+            raise InUse(
+                f"cannot unmount {str(mp)!r}: it is busy (a process has a file open in it, or "
+                "its working directory there); end that, or detach it now with --lazy"
             )
+        if _unmount(mp, detach=True):
+            raise InUse(f"cannot detach {str(mp)!r}: it is busy")
+        return True
     deadline = time.monotonic() + 10
     for pid in daemons:
         while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.02)
+    return False
+
+
+MNT_DETACH = 2  # linux/mount.h
+
+
+def _unmount(mp: Path, *, detach: bool) -> bool:
+    """Unmount ``mp`` (``detach``: lazily, umount -l); True if it is busy, an error for
+    any other failure.  Root calls umount2(2) itself; a user goes through fusermount3."""
+    if os.geteuid() == 0:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.umount2(os.fsencode(str(mp)), MNT_DETACH if detach else 0) == 0:
+            return False
+        err = ctypes.get_errno()
+        if err == errno.EBUSY:
+            return True
+        raise SnapshotterError(f"cannot unmount {str(mp)!r}: {os.strerror(err).lower()}")
+    if shutil.which("fusermount3") is None:
+        raise SnapshotterError("fusermount3 is not installed (Debian package fuse3)")
+    result = subprocess.run(
+        ["fusermount3", "-u", *(["-z"] if detach else []), str(mp)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LC_ALL": "C"},  # its strerror text, which says "busy"
+    )
+    if result.returncode == 0:
+        return False
+    if "Device or resource busy" in result.stderr:
+        return True
+    raise SnapshotterError(f"cannot unmount {str(mp)!r}: {_one_line(RuntimeError(result.stderr))}")
 
 
 def _alive(pid: int) -> bool:
