@@ -143,7 +143,7 @@ def gnu_tar_tree(tar_path: Path, workdir: Path) -> dict[str, Node]:
         )
         nodes[rel] = Node(
             kind=kind,
-            mode=0 if implied or kind == "l" else stat.S_IMODE(st.st_mode),
+            mode=0 if implied else stat.S_IMODE(st.st_mode),
             uid=0 if implied else st.st_uid,
             gid=0 if implied else st.st_gid,
             size=st.st_size if kind == "-" else 0,
@@ -184,7 +184,7 @@ def snapshot_tree(snapshot: Path) -> dict[str, Node]:
         data = snapshot / "data" / f"{e.inode:x}"
         nodes[e.path] = Node(
             kind=kind,
-            mode=0 if e.implied or kind in "lw" else e.mode,
+            mode=0 if e.implied or kind == "w" else e.mode,
             uid=0 if e.implied else e.uid,
             gid=0 if e.implied else e.gid,
             size=e.size,

@@ -182,8 +182,8 @@ def oracle_layers() -> list[LayerBuilder]:
         .file("secret", b"secret\n", mode=0o600)
         .file("x", b"xattrs", xattrs={"user.k": b"v", "user.bin": b"\x00\xff\n"})
         .symlink("lib", "usr/lib")
-        .symlink("abs", "/etc/hostname", uid=3, gid=4, mtime=T[2])
-        .symlink("dangling", "../../nowhere")
+        .symlink("abs", "/etc/hostname", mode=0o755, uid=3, gid=4, mtime=T[2])  # BSD tar
+        .symlink("dangling", "../../nowhere", mode=0o700)
         .dir("hl")
         .file("hl/one", b"linked", mode=0o640, uid=7)
         .hardlink("hl/two", "hl/one")

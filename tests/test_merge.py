@@ -323,8 +323,9 @@ def build(ops: list[tuple]) -> LayerBuilder:
             mode, uid, gid, mtime = METAS[op[2]]
             lb.dir(op[1], mode=mode, uid=uid, gid=gid, mtime=mtime, xattrs=XATTRS[op[3]])
         elif kind == "symlink":
-            _, uid, gid, mtime = METAS[op[3]]
-            lb.symlink(op[1], op[2], uid=uid, gid=gid, mtime=mtime)
+            # Any mode in the header (BSD tar writes the link's own bits); the view's is 0777.
+            mode, uid, gid, mtime = METAS[op[3]]
+            lb.symlink(op[1], op[2], mode=mode, uid=uid, gid=gid, mtime=mtime)
         elif kind == "hardlink":
             lb.hardlink(op[1], op[2])
         elif kind == "chardev":
@@ -476,6 +477,30 @@ def test_symlinks_are_kept_verbatim(tmp_path):
     for name, target in targets.items():
         assert n[name].kind is EntryKind.SYMLINK and n[name].link == target
         assert n[name].size == len(target)
+
+
+SYMLINK_MODES = [0o755, 0o700, 0o1777, 0o4755, 0]
+
+
+def test_a_symlink_is_0777_whatever_its_header_says(tmp_path):
+    """BSD tar (macOS) writes a link's own bits (``lrwxr-xr-x``); Linux, so overlayfs, has
+    no permission bits on a symlink: lrwxrwxrwx."""
+    lb = LayerBuilder()
+    for mode in SYMLINK_MODES:
+        lb.symlink(f"l{mode:o}", "target", mode=mode, uid=5, gid=6)
+    tocs, _ = unpack_all(tmp_path, [lb])
+    assert {e.mode for e in tocs[0] if e.kind is EntryKind.SYMLINK} == {0o777}
+    # A toc written before unpack recorded 0777 still keeps the header's mode: merge
+    # shows 0777 all the same.
+    older = Toc(
+        tocs[0].diff_id,
+        tuple(replace(e, mode=int(e.path[1:], 8)) if e.path else e for e in tocs[0]),
+    )
+    for toc in (tocs[0], older):
+        n = listing(merge([toc]))
+        for mode in SYMLINK_MODES:
+            link = n[f"l{mode:o}"]
+            assert (link.kind, link.mode, link.uid, link.gid) == (EntryKind.SYMLINK, 0o777, 5, 6)
 
 
 @pytest.mark.parametrize("name", [".", "./", "/"])

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from builders import ImageBuilder, LayerBuilder, write_oci_layout
 from conftest import need_root, need_tool
 from oracle import Node, assert_same_tree, decompress_to, gnu_tar_tree, oci_layers, snapshot_tree
 
@@ -271,6 +272,20 @@ def test_zstd_copy_matches_gnu_tar(skopeo_copies, cli, store_root, tmp_path):
     _compare_with_gnu_tar(layout, doc, store_root, tmp_path)
 
 
+def test_symlink_modes_of_a_bsd_tar_layer_match_gnu_tar(cli, store_root, tmp_path):
+    """BSD tar (macOS) writes a symlink's own bits in its header; GNU tar, like every Linux
+    extraction, makes 0777 of them, and so must we."""
+    need_root()
+    need_tool("tar")
+    layer = LayerBuilder().dir("l")
+    for mode in (0o755, 0o700, 0o1777, 0o4755, 0o777, 0):
+        layer.symlink(f"l/m{mode:o}", "../target", mode=mode, uid=7, gid=8)
+    layout = write_oci_layout(tmp_path / "layout", {TAG: ImageBuilder([layer])})
+    doc = _pull(cli, f"oci:{layout}:{TAG}")
+    (layer1,) = _compare_with_gnu_tar(layout, doc, store_root, tmp_path)
+    assert {n.mode for p, n in layer1.items() if p.startswith("l/m")} == {0o777}
+
+
 # -- merged view ---------------------------------------------------------------------------
 
 
@@ -309,7 +324,7 @@ def _merged_rows(merged: dict[str, tuple[TocEntry, Path]]) -> dict[str, Row]:
             digest = hashlib.sha256((snap / "data" / e.data_name()).read_bytes()).hexdigest()
         rows[path] = (
             e.kind.value,
-            0 if e.kind is EntryKind.SYMLINK else e.mode,
+            e.mode,
             e.uid,
             e.gid,
             e.size,
@@ -339,7 +354,7 @@ def _rootfs_rows(root: Path) -> dict[str, Row]:
             regular = kind == "-"
             rows[str(full.relative_to(root))] = (
                 kind,
-                0 if kind == "l" else stat.S_IMODE(st.st_mode),
+                stat.S_IMODE(st.st_mode),
                 st.st_uid,
                 st.st_gid,
                 st.st_size if regular else 0,

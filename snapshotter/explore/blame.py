@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from operator import attrgetter
 
-from ..store.toc import EntryKind, Toc, TocEntry
+from ..store.toc import SYMLINK_MODE, EntryKind, Toc, TocEntry
 from ..view.merge import Node
 from .image import StoredImage, normalize_path
 
@@ -145,7 +145,7 @@ def _new_version(entry: TocEntry, number: int, digest_of: DigestOf) -> Version:
         mode, uid, gid, mtime_ns, xattrs = 0o755, 0, 0, 0, ()
     else:
         mode, uid, gid, mtime_ns, xattrs = (
-            entry.mode,
+            SYMLINK_MODE if entry.kind is EntryKind.SYMLINK else entry.mode,
             entry.uid,
             entry.gid,
             entry.mtime_ns,

@@ -45,6 +45,10 @@ class EntryKind(enum.Enum):
     WHITEOUT = "w"
 
 
+# A symlink's permission bits on Linux, whatever its tar header says: symlink(2) takes no
+# mode and there is no lchmod, so every extraction (and overlayfs) shows lrwxrwxrwx.
+SYMLINK_MODE = 0o777
+
 # Bits of TocEntry.flags
 FLAG_OPAQUE = 1  # directory hides all lower children (.wh..wh..opq, or re-created in-layer)
 FLAG_IMPLIED = 2  # directory not in the tar, only implied by a child's path
@@ -56,7 +60,7 @@ class TocEntry:
 
     path: str  # relative POSIX path inside the image; "" is the root directory
     kind: EntryKind
-    mode: int  # permission bits, setuid/setgid/sticky included (07777)
+    mode: int  # permission bits, setuid/setgid/sticky included (07777); symlinks 0777
     uid: int
     gid: int
     size: int  # bytes of content (regular files), 0 otherwise

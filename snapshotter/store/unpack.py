@@ -39,6 +39,7 @@ from .toc import (
     DATA_DIR,
     FLAG_IMPLIED,
     FLAG_OPAQUE,
+    SYMLINK_MODE,
     TOC_NAME,
     EntryKind,
     Toc,
@@ -675,6 +676,8 @@ def _read_entry(
         tree.put(TocEntry(path, EntryKind.DIR, size=0, inode=tree.new_inode(), **common))  # type: ignore[arg-type]
         return
     if info.issym():
+        # Whatever mode the header says (BSD tar writes the link's own bits), a symlink
+        # extracted on Linux has 0777: the toc records what extraction makes.
         tree.put(
             TocEntry(
                 path,
@@ -682,7 +685,7 @@ def _read_entry(
                 size=0,
                 inode=tree.new_inode(),
                 link=info.linkname,
-                **common,  # type: ignore[arg-type]
+                **{**common, "mode": SYMLINK_MODE},  # type: ignore[arg-type]
             )
         )
         return

@@ -12,6 +12,9 @@ The rules (image-spec layer.md#applying-changesets, and what overlayfs shows):
   its own layer whited out and re-created), which drops every lower child.
 - A directory that is only implied by a child's path (its tar has no entry for it) keeps the
   lower directory's metadata; with no lower directory it is 0755 root:root, mtime 0.
+- A symlink's permission bits are 0777 whatever its tar header says, as on every Linux
+  file system (symlink(2) takes no mode and lchmod does not exist): a layer made by BSD
+  tar with ``lrwxr-xr-x`` shows ``lrwxrwxrwx`` under overlayfs, and so here.
 - A whiteout removes the lower name and its subtree; it never shows.
 - Hardlinks within one layer are one inode (one number, one content, nlink = the names of it
   still visible); a later layer that replaces one name does not touch its partners.
@@ -43,12 +46,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import StoreCorrupt, UnsafeArchive
-from ..store.toc import EntryKind, Toc
+from ..store.toc import SYMLINK_MODE, EntryKind, Toc
 
 ROOT_INODE = 1
 # 1: zstd JSON, one row per node.  2: the binary column file described at MergedTree.read.
-# 3: 2 plus the lookup table.
-MERGED_VERSION = 3
+# 3: 2 plus the lookup table.  4: the same; symlinks 0777 whatever their (older) toc says.
+MERGED_VERSION = 4
 # Lookup is a hash table probe: every entry sits at most this many slots past its home
 # slot, or the tree has no table (names crafted to collide) and lookup is a binary search.
 LOOKUP_PROBES = 64
@@ -712,7 +715,8 @@ def _set_meta(node: _Build, e: object, layer: int) -> None:
     from ..store.toc import TocEntry
 
     assert isinstance(e, TocEntry)
-    node.mode, node.uid, node.gid = e.mode, e.uid, e.gid
+    node.mode = SYMLINK_MODE if e.kind is EntryKind.SYMLINK else e.mode
+    node.uid, node.gid = e.uid, e.gid
     node.mtime_ns, node.xattrs, node.layer = e.mtime_ns, e.xattrs, layer
 
 
