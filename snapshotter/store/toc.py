@@ -17,8 +17,10 @@ import contextlib
 import enum
 import gc
 import json
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 
 import zstandard
@@ -147,6 +149,9 @@ class TocEntry:
         )
 
 
+_path_key = attrgetter("path")
+
+
 @dataclass(frozen=True, slots=True)
 class Toc:
     """All entries of one layer, sorted by path; the layer's diff_id names it."""
@@ -159,6 +164,14 @@ class Toc:
 
     def by_path(self) -> dict[str, TocEntry]:
         return {e.path: e for e in self.entries}
+
+    def find(self, path: str) -> TocEntry | None:
+        """The entry of ``path``, or None: a binary search (entries are sorted by path)."""
+        entries = self.entries
+        i = bisect_left(entries, path, key=_path_key)
+        if i < len(entries) and entries[i].path == path:
+            return entries[i]
+        return None
 
     @property
     def size(self) -> int:

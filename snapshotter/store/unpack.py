@@ -267,8 +267,17 @@ class _LayerTree:
                 # Lower `path` is deleted and this layer makes it anew: only this layer's
                 # children show, exactly as if it were marked opaque, and nothing of the
                 # deleted directory survives: an implied one gets the defaults, not the
-                # lower metadata an implied directory otherwise keeps.
+                # lower metadata an implied directory otherwise takes (view/merge.py), and
+                # so do the implied directories below it.
                 self.entries[path] = replace(e, flags=(e.flags | FLAG_OPAQUE) & ~FLAG_IMPLIED)
+                below = list(self.children.get(path, ()))
+                while below:
+                    p = below.pop()
+                    d = self.entries[p]
+                    if d.kind is EntryKind.DIR:
+                        if d.implied:
+                            self.entries[p] = replace(d, flags=d.flags & ~FLAG_IMPLIED)
+                        below.extend(self.children.get(p, ()))
         return sorted_entries(self.entries.values())
 
 

@@ -10,8 +10,28 @@ The rules (image-spec layer.md#applying-changesets, and what overlayfs shows):
 - A directory over a directory merges: the upper one's owner, mode, mtime and xattrs win and
   the lower children stay, unless the upper one is opaque (``.wh..wh..opq``, or a directory
   its own layer whited out and re-created), which drops every lower child.
-- A directory that is only implied by a child's path (its tar has no entry for it) keeps the
-  lower directory's metadata; with no lower directory it is 0755 root:root, mtime 0.
+- A directory that is only implied by a child's path (its tar has no entry for it, or only
+  whiteouts or an opaque marker below it) takes the metadata containerd's ``mkparent``
+  (pkg/archive/tar.go) gives it when it applies the layer for overlayfs: it creates the
+  directory in the layer's own upper directory and copies owner, mode, times and xattrs
+  (all but ``trusted.*``) from the first lower layer, top down, that has anything at the
+  path.  So (``implied_meta``):
+
+  - a directory there: its metadata (if that layer implied it too, what it got in turn);
+  - a non-directory or a whiteout there, or under a non-directory or whiteout of that
+    layer: 0755 root:root, mtime 0 (containerd gives defaults, or fails on the second
+    case; the lower directory is gone either way);
+  - nothing in any layer: 0755 root:root, mtime 0.
+
+  An opaque marker does not stop the search, neither in a lower layer nor in the layer
+  itself: ``a/.wh..wh..opq`` and ``a/b/f`` in one tar give ``a/b`` the lower ``a/b``'s
+  metadata, though none of the lower ``a/b``'s children show.  Where the view below has
+  a directory at the path, that is the one the search finds: the view keeps it (without
+  its ``trusted.*`` xattrs).  Inside a directory its own layer whited out and made again
+  nothing of the old one survives: implied directories there get the defaults too
+  (containerd's overlay applier refuses such a layer; its plain applier agrees).  The
+  mtime is the one copied: containerd then writes the children into the directory, so a
+  runtime shows the moment of unpacking, which no two machines share.
 - A symlink's permission bits are 0777 whatever its tar header says, as on every Linux
   file system (symlink(2) takes no mode and lchmod does not exist): a layer made by BSD
   tar with ``lrwxr-xr-x`` shows ``lrwxrwxrwx`` under overlayfs, and so here.
@@ -51,7 +71,8 @@ from ..store.toc import SYMLINK_MODE, EntryKind, Toc
 ROOT_INODE = 1
 # 1: zstd JSON, one row per node.  2: the binary column file described at MergedTree.read.
 # 3: 2 plus the lookup table.  4: the same; symlinks 0777 whatever their (older) toc says.
-MERGED_VERSION = 4
+# 5: implied directories as containerd's mkparent makes them (under opaque markers too).
+MERGED_VERSION = 5
 # Lookup is a hash table probe: every entry sits at most this many slots past its home
 # slot, or the tree has no table (names crafted to collide) and lookup is a binary search.
 LOOKUP_PROBES = 64
@@ -658,6 +679,50 @@ def lookup_table(
     return table
 
 
+# An implied directory with no lower one to take after: mode, uid, gid, mtime_ns, xattrs.
+IMPLIED_DEFAULTS: tuple[int, int, int, int, tuple[tuple[str, bytes], ...]] = (
+    0o755,
+    0,
+    0,
+    0,
+    (),
+)
+
+
+def copied_xattrs(xattrs: tuple[tuple[str, bytes], ...]) -> tuple[tuple[str, bytes], ...]:
+    """The xattrs containerd copies from a lower directory to an implied one: all but
+    ``trusted.*`` (``copyUpXAttrs``)."""
+    return tuple(kv for kv in xattrs if not kv[0].startswith("trusted."))
+
+
+def implied_meta(
+    tocs: Sequence[Toc], layer: int, path: str
+) -> tuple[int, int, int, int, tuple[tuple[str, bytes], ...]]:
+    """Mode, uid, gid, mtime_ns and xattrs of directory ``path`` that layer ``layer``
+    (index into ``tocs``, base = 0) implies: what containerd's ``mkparent`` copies from
+    the layers below (the module docstring has the rule).  A few binary searches per
+    lower layer; only asked where the view below has no directory at ``path``."""
+    ancestors = []
+    parent = path.rpartition("/")[0]
+    while parent:
+        ancestors.append(parent)
+        parent = parent.rpartition("/")[0]
+    for lower in range(layer - 1, -1, -1):
+        toc = tocs[lower]
+        e = toc.find(path)
+        if e is not None:
+            if e.kind is not EntryKind.DIR:
+                return IMPLIED_DEFAULTS  # replaced or whited out there
+            if e.implied:
+                continue  # that layer copied it from further down: look there
+            return e.mode, e.uid, e.gid, e.mtime_ns, copied_xattrs(e.xattrs)
+        for above in ancestors:
+            a = toc.find(above)
+            if a is not None and a.kind is not EntryKind.DIR:
+                return IMPLIED_DEFAULTS  # below a file or whiteout of that layer
+    return IMPLIED_DEFAULTS
+
+
 def merge(tocs: Sequence[Toc]) -> MergedTree:
     """Apply ``tocs`` (base layer first) and number the result."""
     root = _Build(EntryKind.DIR)
@@ -695,6 +760,10 @@ def merge(tocs: Sequence[Toc]) -> MergedTree:
             if e.kind is EntryKind.DIR and existing is not None and existing.kind is EntryKind.DIR:
                 if not e.implied:
                     _set_meta(existing, e, layer)
+                elif existing.xattrs:
+                    kept = copied_xattrs(existing.xattrs)
+                    if kept != existing.xattrs:  # this layer's copy of the directory shows
+                        existing.xattrs, existing.layer, existing.data = kept, layer, e.inode
                 if e.opaque:
                     _clear_children(existing, path, drop)
                 continue
@@ -703,6 +772,9 @@ def merge(tocs: Sequence[Toc]) -> MergedTree:
             node = _Build(e.kind)
             if e.kind is not EntryKind.DIR or not e.implied:
                 _set_meta(node, e, layer)
+            elif layer:
+                meta = implied_meta(tocs, layer, path)
+                node.mode, node.uid, node.gid, node.mtime_ns, node.xattrs = meta
             node.size, node.link = e.size, e.link
             node.major, node.minor, node.data = e.rdev_major, e.rdev_minor, e.inode
             node.layer = layer
