@@ -300,6 +300,9 @@ class Seen:
     rdev: tuple[int, int]
     xattrs: tuple[tuple[str, bytes], ...]
     mtime_ns: int
+    # Regular files: st_blocks, what the file takes on disk (holes take none), so what du
+    # counts; -1 for the rest (a directory's or symlink's is the backing file system's).
+    blocks: int
 
 
 def walk(root: Path) -> tuple[dict[str, Seen], dict[str, os.stat_result]]:
@@ -329,6 +332,7 @@ def walk(root: Path) -> tuple[dict[str, Seen], dict[str, os.stat_result]]:
             rdev=(os.major(st.st_rdev), os.minor(st.st_rdev)) if kind in "cb" else (0, 0),
             xattrs=xattrs,
             mtime_ns=st.st_mtime_ns,
+            blocks=st.st_blocks if kind == "-" else -1,
         )
         stats[rel] = st
         if kind == "d":
@@ -451,6 +455,11 @@ def test_view_matches_kernel_overlayfs(store, lowers, world, layers):
             assert os.listdir(our_mp / "chm") == ["c1"]
             assert (our_mp / "big").read_bytes() == BIG
             assert os.lstat(our_mp / "hl/one").st_nlink == 2
+        if layers == 1:  # du agrees on what files take on disk, holes not counted
+            du = [our_mp / "sparse", our_mp / "big", kernel_mp / "sparse", kernel_mp / "big"]
+            out = subprocess.run(["du", "-B1", *map(str, du)], capture_output=True, text=True)
+            sizes = [int(line.split()[0]) for line in out.stdout.splitlines()]
+            assert sizes[:2] == sizes[2:] and sizes[0] < SPARSE_SIZE // 100, out
 
 
 def test_layer_zero_is_an_empty_root(store, world):

@@ -734,6 +734,28 @@ def test_merged_tree_write_read_round_trip(tmp_path):
     assert list(tmp_path.glob(".tree.*")) == []  # no temporary left behind
 
 
+def test_a_file_shows_the_blocks_its_data_file_takes(tmp_path):
+    size = 8 << 20
+    layer = (
+        LayerBuilder()
+        .sparse_file("sparse", size, {4096: b"data" * 1024})
+        .file("small", b"s")
+        .hardlink("partner", "small")
+        .symlink("l", "x" * 300)
+        .dir("d")
+    )
+    tree, snaps = merged(tmp_path, layer, LayerBuilder().file("small", b"replaced"))
+    n = listing(tree)
+    for path in ("sparse", "partner", "small"):
+        data = snaps[n[path].layer] / "data" / f"{n[path].data:x}"
+        assert n[path].blocks == os.stat(data).st_blocks > 0, path
+        assert tree.stat(n[path].inode).blocks == n[path].blocks
+    assert n["sparse"].blocks < 64 and n["sparse"].size == size  # holes take no blocks
+    assert n["l"].blocks == n["d"].blocks == n[""].blocks == 0
+    tree.write(tmp_path / "tree")
+    assert MergedTree.read(tmp_path / "tree").nodes == tree.nodes
+
+
 def test_dir_recreated_after_a_file_of_its_own_layer_hides_lower_children(tmp_path):
     base = LayerBuilder().dir("a").file("a/old", b"o")
     top = LayerBuilder().file("a", b"replaces the lower dir").dir("a").file("a/new", b"n")

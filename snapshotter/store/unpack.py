@@ -499,9 +499,10 @@ def _copy_content(
     size: int,
     sparse: list[tuple[int, int]] | None,
     what: str,
-) -> str:
+) -> tuple[str, int]:
     """Copy ``size`` bytes of content into a new data file ``name``; return the content's
-    ``sha256:<hex>`` (holes hashed as the zeros they read as)."""
+    ``sha256:<hex>`` (holes hashed as the zeros they read as) and the 512-byte blocks the
+    data file takes (``st_blocks``: holes take none), which ``stat`` of the view shows."""
     h = hashlib.sha256()
     fd = os.open(
         name,
@@ -528,7 +529,10 @@ def _copy_content(
             raise UnsafeArchive(f"{what}: content is {copied} bytes, header says {size}")
     finally:
         os.close(fd)
-    return f"sha256:{h.hexdigest()}"
+    # Asked after close: blocks a file system reserves past the end while a file grows
+    # (XFS's speculative preallocation) are trimmed when it is closed.
+    blocks = os.stat(name, dir_fd=data_fd, follow_symlinks=False).st_blocks
+    return f"sha256:{h.hexdigest()}", blocks
 
 
 _ZEROS = bytes(CHUNK)
@@ -575,7 +579,8 @@ def unpack_layer(
     data_fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     feeder = _Feeder(blob, compression, layer_digest, blob_size, diff_id, what, progress)
     tree = _LayerTree(what)
-    written: dict[int, str] = {}  # toc inode -> content digest, for each data file written
+    # toc inode -> content digest and blocks, for each data file written
+    written: dict[int, tuple[str, int]] = {}
     try:
         try:
             try:
@@ -599,7 +604,10 @@ def unpack_layer(
     finally:
         feeder.close()
         os.close(data_fd)
-    entries = tuple(replace(e, digest=written[e.inode]) if e.has_data else e for e in tree.finish())
+    entries = tuple(
+        replace(e, digest=written[e.inode][0], blocks=written[e.inode][1]) if e.has_data else e
+        for e in tree.finish()
+    )
     live = {e.inode for e in entries if e.has_data}
     for inode in written.keys() - live:  # content of entries replaced later in the tar
         os.unlink(dest / DATA_DIR / f"{inode:x}")
@@ -612,7 +620,7 @@ def _read_entries(
     tf: tarfile.TarFile,
     tree: _LayerTree,
     data_fd: int,
-    written: dict[int, str],
+    written: dict[int, tuple[str, int]],
     what: str,
     cancelled: Callable[[], bool] | None,
     feeder: _Feeder,
@@ -639,7 +647,7 @@ def _read_entry(
     info: tarfile.TarInfo,
     tree: _LayerTree,
     data_fd: int,
-    written: dict[int, str],
+    written: dict[int, tuple[str, int]],
     what: str,
     feeder: _Feeder,
 ) -> None:

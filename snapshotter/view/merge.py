@@ -38,6 +38,10 @@ The rules (image-spec layer.md#applying-changesets, and what overlayfs shows):
 - A whiteout removes the lower name and its subtree; it never shows.
 - Hardlinks within one layer are one inode (one number, one content, nlink = the names of it
   still visible); a later layer that replaces one name does not touch its partners.
+- A regular file's blocks (``st_blocks``) are what its data file takes in the store, as
+  overlayfs passes on the lower file's: a sparse file's holes take none, so ``du`` of the
+  view and of the kernel's agree.  Other kinds have none (the tree holds a symlink's
+  target, as a fast symlink's inode does).
 
 Inode numbers are given once, in path order, so the same layer chain always gives the same
 numbers; the root is inode 1 (FUSE's root).
@@ -72,7 +76,8 @@ ROOT_INODE = 1
 # 1: zstd JSON, one row per node.  2: the binary column file described at MergedTree.read.
 # 3: 2 plus the lookup table.  4: the same; symlinks 0777 whatever their (older) toc says.
 # 5: implied directories as containerd's mkparent makes them (under opaque markers too).
-MERGED_VERSION = 5
+# 6: a column more, the blocks of regular files (st_blocks).
+MERGED_VERSION = 6
 # Lookup is a hash table probe: every entry sits at most this many slots past its home
 # slot, or the tree has no table (names crafted to collide) and lookup is a binary search.
 LOOKUP_PROBES = 64
@@ -96,6 +101,7 @@ class Node:
     xattrs: tuple[tuple[str, bytes], ...] = ()
     layer: int = -1  # index (base = 0) of the layer whose entry this is; -1: made up (root)
     data: int = 0  # that layer's toc inode: names data/<data:x> when size > 0
+    blocks: int = 0  # 512-byte blocks its data file takes (st_blocks); 0 but for files
 
 
 class Stat(NamedTuple):
@@ -117,6 +123,7 @@ class Stat(NamedTuple):
     rdev_minor: int
     layer: int
     data: int
+    blocks: int
 
 
 _new_stat = functools.partial(tuple.__new__, Stat)  # Stat(*fields), minus a Python call
@@ -138,6 +145,7 @@ class _Build:
         "xattrs",
         "layer",
         "data",
+        "blocks",
         "children",
     )
 
@@ -155,6 +163,7 @@ class _Build:
         xattrs: tuple[tuple[str, bytes], ...] = (),
         layer: int = -1,
         data: int = 0,
+        blocks: int = 0,
     ):
         self.kind = kind
         self.mode = mode
@@ -168,6 +177,7 @@ class _Build:
         self.xattrs = xattrs
         self.layer = layer
         self.data = data
+        self.blocks = blocks
         self.children: dict[str, _Build] | None = {} if kind is EntryKind.DIR else None
 
 
@@ -193,6 +203,7 @@ _SLOT_COLUMNS = (
     ("size", "q"),
     ("mtime_ns", "q"),
     ("data", "q"),
+    ("blocks", "q"),
 )
 # Running offsets, one per slot and one more: slot i owns [off[i], off[i + 1]).
 _OFFSET_COLUMNS = (
@@ -257,6 +268,7 @@ class MergedTree:
         self._size = slots["size"]
         self._mtime = slots["mtime_ns"]
         self._data = slots["data"]
+        self._blocks = slots["blocks"]
         self._child_off = slots["child_off"]
         self._link_off = slots["link_off"]
         self._xattr_off = slots["xattr_off"]
@@ -322,6 +334,7 @@ class MergedTree:
             self._read_xattrs(inode),
             self._layer[inode],
             self._data[inode],
+            self._blocks[inode],
         )
 
     def stat(self, inode: int) -> Stat:
@@ -344,6 +357,7 @@ class MergedTree:
                 self._minor[inode],
                 self._layer[inode],
                 self._data[inode],
+                self._blocks[inode],
             )
         )
 
@@ -535,6 +549,7 @@ class MergedTree:
             "size": self._size,
             "mtime_ns": self._mtime,
             "data": self._data,
+            "blocks": self._blocks,
             "child_off": self._child_off,
             "link_off": self._link_off,
             "xattr_off": self._xattr_off,
@@ -775,7 +790,7 @@ def merge(tocs: Sequence[Toc]) -> MergedTree:
             elif layer:
                 meta = implied_meta(tocs, layer, path)
                 node.mode, node.uid, node.gid, node.mtime_ns, node.xattrs = meta
-            node.size, node.link = e.size, e.link
+            node.size, node.link, node.blocks = e.size, e.link, e.blocks
             node.major, node.minor, node.data = e.rdev_major, e.rdev_minor, e.inode
             node.layer = layer
             parent.children[name] = node
@@ -848,8 +863,9 @@ def _number(root: _Build) -> MergedTree:
                 else:
                     nlink = group_names[slot]
                     parent_inode = 0
+                blocks = 0
                 if b.kind is EntryKind.FILE:
-                    size = b.size
+                    size, blocks = b.size, b.blocks
                 elif b.kind is EntryKind.SYMLINK:
                     target = _enc(b.link)
                     links += target
@@ -872,6 +888,7 @@ def _number(root: _Build) -> MergedTree:
                     size,
                     b.mtime_ns,
                     b.data,
+                    blocks,
                 )
             for (column, _), field in zip(_SLOT_COLUMNS, row, strict=True):
                 slots[column].append(field)
