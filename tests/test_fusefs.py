@@ -350,11 +350,13 @@ def hardlink_groups(stats: dict[str, os.stat_result]) -> set[frozenset[str]]:
     return {frozenset(g) for g in by.values()}
 
 
-def compare(ours_root: Path, kernel_root: Path, nlink_differs: set[str]) -> int:
+def compare(
+    ours_root: Path, kernel_root: Path, nlink_differs: set[str], reference: str = "kernel"
+) -> int:
     ours, our_stats = walk(ours_root)
     kernel, kernel_stats = walk(kernel_root)
     problems = [
-        f"  {p!r}:\n    ours:   {ours.get(p)}\n    kernel: {kernel.get(p)}"
+        f"  {p!r}:\n    ours:   {ours.get(p)}\n    {reference + ':':7} {kernel.get(p)}"
         for p in sorted(set(ours) | set(kernel))
         if ours.get(p) != kernel.get(p)
     ]
@@ -545,7 +547,7 @@ def test_view_matches_umoci_unpack(tmp_path, cli, store_root):
         # bin/tool's partner was replaced by the second layer: see compare().
         # bin/tool was replaced in layer 2: umoci's unpacked tree is a real file system,
         # so its alias shows nlink 1 there as here.
-        count = compare(mp, reference / "rootfs", set())
+        count = compare(mp, reference / "rootfs", set(), reference="umoci")
         assert count >= 15
         assert (mp / "dir2file").read_text() == "now a file"
         assert not (mp / "etc/gone").exists() and os.listdir(mp / "tree/a") == []
