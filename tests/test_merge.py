@@ -151,6 +151,7 @@ XATTRS: list[dict[str, bytes]] = [
     {"trusted.t": b"t", "user.a": b"3"},  # trusted.*: not copied into implied directories
 ]
 TARGETS = ["a", "../b/c", "/a/b", "/etc/passwd", "c/../../x"]
+RDEVS = [(1, 3), (0, 0)]  # 0/0: what overlayfs takes for a whiteout
 
 
 def copied(xattrs: tuple[tuple[str, bytes], ...]) -> tuple[tuple[str, bytes], ...]:
@@ -298,7 +299,7 @@ class Reference:
                 elif kind == "symlink":
                     new = replace(self._meta(Ref("l", link=op[2], ident=ident), op[3]), mode=0o777)
                 elif kind == "chardev":
-                    new = self._meta(Ref("c", rdev=(1, 3), ident=ident), op[2])
+                    new = self._meta(Ref("c", rdev=RDEVS[op[3]], ident=ident), op[2])
                 else:
                     new = self._meta(Ref("p", ident=ident), op[2])
             self._ensure_dirs(upper, implied, path, include_self=False)
@@ -321,6 +322,10 @@ class Reference:
                         self.state[p] = upper[p] = DEFAULT_DIR
             else:
                 upper[w] = WH
+        # 4. A character device 0/0 is overlayfs' whiteout: it shows nothing (in its own
+        # layer it was an entry like any other, which it replaced or was replaced by).
+        for p in [p for p, r in self.state.items() if r.kind == "c" and r.rdev == (0, 0)]:
+            del self.state[p]
         self.uppers.append(upper)
         return kept
 
@@ -388,7 +393,7 @@ def build(ops: list[tuple]) -> LayerBuilder:
             lb.hardlink(op[1], op[2])
         elif kind == "chardev":
             mode, uid, gid, mtime = METAS[op[2]]
-            lb.chardev(op[1], 1, 3, mode=mode, uid=uid, gid=gid, mtime=mtime)
+            lb.chardev(op[1], *RDEVS[op[3]], mode=mode, uid=uid, gid=gid, mtime=mtime)
         elif kind == "fifo":
             mode, uid, gid, mtime = METAS[op[2]]
             lb.fifo(op[1], mode=mode, uid=uid, gid=gid, mtime=mtime)
@@ -442,7 +447,7 @@ OP = st.one_of(
     st.tuples(st.just("symlink"), PATHS, st.sampled_from(TARGETS), META),
     st.tuples(st.just("hardlink"), PATHS, st.integers(0, 7)),
     st.tuples(st.just("hardlink"), PATHS, st.integers(0, 7)),
-    st.tuples(st.just("chardev"), PATHS, META),
+    st.tuples(st.just("chardev"), PATHS, META, st.integers(0, len(RDEVS) - 1)),
     st.tuples(st.just("fifo"), PATHS, META),
     st.tuples(st.just("whiteout"), PATHS),
     st.tuples(st.just("whiteout"), PATHS),
@@ -686,6 +691,32 @@ def test_implied_dir_over_a_lower_file_is_a_fresh_directory(tmp_path):
     tree, _ = merged(tmp_path, base, LayerBuilder().file("x/y", b"y"))
     x = listing(tree)["x"]
     assert (x.kind, x.mode, x.uid, x.mtime_ns) == (EntryKind.DIR, 0o755, 0, 0)
+
+
+def test_a_character_device_0_0_is_a_whiteout(tmp_path):
+    """overlayfs stores a whiteout as a character device 0/0, and containerd makes what
+    the tar says: a layer shipping one hides the lower path under every overlay runtime.
+    In its own layer it is an entry like any other, in tar order."""
+    base = LayerBuilder().dir("a").dir("a/b").file("a/b/c", b"c").file("x", b"x")
+    base.file("keep", b"k").file("d", b"d")
+    top = (
+        LayerBuilder()
+        .chardev("a", 0, 0)
+        .chardev("x", 0, 0, mode=0o600, uid=3)
+        .chardev("never_existed", 0, 0)
+        .chardev("d", 1, 3)
+        .chardev("k2", 0, 0)
+        .file("k2", b"the last entry of a path wins")
+        .file("gone", b"g")
+        .chardev("gone", 0, 0)
+    )
+    tree, _ = merged(tmp_path, base, top)
+    n = listing(tree)
+    assert set(n) == {"", "keep", "d", "k2"}
+    assert (n["d"].kind, n["d"].rdev_major, n["d"].rdev_minor) == (EntryKind.CHAR, 1, 3)
+    again = listing(merged(tmp_path, base, top, LayerBuilder().file("a/new", b"n"))[0])
+    assert set(again) == {"", "keep", "d", "k2", "a", "a/new"}
+    assert (again["a"].mode, again["a"].mtime_ns) == (0o755, 0)  # nothing to copy from
 
 
 def test_whiteout_never_shows_and_hides_a_whole_subtree(tmp_path):

@@ -196,7 +196,7 @@ def trace(
                 e = toc_entry(toc, above)
                 if e is None:
                     continue
-                if e.kind is EntryKind.WHITEOUT:
+                if e.is_whiteout:
                     removal = (Action.WHITEOUT, above)
                 elif e.kind is not EntryKind.DIR:
                     removal = (Action.REPLACED, above)
@@ -209,7 +209,7 @@ def trace(
         written = False  # the layer's own entry set the path's state
         opaque = False
         if entry is not None:
-            if entry.kind is EntryKind.WHITEOUT:
+            if entry.is_whiteout:
                 if state is not None:
                     state, removal = None, (Action.WHITEOUT, path)
             elif entry.kind is EntryKind.DIR and state is not None and state.kind is EntryKind.DIR:

@@ -251,7 +251,7 @@ def layer_diff(image: StoredImage, number: int, *, mtime: bool = False) -> Layer
     changes: dict[str, Change] = {}
     for e in toc.entries:
         path = e.path
-        if e.kind is EntryKind.WHITEOUT:
+        if e.is_whiteout:
             if path and lower.find(path) is not None:
                 changes[path] = Change(path, Action.DELETED)
             continue

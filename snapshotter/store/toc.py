@@ -89,6 +89,17 @@ class TocEntry:
         return bool(self.flags & FLAG_IMPLIED)
 
     @property
+    def is_whiteout(self) -> bool:
+        """Whether the entry hides the lower ones at its path and shows nothing itself: a
+        whiteout, or a character device 0/0.  That is how overlayfs stores a whiteout, so
+        one a layer ships (containerd, like tar, makes it as it is) is one to every
+        overlay-based runtime."""
+        kind = self.kind
+        return kind is EntryKind.WHITEOUT or (
+            kind is EntryKind.CHAR and not self.rdev_major and not self.rdev_minor
+        )
+
+    @property
     def has_data(self) -> bool:
         """Whether a data file holds this entry's content (empty files have none)."""
         return self.kind is EntryKind.FILE and self.size > 0

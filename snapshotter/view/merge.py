@@ -35,7 +35,9 @@ The rules (image-spec layer.md#applying-changesets, and what overlayfs shows):
 - A symlink's permission bits are 0777 whatever its tar header says, as on every Linux
   file system (symlink(2) takes no mode and lchmod does not exist): a layer made by BSD
   tar with ``lrwxr-xr-x`` shows ``lrwxrwxrwx`` under overlayfs, and so here.
-- A whiteout removes the lower name and its subtree; it never shows.
+- A whiteout removes the lower name and its subtree; it never shows.  So does a character
+  device 0/0 a layer ships: that is overlayfs' own form of a whiteout, which containerd
+  (or docker) makes of it, so no overlay-based runtime shows one.
 - Hardlinks within one layer are one inode (one number, one content, nlink = the names of it
   still visible); a later layer that replaces one name does not touch its partners.
 - A regular file's blocks (``st_blocks``) are what its data file takes in the store, as
@@ -76,8 +78,9 @@ ROOT_INODE = 1
 # 1: zstd JSON, one row per node.  2: the binary column file described at MergedTree.read.
 # 3: 2 plus the lookup table.  4: the same; symlinks 0777 whatever their (older) toc says.
 # 5: implied directories as containerd's mkparent makes them (under opaque markers too).
-# 6: a column more, the blocks of regular files (st_blocks).
-MERGED_VERSION = 6
+# 6: a column more, the blocks of regular files (st_blocks).  7: character devices 0/0
+# are whiteouts.
+MERGED_VERSION = 7
 # Lookup is a hash table probe: every entry sits at most this many slots past its home
 # slot, or the tree has no table (names crafted to collide) and lookup is a binary search.
 LOOKUP_PROBES = 64
@@ -767,7 +770,9 @@ def merge(tocs: Sequence[Toc]) -> MergedTree:
                     f"toc {toc.diff_id}: {path!r} has no directory parent while merging"
                 )
             existing = parent.children.get(name)
-            if e.kind is EntryKind.WHITEOUT:
+            if e.kind is EntryKind.WHITEOUT or (
+                e.kind is EntryKind.CHAR and not e.rdev_major and not e.rdev_minor
+            ):  # TocEntry.is_whiteout, inlined
                 if existing is not None:
                     drop(path, existing)
                     del parent.children[name]
