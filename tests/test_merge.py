@@ -159,6 +159,31 @@ def copied(xattrs: tuple[tuple[str, bytes], ...]) -> tuple[tuple[str, bytes], ..
     return tuple(kv for kv in xattrs if not kv[0].startswith("trusted."))
 
 
+def resolve(upper: dict[str, Ref], path: str) -> str | None:
+    """``path`` in one layer's upper directory with every symlink on the way followed in
+    it (``..`` and ``/`` stop at its root); None for a component that is no directory, or
+    for a loop; "" for the root."""
+    parts, links, i = path.split("/"), 0, 0
+    while i < len(parts):
+        r = upper.get("/".join(parts[: i + 1]))
+        if r is not None and r.kind == "l":
+            links += 1
+            if links > 255:
+                return None
+            out = [] if r.link.startswith("/") else parts[:i]
+            for p in r.link.split("/"):
+                if p == "..":
+                    out = out[:-1]
+                elif p not in ("", "."):
+                    out.append(p)
+            parts, i = out + parts[i + 1 :], 0
+            continue
+        if r is not None and r.kind != "d" and i + 1 < len(parts):
+            return None
+        i += 1
+    return "/".join(parts)
+
+
 def parent_of(path: str) -> str:
     return path.rpartition("/")[0]
 
@@ -219,15 +244,17 @@ class Reference:
         return False
 
     def _mkparent(self, path: str) -> Ref:
-        """The directory containerd's mkparent makes at ``path``, from the lower uppers."""
+        """The directory containerd's mkparent makes at ``path``, from the lower uppers,
+        each looked up as continuity's RootPath does (``resolve``)."""
         for upper in reversed(self.uppers):
-            r = upper.get(path)
+            found = resolve(upper, path)
+            if not found:
+                return DEFAULT_DIR  # containerd fails (ENOTDIR, ELOOP), or the root
+            r = upper.get(found)
             if r is not None:
                 if r.kind != "d":
                     return DEFAULT_DIR
                 return Ref("d", r.mode, r.uid, r.gid, r.mtime_ns, xattrs=copied(r.xattrs))
-            if any(upper.get(a, DEFAULT_DIR).kind != "d" for a in ancestors(path)):
-                return DEFAULT_DIR  # containerd fails (ENOTDIR); the lower one is gone
         return DEFAULT_DIR
 
     def _ensure_dirs(
@@ -873,6 +900,41 @@ def test_implied_dir_over_a_removed_lower_dir_gets_the_defaults(tmp_path, middle
         assert meta(n["a"]) == a_meta
     else:
         assert n["a"].mode == 0o711
+
+
+def test_implied_dir_over_a_lower_symlink_takes_what_containerd_finds_through_it(tmp_path):
+    """containerd looks the path up in each lower layer with continuity's RootPath, which
+    follows symlinks within that layer: the directory a link leads to lends its metadata;
+    a link to nothing there sends the search further down; a loop, or a link to a file,
+    gives the defaults."""
+    base = LayerBuilder().dir("d", mode=0o711, uid=9, mtime=9)
+    layer = (
+        LayerBuilder()
+        .dir("usr", mode=0o750, uid=2, mtime=2)
+        .dir("usr/lib", **LOWER_B)
+        .file("usr/file", b"f")
+        .symlink("lib", "usr/lib")
+        .symlink("abs", "/usr/lib", mode=0o700)
+        .symlink("up", "../../usr")  # .. stops at the layer's root
+        .dir("sub")
+        .symlink("sub/rel", "../usr/lib")
+        .symlink("loop", "loop")
+        .symlink("f", "usr/file")
+        .symlink("d", "nowhere")  # replaces the base's d
+        .symlink("root", "/")
+    )
+    top = LayerBuilder()
+    for path in ("lib", "abs", "up/lib", "sub/rel", "loop", "f", "d", "root"):
+        top.file(f"{path}/x", b"x")
+    n = listing(merged(tmp_path, base, layer, top)[0])
+    for path in ("lib", "abs", "up/lib", "sub/rel"):
+        assert meta(n[path]) == B_META, path
+    assert meta(n["up"]) == (0o750, 2, 0, 2 * 10**9, ())  # the layer's usr
+    for path in ("loop", "f", "root"):
+        assert meta(n[path]) == FRESH, path
+    assert meta(n["d"]) == (0o711, 9, 0, 9 * 10**9, ())  # further down: the base's d
+    assert "usr/lib/x" not in n  # the links only lent metadata: each is a directory now
+    assert {n[p].kind for p in ("lib", "abs", "up", "sub/rel", "d")} == {EntryKind.DIR}
 
 
 def test_implied_dir_over_a_lower_dir_drops_its_trusted_xattrs(tmp_path):

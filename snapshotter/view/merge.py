@@ -23,6 +23,10 @@ The rules (image-spec layer.md#applying-changesets, and what overlayfs shows):
     case; the lower directory is gone either way);
   - nothing in any layer: 0755 root:root, mtime 0.
 
+  containerd looks the path up in each lower layer with ``fs.RootPath``, which follows
+  symlinks within that layer: a lower ``lib -> usr/lib`` gives an implied ``lib`` the
+  metadata of that layer's ``usr/lib`` (``layer_path``).
+
   An opaque marker does not stop the search, neither in a lower layer nor in the layer
   itself: ``a/.wh..wh..opq`` and ``a/b/f`` in one tar give ``a/b`` the lower ``a/b``'s
   metadata, though none of the lower ``a/b``'s children show.  Where the view below has
@@ -79,8 +83,8 @@ ROOT_INODE = 1
 # 3: 2 plus the lookup table.  4: the same; symlinks 0777 whatever their (older) toc says.
 # 5: implied directories as containerd's mkparent makes them (under opaque markers too).
 # 6: a column more, the blocks of regular files (st_blocks).  7: character devices 0/0
-# are whiteouts.
-MERGED_VERSION = 7
+# are whiteouts.  8: implied directories follow lower symlinks, as containerd's do.
+MERGED_VERSION = 8
 # Lookup is a hash table probe: every entry sits at most this many slots past its home
 # slot, or the tree has no table (names crafted to collide) and lookup is a binary search.
 LOOKUP_PROBES = 64
@@ -720,25 +724,57 @@ def implied_meta(
     (index into ``tocs``, base = 0) implies: what containerd's ``mkparent`` copies from
     the layers below (the module docstring has the rule).  A few binary searches per
     lower layer; only asked where the view below has no directory at ``path``."""
-    ancestors = []
-    parent = path.rpartition("/")[0]
-    while parent:
-        ancestors.append(parent)
-        parent = parent.rpartition("/")[0]
     for lower in range(layer - 1, -1, -1):
         toc = tocs[lower]
-        e = toc.find(path)
-        if e is not None:
-            if e.kind is not EntryKind.DIR:
-                return IMPLIED_DEFAULTS  # replaced or whited out there
-            if e.implied:
-                continue  # that layer copied it from further down: look there
-            return e.mode, e.uid, e.gid, e.mtime_ns, copied_xattrs(e.xattrs)
-        for above in ancestors:
-            a = toc.find(above)
-            if a is not None and a.kind is not EntryKind.DIR:
-                return IMPLIED_DEFAULTS  # below a file or whiteout of that layer
+        found = layer_path(toc, path)
+        if not found:
+            return IMPLIED_DEFAULTS  # containerd fails, or a link to the layer's root
+        e = toc.find(found)
+        if e is None:
+            continue
+        if e.kind is not EntryKind.DIR:
+            return IMPLIED_DEFAULTS  # replaced or whited out there
+        if e.implied:
+            path = found  # that layer copied it from further down: look there
+            continue
+        return e.mode, e.uid, e.gid, e.mtime_ns, copied_xattrs(e.xattrs)
     return IMPLIED_DEFAULTS
+
+
+# continuity's RootPath gives up after this many symlinks (and containerd with it).
+MAX_LINKS = 255
+
+
+def layer_path(toc: Toc, path: str) -> str | None:
+    """``path`` as containerd's ``mkparent`` finds it in one lower layer, with continuity's
+    ``fs.RootPath``: every symlink on the way, the last component's too, followed within
+    the layer (``..`` and absolute targets bounded by its root), a missing component
+    taken as it is.  "" for the layer's root; None where containerd fails: a component
+    that is no directory (ENOTDIR), or more than MAX_LINKS links."""
+    parts = path.split("/")
+    links = i = 0
+    while i < len(parts):
+        e = toc.find("/".join(parts[: i + 1]))
+        if e is None:
+            break  # nor is anything below it: the toc lists every entry's parents
+        if e.kind is EntryKind.SYMLINK:
+            links += 1
+            if links > MAX_LINKS:
+                return None
+            joined = [] if e.link.startswith("/") else parts[:i]
+            for part in e.link.split("/"):  # filepath.Join: lexical, never above the root
+                if part == "..":
+                    if joined:
+                        joined.pop()
+                elif part and part != ".":
+                    joined.append(part)
+            parts = joined + parts[i + 1 :]
+            i = 0
+            continue
+        if e.kind is not EntryKind.DIR and i + 1 < len(parts):
+            return None
+        i += 1
+    return "/".join(parts)
 
 
 def merge(tocs: Sequence[Toc]) -> MergedTree:
