@@ -305,15 +305,26 @@ class Seen:
     blocks: int
 
 
-def walk(root: Path) -> tuple[dict[str, Seen], dict[str, os.stat_result]]:
-    """Every path under ``root`` (``""`` is the root) described with lstat & co."""
+def walk(
+    root: Path, vanished: set[str] | None = None
+) -> tuple[dict[str, Seen], dict[str, os.stat_result]]:
+    """Every path under ``root`` (``""`` is the root) described with lstat & co.
+    ``vanished``: where to put names readdir lists and lstat cannot find (else an error):
+    overlayfs lists the whiteouts of a directory it does not merge (fs/overlayfs/readdir.c
+    reads such a directory as it is), which its lookup then hides."""
     seen: dict[str, Seen] = {}
     stats: dict[str, os.stat_result] = {}
     stack = [""]
     while stack:
         rel = stack.pop()
         path = root / rel if rel else root
-        st = os.lstat(path)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            if vanished is None or not rel:
+                raise
+            vanished.add(rel)
+            continue
         kind = kind_letter(st.st_mode)
         names = [
             k
@@ -351,10 +362,15 @@ def hardlink_groups(stats: dict[str, os.stat_result]) -> set[frozenset[str]]:
 
 
 def compare(
-    ours_root: Path, kernel_root: Path, nlink_differs: set[str], reference: str = "kernel"
+    ours_root: Path,
+    kernel_root: Path,
+    nlink_differs: set[str],
+    reference: str = "kernel",
+    vanished: set[str] | None = None,
 ) -> int:
+    """``vanished``: see ``walk``, for the reference's side."""
     ours, our_stats = walk(ours_root)
-    kernel, kernel_stats = walk(kernel_root)
+    kernel, kernel_stats = walk(kernel_root, vanished)
     problems = [
         f"  {p!r}:\n    ours:   {ours.get(p)}\n    {reference + ':':7} {kernel.get(p)}"
         for p in sorted(set(ours) | set(kernel))
