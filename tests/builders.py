@@ -303,6 +303,7 @@ class LayerBuilder:
         path: str,
         target: str,
         *,
+        mode: int = 0o777,
         uid: int = 0,
         gid: int = 0,
         uname: str = "",
@@ -311,11 +312,12 @@ class LayerBuilder:
         xattrs: Mapping[str, bytes] | None = None,
         raw_name: bool = False,
     ) -> LayerBuilder:
-        """A symlink (mode 0777); ``target`` is written verbatim."""
+        """A symlink; ``target`` is written verbatim.  ``mode`` is what the header says:
+        GNU tar and Go write 0777, BSD tar (macOS) the link's own bits, e.g. 0755."""
         info = self._info(
             self._name(path, raw_name),
             tarfile.SYMTYPE,
-            mode=0o777,
+            mode=mode,
             uid=uid,
             gid=gid,
             uname=uname,

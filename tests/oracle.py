@@ -60,7 +60,7 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def _listed_names(tar_path: Path) -> set[str]:
+def listed_names(tar_path: Path) -> set[str]:
     out = subprocess.run(
         ["tar", "--list", "-f", str(tar_path)], check=True, capture_output=True
     ).stdout
@@ -75,11 +75,14 @@ def _listed_names(tar_path: Path) -> set[str]:
 
 
 def gnu_tar_extract(tar_path: Path, dest: Path) -> None:
-    """Extract an uncompressed layer tar as root would: numeric owners, modes, xattrs."""
+    """Extract an uncompressed layer tar as root would: numeric owners, modes, xattrs.
+    Directory times are set at the end, as containerd does: by default GNU tar sets them
+    when the archive leaves a directory, and a later member inside it changes them again."""
     result = subprocess.run(
         [
             "tar",
             "--extract",
+            "--delay-directory-restore",
             "--numeric-owner",
             "--same-permissions",
             "--xattrs",
@@ -102,7 +105,7 @@ def gnu_tar_tree(tar_path: Path, workdir: Path) -> dict[str, Node]:
         shutil.rmtree(root)
     root.mkdir(parents=True)
     gnu_tar_extract(tar_path, root)
-    listed = _listed_names(tar_path)
+    listed = listed_names(tar_path)
     raw: dict[str, os.stat_result] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
@@ -143,7 +146,7 @@ def gnu_tar_tree(tar_path: Path, workdir: Path) -> dict[str, Node]:
         )
         nodes[rel] = Node(
             kind=kind,
-            mode=0 if implied or kind == "l" else stat.S_IMODE(st.st_mode),
+            mode=0 if implied else stat.S_IMODE(st.st_mode),
             uid=0 if implied else st.st_uid,
             gid=0 if implied else st.st_gid,
             size=st.st_size if kind == "-" else 0,
@@ -184,7 +187,7 @@ def snapshot_tree(snapshot: Path) -> dict[str, Node]:
         data = snapshot / "data" / f"{e.inode:x}"
         nodes[e.path] = Node(
             kind=kind,
-            mode=0 if e.implied or kind in "lw" else e.mode,
+            mode=0 if e.implied or kind == "w" else e.mode,
             uid=0 if e.implied else e.uid,
             gid=0 if e.implied else e.gid,
             size=e.size,

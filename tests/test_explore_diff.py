@@ -218,6 +218,21 @@ def test_a_whiteout_of_a_directory_is_one_line(tmp_path, cli):
     assert (result.rc, result.out) == (0, "D /d\n")
 
 
+def test_a_character_device_0_0_is_a_whiteout_and_an_implied_dir_may_drop_xattrs(tmp_path, cli):
+    """overlayfs takes a 0/0 character device for a whiteout (view/merge.py); a directory
+    only implied over a lower one is that layer's copy, without trusted.* xattrs."""
+    base = LayerBuilder().dir("d").file("d/a", b"1").file("f", b"f")
+    base.dir("t", xattrs={"trusted.x": b"1", "user.y": b"2"}).file("t/a", b"a")
+    top = LayerBuilder().chardev("d", 0, 0).chardev("f", 0, 0).chardev("n", 0, 0)
+    top.file("t/b", b"b")
+    pull(tmp_path, cli, "wh0:1", ImageBuilder([base, top]))
+    result = cli("diff", "wh0:1", "--layer", "2", "--json")
+    assert result.rc == 0, result.err
+    doc = json.loads(result.out)
+    assert (doc["added"], doc["changed"], doc["deleted"]) == (["/t/b"], ["/t"], ["/d", "/f"])
+    assert doc["fields"] == {"/t": ["xattrs"]}
+
+
 def test_a_layer_that_changes_nothing_prints_nothing(tmp_path, cli):
     base = LayerBuilder().file("a", b"1")
     again = LayerBuilder().file("a", b"1").whiteout("nothing")

@@ -190,6 +190,7 @@ def test_rich_image_equals_umoci_unpack(cli, tmp_path):
     assert by_name["x"].pax_headers["SCHILY.xattr.user.k"] == "v2"
     assert by_name["home/u/notes"].pax_headers["mtime"] == "1600000000.000000001"
     assert by_name["."].mode == 0o755 and by_name["abs"].linkname == "/etc/hostname"
+    assert by_name["abs"].mode == 0o777  # the layer's header says 0755: Linux shows 0777
     assert {"etc/gone", "etc/gonedir", "opq/old1", "wr/old", "dangling"}.isdisjoint(by_name)
 
 

@@ -85,7 +85,7 @@ def files_layers(host_file: Path) -> list[LayerBuilder]:
         .file("x", b"xattrs", xattrs={"user.k": b"v", "user.bin": b"\x00\xff"})
         .dir("links")
         .symlink("links/rel", "../etc/passwd")
-        .symlink("links/abs", "/etc/passwd")
+        .symlink("links/abs", "/etc/passwd", mode=0o755)  # as BSD tar writes it: 0777 shows
         .symlink("links/escape", "../../../../etc/passwd")
         .symlink("links/escape-abs", "/../../etc/./passwd")
         .symlink("links/host", str(host_file))

@@ -4,8 +4,10 @@ The reference follows image-spec layer.md ("Applying Changesets"): per layer, wh
 opaque markers apply first, to the lower layers only, whatever their place in the tar; then
 every entry applies in tar order over what exists ("both directories: the attributes are
 replaced; in all other cases remove the path and recreate it"); a path's missing parents are
-made as directories, keeping a lower directory's metadata (merge.py's docstring) or else
-0755 root:root, mtime 0.  It works on a plain ``{path: Ref}`` dict and imports nothing of
+made as directories the way containerd's overlay applier makes them: ``mkparent`` copies the
+metadata from the first lower layer's own directory with anything at the path (0755
+root:root, mtime 0 when that is no directory, or there is none).  It works on plain
+``{path: Ref}`` dicts (the view, and each layer's upper directory) and imports nothing of
 snapshotter; the layers go through the real ``unpack_layer`` and ``merge``.
 """
 
@@ -142,15 +144,51 @@ METAS = [  # (mode, uid, gid, mtime)
     (0o2750, 7, 8, 1234567890),
 ]
 DATAS = [b"", b"one", b"two\n" * 100, bytes(range(256)) * 20]
-XATTRS: list[dict[str, bytes]] = [{}, {"user.a": b"1"}, {"user.a": b"2", "user.b": b"\x00\xff"}]
+XATTRS: list[dict[str, bytes]] = [
+    {},
+    {"user.a": b"1"},
+    {"user.a": b"2", "user.b": b"\x00\xff"},
+    {"trusted.t": b"t", "user.a": b"3"},  # trusted.*: not copied into implied directories
+]
 TARGETS = ["a", "../b/c", "/a/b", "/etc/passwd", "c/../../x"]
+RDEVS = [(1, 3), (0, 0)]  # 0/0: what overlayfs takes for a whiteout
+
+
+def copied(xattrs: tuple[tuple[str, bytes], ...]) -> tuple[tuple[str, bytes], ...]:
+    """What containerd's copyUpXAttrs copies: every xattr but trusted.*."""
+    return tuple(kv for kv in xattrs if not kv[0].startswith("trusted."))
+
+
+def resolve(upper: dict[str, Ref], path: str) -> str | None:
+    """``path`` in one layer's upper directory with every symlink on the way followed in
+    it (``..`` and ``/`` stop at its root); None for a component that is no directory, or
+    for a loop; "" for the root."""
+    parts, links, i = path.split("/"), 0, 0
+    while i < len(parts):
+        r = upper.get("/".join(parts[: i + 1]))
+        if r is not None and r.kind == "l":
+            links += 1
+            if links > 255:
+                return None
+            out = [] if r.link.startswith("/") else parts[:i]
+            for p in r.link.split("/"):
+                if p == "..":
+                    out = out[:-1]
+                elif p not in ("", "."):
+                    out.append(p)
+            parts, i = out + parts[i + 1 :], 0
+            continue
+        if r is not None and r.kind != "d" and i + 1 < len(parts):
+            return None
+        i += 1
+    return "/".join(parts)
 
 
 def parent_of(path: str) -> str:
     return path.rpartition("/")[0]
 
 
-def ancestors(path: str, *, include_self: bool) -> list[str]:
+def ancestors(path: str, *, include_self: bool = False) -> list[str]:
     """Non-root ancestors, top first (and ``path`` itself when asked)."""
     parts = path.split("/") if path else []
     stop = len(parts) + 1 if include_self else len(parts)
@@ -165,12 +203,25 @@ def delete(state: dict[str, Ref], path: str, *, keep_self: bool = False) -> None
         state.pop(path, None)
 
 
+WH = Ref("w")  # a whiteout in a layer's upper directory (overlayfs: a 0/0 char device)
+DEFAULT_DIR = Ref("d")  # 0755 root:root, mtime 0, no xattrs
+
+
 class Reference:
     """The whole image as a dict; ``apply`` takes one layer's ops and returns the ops the
-    tar really holds (ops ``unpack`` refuses by design are dropped, see below)."""
+    tar really holds (ops ``unpack`` refuses by design are dropped, see below).
+
+    Besides the view (``state``), each layer's upper directory as containerd's overlay
+    applier leaves it (``uppers``: every path the layer holds, its implied directories
+    with what ``mkparent`` copied into them, whiteouts as ``WH``), because ``mkparent``
+    looks there, not at the view: a directory a layer implies copies owner, mode, mtime
+    and xattrs (but trusted.*) from the first lower upper directory, top down, with
+    anything at the path; a non-directory or whiteout there, or above it, gives defaults.
+    """
 
     def __init__(self) -> None:
         self.state: dict[str, Ref] = {"": Ref("d")}
+        self.uppers: list[dict[str, Ref]] = []
         self.serial = 0
 
     def _meta(self, ref: Ref, meta: int, xattrs: int = 0) -> Ref:
@@ -192,12 +243,34 @@ class Reference:
                 return True
         return False
 
-    def _ensure_dirs(self, path: str, *, include_self: bool) -> None:
+    def _mkparent(self, path: str) -> Ref:
+        """The directory containerd's mkparent makes at ``path``, from the lower uppers,
+        each looked up as continuity's RootPath does (``resolve``)."""
+        for upper in reversed(self.uppers):
+            found = resolve(upper, path)
+            if not found:
+                return DEFAULT_DIR  # containerd fails (ENOTDIR, ELOOP), or the root
+            r = upper.get(found)
+            if r is not None:
+                if r.kind != "d":
+                    return DEFAULT_DIR
+                return Ref("d", r.mode, r.uid, r.gid, r.mtime_ns, xattrs=copied(r.xattrs))
+        return DEFAULT_DIR
+
+    def _ensure_dirs(
+        self, upper: dict[str, Ref], implied: set[str], path: str, *, include_self: bool
+    ) -> None:
         for a in ancestors(path, include_self=include_self):
+            if a in upper:
+                continue  # this layer has it already (named, or implied before)
             r = self.state.get(a)
-            if r is None or r.kind != "d":
+            if r is not None and r.kind == "d":
+                r = replace(r, xattrs=copied(r.xattrs))  # the layer's copy of it shows
+            else:
+                r = self._mkparent(a)
                 delete(self.state, a)
-                self.state[a] = Ref("d")
+            self.state[a] = upper[a] = r
+            implied.add(a)
 
     def apply(self, layer: int, ops: list[tuple]) -> list[tuple]:
         # 1. Whiteouts and opaque markers, on the lower layers only, wherever they stand.
@@ -210,7 +283,9 @@ class Reference:
                 delete(self.state, op[1], keep_self=True)
         # 2. Entries in tar order.
         kept: list[tuple] = []
-        explicit: set[str] = set()  # directories this layer has an entry for
+        upper: dict[str, Ref] = {}
+        implied: set[str] = set()  # directories of upper no entry of the layer names
+        live: list[str] = []  # whiteouts that are not moot
         for op in ops:
             kind = op[0]
             if kind == "root":
@@ -222,13 +297,14 @@ class Reference:
                 # A marker below a non-directory of its own layer is moot (its lower
                 # subtree is gone already); otherwise its directory exists in this layer.
                 if not self._blocked(layer, where, include_self=True):
-                    self._ensure_dirs(where, include_self=True)
+                    self._ensure_dirs(upper, implied, where, include_self=True)
+                    if kind == "whiteout":
+                        live.append(op[1])
                 kept.append(op)
                 continue
             path = op[1]
             if self._blocked(layer, path, include_self=False):
                 continue  # unpack refuses a layer writing below its own file or link
-            current = self.state.get(path)
             if kind == "hardlink":
                 own = sorted(
                     p
@@ -250,20 +326,34 @@ class Reference:
                 elif kind == "symlink":
                     new = replace(self._meta(Ref("l", link=op[2], ident=ident), op[3]), mode=0o777)
                 elif kind == "chardev":
-                    new = self._meta(Ref("c", rdev=(1, 3), ident=ident), op[2])
+                    new = self._meta(Ref("c", rdev=RDEVS[op[3]], ident=ident), op[2])
                 else:
                     new = self._meta(Ref("p", ident=ident), op[2])
-            self._ensure_dirs(path, include_self=False)
+            self._ensure_dirs(upper, implied, path, include_self=False)
             current = self.state.get(path)
             if kind == "dir" and current is not None and current.kind == "d":
-                self.state[path] = replace(new, ident=current.ident)  # attributes replaced
+                new = replace(new, ident=current.ident)  # attributes replaced
             else:
                 delete(self.state, path)
-                explicit = {p for p in explicit if p != path and not p.startswith(path + "/")}
-                self.state[path] = new
-            if kind == "dir":
-                explicit.add(path)
+                delete(upper, path)
+                implied -= {p for p in implied if p.startswith(path + "/")}
+            implied.discard(path)
+            self.state[path] = upper[path] = new
             kept.append(op)
+        # 3. A directory whited out and made again by the layer keeps nothing of the old
+        # one: implied directories in it (and it, when implied) get the defaults.
+        for w in live:
+            if w in upper:
+                for p in implied:
+                    if p == w or p.startswith(w + "/"):
+                        self.state[p] = upper[p] = DEFAULT_DIR
+            else:
+                upper[w] = WH
+        # 4. A character device 0/0 is overlayfs' whiteout: it shows nothing (in its own
+        # layer it was an entry like any other, which it replaced or was replaced by).
+        for p in [p for p, r in self.state.items() if r.kind == "c" and r.rdev == (0, 0)]:
+            del self.state[p]
+        self.uppers.append(upper)
         return kept
 
     def expected(self) -> dict[str, tuple]:
@@ -323,13 +413,14 @@ def build(ops: list[tuple]) -> LayerBuilder:
             mode, uid, gid, mtime = METAS[op[2]]
             lb.dir(op[1], mode=mode, uid=uid, gid=gid, mtime=mtime, xattrs=XATTRS[op[3]])
         elif kind == "symlink":
-            _, uid, gid, mtime = METAS[op[3]]
-            lb.symlink(op[1], op[2], uid=uid, gid=gid, mtime=mtime)
+            # Any mode in the header (BSD tar writes the link's own bits); the view's is 0777.
+            mode, uid, gid, mtime = METAS[op[3]]
+            lb.symlink(op[1], op[2], mode=mode, uid=uid, gid=gid, mtime=mtime)
         elif kind == "hardlink":
             lb.hardlink(op[1], op[2])
         elif kind == "chardev":
             mode, uid, gid, mtime = METAS[op[2]]
-            lb.chardev(op[1], 1, 3, mode=mode, uid=uid, gid=gid, mtime=mtime)
+            lb.chardev(op[1], *RDEVS[op[3]], mode=mode, uid=uid, gid=gid, mtime=mtime)
         elif kind == "fifo":
             mode, uid, gid, mtime = METAS[op[2]]
             lb.fifo(op[1], mode=mode, uid=uid, gid=gid, mtime=mtime)
@@ -375,15 +466,15 @@ def actual_groups(tree: MergedTree) -> set[frozenset[str]]:
 PATHS = st.lists(st.sampled_from("abc"), min_size=1, max_size=3).map("/".join)
 META = st.integers(0, len(METAS) - 1)
 OP = st.one_of(
-    st.tuples(st.just("file"), PATHS, st.integers(0, len(DATAS) - 1), META, st.integers(0, 2)),
-    st.tuples(st.just("dir"), PATHS, META, st.integers(0, 2)),
+    st.tuples(st.just("file"), PATHS, st.integers(0, len(DATAS) - 1), META, st.integers(0, 3)),
+    st.tuples(st.just("dir"), PATHS, META, st.integers(0, 3)),
     st.tuples(st.just("file"), PATHS, st.integers(0, len(DATAS) - 1), META, st.just(0)),
     st.tuples(st.just("dir"), PATHS, META, st.just(0)),
     st.tuples(st.just("file"), PATHS, st.integers(1, 2), st.just(0), st.just(0)),
     st.tuples(st.just("symlink"), PATHS, st.sampled_from(TARGETS), META),
     st.tuples(st.just("hardlink"), PATHS, st.integers(0, 7)),
     st.tuples(st.just("hardlink"), PATHS, st.integers(0, 7)),
-    st.tuples(st.just("chardev"), PATHS, META),
+    st.tuples(st.just("chardev"), PATHS, META, st.integers(0, len(RDEVS) - 1)),
     st.tuples(st.just("fifo"), PATHS, META),
     st.tuples(st.just("whiteout"), PATHS),
     st.tuples(st.just("whiteout"), PATHS),
@@ -476,6 +567,30 @@ def test_symlinks_are_kept_verbatim(tmp_path):
     for name, target in targets.items():
         assert n[name].kind is EntryKind.SYMLINK and n[name].link == target
         assert n[name].size == len(target)
+
+
+SYMLINK_MODES = [0o755, 0o700, 0o1777, 0o4755, 0]
+
+
+def test_a_symlink_is_0777_whatever_its_header_says(tmp_path):
+    """BSD tar (macOS) writes a link's own bits (``lrwxr-xr-x``); Linux, so overlayfs, has
+    no permission bits on a symlink: lrwxrwxrwx."""
+    lb = LayerBuilder()
+    for mode in SYMLINK_MODES:
+        lb.symlink(f"l{mode:o}", "target", mode=mode, uid=5, gid=6)
+    tocs, _ = unpack_all(tmp_path, [lb])
+    assert {e.mode for e in tocs[0] if e.kind is EntryKind.SYMLINK} == {0o777}
+    # A toc written before unpack recorded 0777 still keeps the header's mode: merge
+    # shows 0777 all the same.
+    older = Toc(
+        tocs[0].diff_id,
+        tuple(replace(e, mode=int(e.path[1:], 8)) if e.path else e for e in tocs[0]),
+    )
+    for toc in (tocs[0], older):
+        n = listing(merge([toc]))
+        for mode in SYMLINK_MODES:
+            link = n[f"l{mode:o}"]
+            assert (link.kind, link.mode, link.uid, link.gid) == (EntryKind.SYMLINK, 0o777, 5, 6)
 
 
 @pytest.mark.parametrize("name", [".", "./", "/"])
@@ -605,6 +720,32 @@ def test_implied_dir_over_a_lower_file_is_a_fresh_directory(tmp_path):
     assert (x.kind, x.mode, x.uid, x.mtime_ns) == (EntryKind.DIR, 0o755, 0, 0)
 
 
+def test_a_character_device_0_0_is_a_whiteout(tmp_path):
+    """overlayfs stores a whiteout as a character device 0/0, and containerd makes what
+    the tar says: a layer shipping one hides the lower path under every overlay runtime.
+    In its own layer it is an entry like any other, in tar order."""
+    base = LayerBuilder().dir("a").dir("a/b").file("a/b/c", b"c").file("x", b"x")
+    base.file("keep", b"k").file("d", b"d")
+    top = (
+        LayerBuilder()
+        .chardev("a", 0, 0)
+        .chardev("x", 0, 0, mode=0o600, uid=3)
+        .chardev("never_existed", 0, 0)
+        .chardev("d", 1, 3)
+        .chardev("k2", 0, 0)
+        .file("k2", b"the last entry of a path wins")
+        .file("gone", b"g")
+        .chardev("gone", 0, 0)
+    )
+    tree, _ = merged(tmp_path, base, top)
+    n = listing(tree)
+    assert set(n) == {"", "keep", "d", "k2"}
+    assert (n["d"].kind, n["d"].rdev_major, n["d"].rdev_minor) == (EntryKind.CHAR, 1, 3)
+    again = listing(merged(tmp_path, base, top, LayerBuilder().file("a/new", b"n"))[0])
+    assert set(again) == {"", "keep", "d", "k2", "a", "a/new"}
+    assert (again["a"].mode, again["a"].mtime_ns) == (0o755, 0)  # nothing to copy from
+
+
 def test_whiteout_never_shows_and_hides_a_whole_subtree(tmp_path):
     base = LayerBuilder().dir("a").dir("a/b").file("a/b/c", b"c").file("a/keep", b"k")
     top = LayerBuilder().dir("a").whiteout("a/b").whiteout("a/never_existed")
@@ -651,6 +792,28 @@ def test_merged_tree_write_read_round_trip(tmp_path):
     assert list(tmp_path.glob(".tree.*")) == []  # no temporary left behind
 
 
+def test_a_file_shows_the_blocks_its_data_file_takes(tmp_path):
+    size = 8 << 20
+    layer = (
+        LayerBuilder()
+        .sparse_file("sparse", size, {4096: b"data" * 1024})
+        .file("small", b"s")
+        .hardlink("partner", "small")
+        .symlink("l", "x" * 300)
+        .dir("d")
+    )
+    tree, snaps = merged(tmp_path, layer, LayerBuilder().file("small", b"replaced"))
+    n = listing(tree)
+    for path in ("sparse", "partner", "small"):
+        data = snaps[n[path].layer] / "data" / f"{n[path].data:x}"
+        assert n[path].blocks == os.stat(data).st_blocks > 0, path
+        assert tree.stat(n[path].inode).blocks == n[path].blocks
+    assert n["sparse"].blocks < 64 and n["sparse"].size == size  # holes take no blocks
+    assert n["l"].blocks == n["d"].blocks == n[""].blocks == 0
+    tree.write(tmp_path / "tree")
+    assert MergedTree.read(tmp_path / "tree").nodes == tree.nodes
+
+
 def test_dir_recreated_after_a_file_of_its_own_layer_hides_lower_children(tmp_path):
     base = LayerBuilder().dir("a").file("a/old", b"o")
     top = LayerBuilder().file("a", b"replaces the lower dir").dir("a").file("a/new", b"n")
@@ -660,13 +823,134 @@ def test_dir_recreated_after_a_file_of_its_own_layer_hides_lower_children(tmp_pa
 
 def test_implied_dir_recreated_after_its_whiteout_has_fresh_metadata(tmp_path):
     base = LayerBuilder().dir("a", mode=0o700, uid=5, mtime=1000, xattrs={"user.x": b"1"})
-    base.file("a/old", b"o")
-    tree, _ = merged(tmp_path, base, LayerBuilder().whiteout("a").file("a/new", b"n"))
-    a = listing(tree)["a"]
-    assert (a.mode, a.uid, a.gid, a.mtime_ns, a.xattrs) == (0o755, 0, 0, 0, ())
+    base.file("a/old", b"o").dir("a/sub", mode=0o711, uid=6, mtime=1001).file("a/sub/o", b"o")
+    for top in (
+        LayerBuilder().whiteout("a").file("a/new", b"n").file("a/sub/new", b"n"),
+        LayerBuilder().file("a/sub/new", b"n").whiteout("a").file("a/new", b"n"),
+    ):
+        n = listing(merged(tmp_path, base, top)[0])
+        assert set(n) == {"", "a", "a/new", "a/sub", "a/sub/new"}
+        for fresh in ("a", "a/sub"):  # nothing of the whited-out directory survives
+            d = n[fresh]
+            assert (d.mode, d.uid, d.gid, d.mtime_ns, d.xattrs) == (0o755, 0, 0, 0, ()), fresh
 
 
-# -- the cache file (merged/<chain>, MERGED_VERSION 3) --------------------------------------
+LOWER_B = dict(mode=0o700, uid=5, gid=6, mtime=1000, xattrs={"user.x": b"1", "trusted.t": b"t"})
+
+
+def meta(node: Node) -> tuple[object, ...]:
+    return (node.mode, node.uid, node.gid, node.mtime_ns, node.xattrs)
+
+
+B_META = (0o700, 5, 6, 1000 * 10**9, (("user.x", b"1"),))  # LOWER_B's, trusted.* not copied
+FRESH = (0o755, 0, 0, 0, ())
+
+
+@pytest.mark.parametrize("marker_first", [True, False])
+def test_implied_dir_under_an_opaque_marker_of_its_layer_takes_the_lower_metadata(
+    tmp_path, marker_first
+):
+    """containerd's mkparent copies a/b's metadata from the lower layer before (or after)
+    the marker makes ``a`` opaque; overlayfs then shows the layer's a/b, lower children
+    gone (issue 11)."""
+    base = LayerBuilder().dir("a").dir("a/b", **LOWER_B).file("a/b/old", b"o")
+    top = LayerBuilder()
+    if marker_first:
+        top.opaque("a").file("a/b/new", b"n").file("a/c/d/f", b"f")
+    else:
+        top.file("a/b/new", b"n").file("a/c/d/f", b"f").opaque("a")
+    n = listing(merged(tmp_path, base, top)[0])
+    assert set(n) == {"", "a", "a/b", "a/b/new", "a/c", "a/c/d", "a/c/d/f"}
+    assert meta(n["a/b"]) == B_META
+    assert meta(n["a/c"]) == meta(n["a/c/d"]) == FRESH  # no lower directory there
+
+
+def test_implied_dir_takes_metadata_hidden_by_an_opaque_layer_between(tmp_path):
+    """containerd looks at each lower layer's own directory, not at the view: an opaque
+    marker in between does not stop it."""
+    base = LayerBuilder().dir("a").dir("a/b", **LOWER_B).file("a/b/old", b"o")
+    implies = LayerBuilder().file("a/b/mid", b"m")  # its a/b: a copy of the base's
+    middle = LayerBuilder().opaque("a").file("a/other", b"x")
+    top = LayerBuilder().file("a/b/new", b"n")
+    n = listing(merged(tmp_path, base, implies, middle, top)[0])
+    assert set(n) == {"", "a", "a/other", "a/b", "a/b/new"}
+    assert meta(n["a/b"]) == B_META
+
+
+@pytest.mark.parametrize(
+    "middle,a_meta",
+    [
+        (LayerBuilder().whiteout("a/b"), B_META),  # a whiteout at the path
+        (LayerBuilder().whiteout("a"), FRESH),  # above it
+        (LayerBuilder().file("a", b"a file above it"), FRESH),
+        (LayerBuilder().dir("a", mode=0o711).file("a/b", b"a file at the path"), None),
+    ],
+    ids=["whiteout", "whiteout-above", "file-above", "file"],
+)
+def test_implied_dir_over_a_removed_lower_dir_gets_the_defaults(tmp_path, middle, a_meta):
+    """The first layer with anything at the path (or above it) decides, and a file or a
+    whiteout there means the lower directory is gone (containerd gives the defaults, or
+    fails: ENOTDIR, when it is above)."""
+    base = LayerBuilder().dir("a", **LOWER_B).dir("a/b", **LOWER_B).file("a/b/old", b"o")
+    top = LayerBuilder().file("a/b/new", b"n")
+    n = listing(merged(tmp_path, base, middle, top)[0])
+    assert set(n) == {"", "a", "a/b", "a/b/new"}
+    assert meta(n["a/b"]) == FRESH
+    if a_meta is not None:
+        assert meta(n["a"]) == a_meta
+    else:
+        assert n["a"].mode == 0o711
+
+
+def test_implied_dir_over_a_lower_symlink_takes_what_containerd_finds_through_it(tmp_path):
+    """containerd looks the path up in each lower layer with continuity's RootPath, which
+    follows symlinks within that layer: the directory a link leads to lends its metadata;
+    a link to nothing there sends the search further down; a loop, or a link to a file,
+    gives the defaults."""
+    base = LayerBuilder().dir("d", mode=0o711, uid=9, mtime=9)
+    layer = (
+        LayerBuilder()
+        .dir("usr", mode=0o750, uid=2, mtime=2)
+        .dir("usr/lib", **LOWER_B)
+        .file("usr/file", b"f")
+        .symlink("lib", "usr/lib")
+        .symlink("abs", "/usr/lib", mode=0o700)
+        .symlink("up", "../../usr")  # .. stops at the layer's root
+        .dir("sub")
+        .symlink("sub/rel", "../usr/lib")
+        .symlink("loop", "loop")
+        .symlink("f", "usr/file")
+        .symlink("d", "nowhere")  # replaces the base's d
+        .symlink("root", "/")
+    )
+    top = LayerBuilder()
+    for path in ("lib", "abs", "up/lib", "sub/rel", "loop", "f", "d", "root"):
+        top.file(f"{path}/x", b"x")
+    n = listing(merged(tmp_path, base, layer, top)[0])
+    for path in ("lib", "abs", "up/lib", "sub/rel"):
+        assert meta(n[path]) == B_META, path
+    assert meta(n["up"]) == (0o750, 2, 0, 2 * 10**9, ())  # the layer's usr
+    for path in ("loop", "f", "root"):
+        assert meta(n[path]) == FRESH, path
+    assert meta(n["d"]) == (0o711, 9, 0, 9 * 10**9, ())  # further down: the base's d
+    assert "usr/lib/x" not in n  # the links only lent metadata: each is a directory now
+    assert {n[p].kind for p in ("lib", "abs", "up", "sub/rel", "d")} == {EntryKind.DIR}
+
+
+def test_implied_dir_over_a_lower_dir_drops_its_trusted_xattrs(tmp_path):
+    """The layer's copy of the directory is what overlayfs shows: containerd copies every
+    xattr but trusted.* into it."""
+    base = LayerBuilder().dir("a", **LOWER_B).file("a/old", b"o")
+    n = listing(merged(tmp_path, base, LayerBuilder().file("a/new", b"n"))[0])
+    assert meta(n["a"]) == B_META and n["a"].layer == 1
+    n = listing(merged(tmp_path, base, LayerBuilder().dir("a").file("a/new", b"n"))[0])
+    assert n["a"].xattrs == ()  # named: its own (no) xattrs
+    plain = LayerBuilder().dir("a", mode=0o700, xattrs={"user.x": b"1"})
+    n = listing(merged(tmp_path, plain, LayerBuilder().file("a/new", b"n"))[0])
+    assert n["a"].xattrs == (("user.x", b"1"),) and n["a"].layer == 0  # the lower node
+
+
+# -- the cache file (merged/<chain>, MERGED_VERSION) ------------------------------------------
 
 
 def same_tree(back: MergedTree, tree: MergedTree) -> None:

@@ -9,7 +9,8 @@ fourth layer with an opaque marker.  Then:
 1. every layer of our snapshot equals GNU tar's extraction of the same blob;
 2. ``skopeo copy`` of that image to every transport we read pulls to the same image id and
    diff_ids, sharing the snapshots; the zstd copy also matches GNU tar layer by layer;
-3. the layers' tocs, merged here in a few lines, equal ``umoci unpack``'s rootfs.
+3. the image mounted (a real FUSE mount of the merged view) equals ``umoci unpack``'s
+   rootfs, entry by entry.
 
 umoci writes whole-second mtimes (Go's archive/tar rounds them when no format is forced),
 so the nanoseconds set below do not reach the layers; nanosecond mtimes are covered by the
@@ -19,7 +20,6 @@ we once refused are at the end.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -30,12 +30,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from builders import ImageBuilder, LayerBuilder, write_oci_layout
 from conftest import need_root, need_tool
 from oracle import Node, assert_same_tree, decompress_to, gnu_tar_tree, oci_layers, snapshot_tree
+from test_fusefs import Seen, compare, mounted, need_fuse, walk
 
 from snapshotter.oci.digest import Digest
 from snapshotter.store.store import Store
-from snapshotter.store.toc import TOC_NAME, EntryKind, Toc, TocEntry
 
 TAG = "t"
 LAYERS = 4
@@ -271,120 +272,53 @@ def test_zstd_copy_matches_gnu_tar(skopeo_copies, cli, store_root, tmp_path):
     _compare_with_gnu_tar(layout, doc, store_root, tmp_path)
 
 
+def test_symlink_modes_of_a_bsd_tar_layer_match_gnu_tar(cli, store_root, tmp_path):
+    """BSD tar (macOS) writes a symlink's own bits in its header; GNU tar, like every Linux
+    extraction, makes 0777 of them, and so must we."""
+    need_root()
+    need_tool("tar")
+    layer = LayerBuilder().dir("l")
+    for mode in (0o755, 0o700, 0o1777, 0o4755, 0o777, 0):
+        layer.symlink(f"l/m{mode:o}", "../target", mode=mode, uid=7, gid=8)
+    layout = write_oci_layout(tmp_path / "layout", {TAG: ImageBuilder([layer])})
+    doc = _pull(cli, f"oci:{layout}:{TAG}")
+    (layer1,) = _compare_with_gnu_tar(layout, doc, store_root, tmp_path)
+    assert {n.mode for p, n in layer1.items() if p.startswith("l/m")} == {0o777}
+
+
 # -- merged view ---------------------------------------------------------------------------
 
 
-def _merge(snapshots: list[Path]) -> dict[str, tuple[TocEntry, Path]]:
-    """Base first: whiteouts and opaque dirs hide lower entries, later entries replace."""
-    merged: dict[str, tuple[TocEntry, Path]] = {}
-
-    def drop(path: str, itself: bool) -> None:
-        for p in [p for p in merged if p.startswith(path + "/") or (itself and p == path)]:
-            del merged[p]
-
-    for snap in snapshots:
-        for e in Toc.read(snap / TOC_NAME):  # sorted: parents before children
-            if e.path == "":
-                continue
-            lower = merged[e.path][0] if e.path in merged else None
-            if e.kind is EntryKind.WHITEOUT:
-                drop(e.path, itself=True)
-                continue
-            dir_over_dir = lower is not None and lower.kind is e.kind is EntryKind.DIR
-            if e.opaque or (lower is not None and not dir_over_dir):
-                drop(e.path, itself=False)
-            if not (e.implied and dir_over_dir):
-                merged[e.path] = (e, snap)
-    return merged
-
-
-Row = tuple[object, ...]
-
-
-def _merged_rows(merged: dict[str, tuple[TocEntry, Path]]) -> dict[str, Row]:
-    rows = {}
-    for path, (e, snap) in merged.items():
-        digest = ""
-        if e.has_data:
-            digest = hashlib.sha256((snap / "data" / e.data_name()).read_bytes()).hexdigest()
-        rows[path] = (
-            e.kind.value,
-            0 if e.kind is EntryKind.SYMLINK else e.mode,
-            e.uid,
-            e.gid,
-            e.size,
-            digest,
-            e.link,
-            (e.rdev_major, e.rdev_minor),
-            e.xattrs,
-            e.mtime_ns,
-        )
-    return rows
-
-
-def _rootfs_rows(root: Path) -> dict[str, Row]:
-    rows = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            full = Path(dirpath) / name
-            st = os.lstat(full)
-            kind = {
-                stat.S_IFREG: "-",
-                stat.S_IFDIR: "d",
-                stat.S_IFLNK: "l",
-                stat.S_IFCHR: "c",
-                stat.S_IFBLK: "b",
-                stat.S_IFIFO: "p",
-            }[stat.S_IFMT(st.st_mode)]
-            regular = kind == "-"
-            rows[str(full.relative_to(root))] = (
-                kind,
-                0 if kind == "l" else stat.S_IMODE(st.st_mode),
-                st.st_uid,
-                st.st_gid,
-                st.st_size if regular else 0,
-                hashlib.sha256(full.read_bytes()).hexdigest() if regular and st.st_size else "",
-                os.readlink(full) if kind == "l" else "",
-                (os.major(st.st_rdev), os.minor(st.st_rdev)) if kind in "cb" else (0, 0),
-                tuple(
-                    sorted(
-                        (k, os.getxattr(full, k, follow_symlinks=False))
-                        for k in os.listxattr(full, follow_symlinks=False)
-                    )
-                ),
-                st.st_mtime_ns,
-            )
-    return rows
-
-
-def _assert_merged_matches_umoci(layout: Path, cli, store_root: Path, work: Path) -> dict[str, Row]:
-    doc = _pull(cli, f"oci:{layout}:{TAG}")
-    store = Store(store_root)
-    merged = _merge([store.snapshot_path(Digest.parse(d)) for d in doc["diff_ids"]])
+def _assert_view_matches_umoci(layout: Path, cli, store_root: Path, work: Path) -> dict[str, Seen]:
+    """The image pulled and mounted (a real FUSE mount: merge, the daemon, the kernel),
+    walked entry by entry against ``umoci unpack``'s rootfs of the same layout: type,
+    mode, owner, size, content, link target, device, xattrs, mtime (umoci restores
+    directory mtimes too), st_blocks of files, nlink and hardlink groups."""
+    need_fuse()
+    name = f"example.com/umoci/{work.name.lower()}:t"
+    pulled = cli("pull", "-q", f"oci:{layout}:{TAG}", "--name", name)
+    assert pulled.rc == 0, pulled.err
     bundle = work / "bundle"
     _run("umoci", "unpack", "--image", f"{layout}:{TAG}", bundle)
-    # umoci restores directory mtimes too, so every field is compared.
-    ours, theirs = _merged_rows(merged), _rootfs_rows(bundle / "rootfs")
-    problems = [
-        f"  {p!r}:\n    ours:  {ours.get(p)}\n    umoci: {theirs.get(p)}"
-        for p in sorted(set(ours) | set(theirs))
-        if ours.get(p) != theirs.get(p)
-    ]
-    assert not problems, f"{len(problems)} entries differ\n" + "\n".join(problems[:10])
-    return ours
+    mp = work / "mp"
+    mp.mkdir()
+    with mounted(cli, store_root, name, mp):
+        compare(mp, bundle / "rootfs", set(), reference="umoci")
+        return walk(mp)[0]
 
 
-def test_merged_tocs_match_umoci_unpack(umoci_image, cli, store_root, tmp_path):
-    ours = _assert_merged_matches_umoci(umoci_image, cli, store_root, tmp_path)
+def test_mounted_view_matches_umoci_unpack(umoci_image, cli, store_root, tmp_path):
+    ours = _assert_view_matches_umoci(umoci_image, cli, store_root, tmp_path)
     # What the layers did shows in the result.
-    assert "del.txt" not in ours and ours["gone"][0] == "-" and "gone/x" not in ours
-    assert ours["replace_me"][0] == "-"
-    assert ours["becomes_dir"][0] == "d" and ours["becomes_dir/child"][0] == "-"
+    assert "del.txt" not in ours and ours["gone"].kind == "-" and "gone/x" not in ours
+    assert ours["replace_me"].kind == "-"
+    assert ours["becomes_dir"].kind == "d" and ours["becomes_dir/child"].kind == "-"
     assert {p for p in ours if p.startswith("redo/")} == {"redo/c"}
     assert {p for p in ours if p.startswith("home/")} == {"home/fresh.txt"}
-    assert "a/b" not in ours and ours["a"][0] == "d"
-    assert ours["chmod_dir"][1] == 0o700 and ours["home"][1:4] == (0o751, 0, 0)
-    assert ours["etc/hostname"][8] == (("user.comment", b"changed"),)
+    assert "a/b" not in ours and ours["a"].kind == "d"
+    assert ours["chmod_dir"].mode == 0o700
+    assert (ours["home"].mode, ours["home"].uid, ours["home"].gid) == (0o751, 0, 0)
+    assert ours["etc/hostname"].xattrs == (("user.comment", b"changed"),)
 
 
 # -- umoci layers we refuse, though umoci (and Go's archive/tar) read them -----------------
@@ -425,8 +359,8 @@ def test_dir_with_children_replaced_by_file(cli, store_root, tmp_path):
         "d/.wh.child" in listed and listed.index("d") < listed.index("d/.wh.child"),
         "whiteouts below the file that replaced their directory",
     )
-    ours = _assert_merged_matches_umoci(layout, cli, store_root, tmp_path)
-    assert ours["d"][0] == "-" and "d/child" not in ours
+    ours = _assert_view_matches_umoci(layout, cli, store_root, tmp_path)
+    assert ours["d"].kind == "-" and "d/child" not in ours
 
 
 def test_umoci_insert_layer_without_final_padding(cli, store_root, tmp_path):
@@ -436,5 +370,5 @@ def test_umoci_insert_layer_without_final_padding(cli, store_root, tmp_path):
     layout = _umoci_image(tmp_path / "img", [_small_base], insert)
     size = _last_layer_tar(layout, tmp_path).stat().st_size
     _precondition(size % 512 == 6, "insert layers that end without padding")
-    ours = _assert_merged_matches_umoci(layout, cli, store_root, tmp_path)
+    ours = _assert_view_matches_umoci(layout, cli, store_root, tmp_path)
     assert {p for p in ours if p.startswith("home/")} == {"home/fresh.txt"}

@@ -256,15 +256,58 @@ def test_the_toc_records_each_files_content_digest(tmp_path):
     assert got["empty"].digest == got["d"].digest == got["l"].digest == ""
 
 
-def test_a_version_1_toc_without_digests_is_still_read(tmp_path):
-    toc = unpack(tmp_path, LayerBuilder().file("a", b"x", mode=0o600))
-    rows = [e.to_row()[:13] for e in toc.entries]
-    doc = {"version": 1, "diff_id": toc.diff_id, "entries": rows}
+def test_the_toc_records_the_blocks_each_data_file_takes(tmp_path):
+    size = 64 << 20
+    layer = (
+        LayerBuilder()
+        .file("small", b"x")
+        .hardlink("partner", "small")
+        .file("big", bytes(range(256)) * 4096)
+        .sparse_file("sparse", size, {0: b"head", size - 4096: b"tail" * 1024})
+        .file("empty", b"")
+        .symlink("l", "small")
+        .dir("d")
+        .chardev("c", 1, 3)
+    )
+    tar = layer.tar_bytes()
+    dest = fresh_dir(tmp_path)
+    got = entries(unpack_blob(tmp_path, tar, tar, dest=dest).toc)
+    for e in got.values():
+        if e.has_data:  # what the file system says of the data file
+            assert e.blocks == os.stat(dest / "data" / e.data_name()).st_blocks > 0, e.path
+        else:
+            assert e.blocks == 0, e.path
+    assert got["partner"].blocks == got["small"].blocks
+    assert got["big"].blocks >= (1 << 20) // 512
+    assert got["sparse"].blocks < 64  # two data regions of 4 KiB, not 64 MiB
+    assert Toc.read(dest / "toc.json.zst").by_path()["sparse"].blocks == got["sparse"].blocks
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_toc_is_still_read(tmp_path, version):
+    """Version 1 has no digests, versions 1 and 2 no blocks: files then take those of
+    content without holes."""
+    size = 1 << 20
+    layer = LayerBuilder().file("a", b"x", mode=0o600).sparse_file("s", size, {0: b"head"})
+    toc = unpack(tmp_path, layer.symlink("l", "a").dir("d"))
+    rows = [e.to_row()[: 12 + version] for e in toc.entries]
+    doc = {"version": version, "diff_id": toc.diff_id, "entries": rows}
     path = tmp_path / "old.toc.zst"
     path.write_bytes(zstandard.ZstdCompressor().compress(json.dumps(doc).encode()))
     old = Toc.read(path)
-    assert old.by_path()["a"].digest == ""
-    assert [replace(e, digest="") for e in toc.entries] == list(old.entries)
+    assert old.by_path()["a"].digest == ("" if version == 1 else toc.by_path()["a"].digest)
+    assert (old.by_path()["a"].blocks, old.by_path()["s"].blocks) == (1, size // 512)
+    assert {e.blocks for e in old.entries if e.kind is not EntryKind.FILE} == {0}
+    plain = [
+        replace(
+            e,
+            digest=e.digest if version > 1 else "",
+            blocks=(e.size + 511) // 512 if e.kind is EntryKind.FILE else 0,
+        )
+        for e in toc.entries
+    ]
+    assert plain == list(old.entries)
+    assert old.entries == tuple(TocEntry.from_row(r) for r in rows)
 
 
 def write_toc_doc(path: Path, rows: list[Any], version: int = 2) -> Path:
@@ -285,6 +328,7 @@ def test_toc_read_takes_every_row_as_from_row_does(tmp_path):
         ["f", "d", 0o755, 0, 0, 0, 0, 10, "", 0, 0, 3, 0, ""],
         ["g", "-", 0o644, 0, 0, 0, 0, 11, "", 0, 0, 0, 0],  # a version 1 row
         [7, "p", 0o644, 0, 0, 0, 0, 12, None, 0, 0, 0, None, None],  # str() of odd values
+        [*plain[:13], "", 7],  # version 3: the blocks
     ]
     toc = Toc.read(write_toc_doc(tmp_path / "t.zst", odd_rows))
     expected = tuple(TocEntry.from_row(r) for r in odd_rows)
@@ -310,6 +354,9 @@ def test_toc_read_takes_every_row_as_from_row_does(tmp_path):
         ["a", "-", None, 0, 0, 0, 0, 1, "", 0, 0, 0, 0, ""],
         ["a", "-", 0, 0, 0, 0, 0, 1, "", 0, 0, 0, 1, ""],  # xattrs must be 0 or a list
         ["a", "-", 0, 0, 0, 0, 0, 1, "", 0, 0, 0, 0, "", "extra"],
+        ["a", "-", 0, 0, 0, 0, 0, 1, "", 0, 0, 0, 0, "", -1],  # blocks below 0
+        ["a", "-", 0, 0, 0, 0, 0, 1, "", 0, 0, 0, 0, "", True],
+        ["a", "-", 0, 0, 0, 0, 0, 1, "", 0, 0, 0, 0, "", 1, 2],
         ["a", "-", 0],
         {"path": "a"},
         "a",

@@ -14,8 +14,10 @@
 
 A directory entry that is only implied by a child's path (``TocEntry.implied``) carries no
 metadata of its own: when the path already is a directory it changes nothing and makes no
-row.  It does change the path when nothing, or a non-directory, was there before (merge
-makes a fresh 0755 root:root directory): that is a row, marked implied.
+row (unless the directory had ``trusted.*`` xattrs, which the layer's copy drops).  It does
+change the path when nothing, or a non-directory, was there before (merge gives it what
+containerd's ``mkparent`` copies from a lower layer, see ``merge.implied_meta``, or 0755
+root:root): that is a row, marked implied.
 
 The test suite checks that the state ``trace`` ends with is the merged tree's, path by
 path, on random layer stacks, so blame and the mount never disagree.
@@ -24,13 +26,11 @@ path, on random layer stacks, so blame and the mount never disagree.
 from __future__ import annotations
 
 import enum
-from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from operator import attrgetter
 
-from ..store.toc import EntryKind, Toc, TocEntry
-from ..view.merge import Node
+from ..store.toc import SYMLINK_MODE, EntryKind, Toc, TocEntry
+from ..view.merge import Node, copied_xattrs, implied_meta
 from .image import StoredImage, normalize_path
 
 
@@ -110,16 +110,11 @@ class Blame:
 DigestOf = Callable[[int, TocEntry], str]  # (layer number, regular-file entry) -> digest
 
 _ROOT = Version(0, EntryKind.DIR, 0o755, 0, 0, 0, 0, "", 0, 0, (), 0, "")
-_path_key = attrgetter("path")
 
 
 def toc_entry(toc: Toc, path: str) -> TocEntry | None:
     """The entry of ``path`` in ``toc`` (entries are sorted by path), or None."""
-    entries = toc.entries
-    i = bisect_left(entries, path, key=_path_key)
-    if i < len(entries) and entries[i].path == path:
-        return entries[i]
-    return None
+    return toc.find(path)
 
 
 def hardlinks_of(toc: Toc, entry: TocEntry) -> tuple[str, ...]:
@@ -137,15 +132,15 @@ def hardlinks_of(toc: Toc, entry: TocEntry) -> tuple[str, ...]:
     )
 
 
-def _new_version(entry: TocEntry, number: int, digest_of: DigestOf) -> Version:
+def _new_version(entry: TocEntry, number: int, digest_of: DigestOf, tocs: Sequence[Toc]) -> Version:
     """What merge makes of an entry that starts a new node (nothing, or a non-directory,
-    or a removed directory was there)."""
+    or a removed directory was there); ``tocs`` are the layers up to ``number``."""
     xattrs: tuple[tuple[str, bytes], ...]
     if entry.kind is EntryKind.DIR and entry.implied:
-        mode, uid, gid, mtime_ns, xattrs = 0o755, 0, 0, 0, ()
+        mode, uid, gid, mtime_ns, xattrs = implied_meta(tocs, number - 1, entry.path)
     else:
         mode, uid, gid, mtime_ns, xattrs = (
-            entry.mode,
+            SYMLINK_MODE if entry.kind is EntryKind.SYMLINK else entry.mode,
             entry.uid,
             entry.gid,
             entry.mtime_ns,
@@ -201,7 +196,7 @@ def trace(
                 e = toc_entry(toc, above)
                 if e is None:
                     continue
-                if e.kind is EntryKind.WHITEOUT:
+                if e.is_whiteout:
                     removal = (Action.WHITEOUT, above)
                 elif e.kind is not EntryKind.DIR:
                     removal = (Action.REPLACED, above)
@@ -214,7 +209,7 @@ def trace(
         written = False  # the layer's own entry set the path's state
         opaque = False
         if entry is not None:
-            if entry.kind is EntryKind.WHITEOUT:
+            if entry.is_whiteout:
                 if state is not None:
                     state, removal = None, (Action.WHITEOUT, path)
             elif entry.kind is EntryKind.DIR and state is not None and state.kind is EntryKind.DIR:
@@ -239,10 +234,17 @@ def trace(
                         mtime_ns=entry.mtime_ns,
                         xattrs=entry.xattrs,
                     )
-                elif opaque:
-                    written = True  # no metadata of its own, but the lower children went
+                else:
+                    # No metadata of its own: the layer's copy of the lower directory,
+                    # which drops trusted.* xattrs (merge.copied_xattrs).
+                    kept = copied_xattrs(state.xattrs)
+                    if kept != state.xattrs:
+                        state = replace(state, layer=number, xattrs=kept)
+                        written = True
+                    elif opaque:
+                        written = True  # the lower children went
             else:
-                state = _new_version(entry, number, digest_of)
+                state = _new_version(entry, number, digest_of, tocs)
                 written = True
         action: Action | None = None
         if before is None and state is not None:

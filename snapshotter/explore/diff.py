@@ -27,7 +27,8 @@ path that did not, nothing.  An opaque directory deletes every lower child the l
 not re-add: a ``D`` for each top path so lost, however deep (a re-added directory keeps
 only what the layer put in it).  A directory only implied by a child's path is never
 ``C``: the merge keeps the lower directory's metadata (it is ``C`` (type) only when it
-replaced a lower non-directory).  The root is never ``A`` or ``D``; it is ``C`` when a
+replaced a lower non-directory, and ``C`` (xattrs) when the lower one had ``trusted.*``
+xattrs, which an implied copy drops).  The root is never ``A`` or ``D``; it is ``C`` when a
 layer above the first changes its own metadata.  Layer 1 is everything added.
 
 **Two images** (``image_diff``): their final merged views (diffoci compares tar entries
@@ -250,7 +251,7 @@ def layer_diff(image: StoredImage, number: int, *, mtime: bool = False) -> Layer
     changes: dict[str, Change] = {}
     for e in toc.entries:
         path = e.path
-        if e.kind is EntryKind.WHITEOUT:
+        if e.is_whiteout:
             if path and lower.find(path) is not None:
                 changes[path] = Change(path, Action.DELETED)
             continue
@@ -263,12 +264,11 @@ def layer_diff(image: StoredImage, number: int, *, mtime: bool = False) -> Layer
             continue
         sl, su = lower.tree.stat(li), upper.tree.stat(ui)
         lower_dir = sl.kind is EntryKind.DIR
-        # An implied directory over a directory kept that one's metadata: nothing to compare.
-        implied = e.kind is EntryKind.DIR and e.implied and lower_dir
-        if not implied:
-            fields = _differences(lower, sl, upper, su, mtime, shared)
-            if fields:
-                changes[path] = Change(path, Action.CHANGED, fields)
+        # (An implied directory over a directory is the same node, from the same layer,
+        # unless it dropped trusted.* xattrs: _differences says which.)
+        fields = _differences(lower, sl, upper, su, mtime, shared)
+        if fields:
+            changes[path] = Change(path, Action.CHANGED, fields)
         if e.opaque and lower_dir and su.kind is EntryKind.DIR:
             for lost in _lost(lower, li, upper, ui, path):
                 changes.setdefault(lost, Change(lost, Action.DELETED))

@@ -7,6 +7,11 @@ order (depth first, names sorted: the order ``ls -R`` and the mount's readdir us
 ``du`` counts it at the first name it meets: every directory total holds it at most once,
 and no byte is counted twice in a parent.
 
+Apparent sizes, not disk usage: the question is what an image holds wherever it is
+unpacked, so a sparse file counts its holes.  What the store's copy takes on disk is what
+the mounted view reports as ``st_blocks`` (the toc's ``blocks``): plain ``du`` over a
+mount adds that up, as it does over the kernel's overlayfs of the same layers.
+
 Per layer (``by_layer``): the bytes each layer's toc ships under a directory, hidden ones
 included: what a later layer overwrote or deleted still counts in the layer that shipped
 it.  The visible column is the merged view's; the difference is what the layers carry for

@@ -17,8 +17,10 @@ import contextlib
 import enum
 import gc
 import json
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 
 import zstandard
@@ -28,9 +30,11 @@ from ..errors import StoreCorrupt
 TOC_NAME = "toc.json.zst"
 DATA_DIR = "data"
 # 1: 13 columns.  2: a 14th, the content digest of regular files (sha256 computed while
-# unpacking).  Version 1 tocs are still read; their entries have no digest.
-TOC_VERSION = 2
-TOC_VERSIONS = (1, 2)
+# unpacking).  3: a 15th, the 512-byte blocks the data file takes on disk.  Older tocs
+# are still read: their entries have no digest (version 1) and the blocks a file of
+# their size takes without holes (``blocks_of``).
+TOC_VERSION = 3
+TOC_VERSIONS = (1, 2, 3)
 
 
 class EntryKind(enum.Enum):
@@ -45,6 +49,10 @@ class EntryKind(enum.Enum):
     WHITEOUT = "w"
 
 
+# A symlink's permission bits on Linux, whatever its tar header says: symlink(2) takes no
+# mode and there is no lchmod, so every extraction (and overlayfs) shows lrwxrwxrwx.
+SYMLINK_MODE = 0o777
+
 # Bits of TocEntry.flags
 FLAG_OPAQUE = 1  # directory hides all lower children (.wh..wh..opq, or re-created in-layer)
 FLAG_IMPLIED = 2  # directory not in the tar, only implied by a child's path
@@ -56,7 +64,7 @@ class TocEntry:
 
     path: str  # relative POSIX path inside the image; "" is the root directory
     kind: EntryKind
-    mode: int  # permission bits, setuid/setgid/sticky included (07777)
+    mode: int  # permission bits, setuid/setgid/sticky included (07777); symlinks 0777
     uid: int
     gid: int
     size: int  # bytes of content (regular files), 0 otherwise
@@ -68,6 +76,9 @@ class TocEntry:
     flags: int = 0
     xattrs: tuple[tuple[str, bytes], ...] = field(default=())
     digest: str = ""  # regular files with content: "sha256:<hex>" of it ("" if not recorded)
+    # Regular files: 512-byte blocks the data file takes (st_blocks, holes not counted),
+    # what ``stat`` and ``du`` of the view show; 0 for anything else.
+    blocks: int = 0
 
     @property
     def opaque(self) -> bool:
@@ -76,6 +87,17 @@ class TocEntry:
     @property
     def implied(self) -> bool:
         return bool(self.flags & FLAG_IMPLIED)
+
+    @property
+    def is_whiteout(self) -> bool:
+        """Whether the entry hides the lower ones at its path and shows nothing itself: a
+        whiteout, or a character device 0/0.  That is how overlayfs stores a whiteout, so
+        one a layer ships (containerd, like tar, makes it as it is) is one to every
+        overlay-based runtime."""
+        kind = self.kind
+        return kind is EntryKind.WHITEOUT or (
+            kind is EntryKind.CHAR and not self.rdev_major and not self.rdev_minor
+        )
 
     @property
     def has_data(self) -> bool:
@@ -101,12 +123,15 @@ class TocEntry:
             self.flags,
             [[k, base64.b64encode(v).decode()] for k, v in self.xattrs] if self.xattrs else 0,
             self.digest,
+            self.blocks,
         ]
 
     @classmethod
     def from_row(cls, row: list[object]) -> TocEntry:
         if len(row) == 13:  # version 1
             row = [*row, ""]
+        if len(row) == 14:  # version 2
+            row = [*row, None]
         (
             path,
             kind,
@@ -122,10 +147,16 @@ class TocEntry:
             flags,
             xattrs,
             digest,
+            blocks,
         ) = row
+        entry_kind = EntryKind(kind)
+        if blocks is None:
+            blocks = blocks_of(entry_kind, int(size))  # type: ignore[call-overload]
+        elif type(blocks) is not int or blocks < 0:
+            raise ValueError(f"blocks {blocks!r} of {path!r}")
         return cls(
             path=str(path),
-            kind=EntryKind(kind),
+            kind=entry_kind,
             mode=int(mode),  # type: ignore[call-overload]
             uid=int(uid),  # type: ignore[call-overload]
             gid=int(gid),  # type: ignore[call-overload]
@@ -140,7 +171,17 @@ class TocEntry:
             if xattrs
             else (),
             digest=str(digest),
+            blocks=blocks,
         )
+
+
+def blocks_of(kind: EntryKind, size: int) -> int:
+    """The blocks of a toc that does not record them (before version 3): what content of
+    ``size`` bytes takes on disk without holes (``st_blocks`` counts 512-byte units)."""
+    return (size + 511) // 512 if kind is EntryKind.FILE else 0
+
+
+_path_key = attrgetter("path")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +196,14 @@ class Toc:
 
     def by_path(self) -> dict[str, TocEntry]:
         return {e.path: e for e in self.entries}
+
+    def find(self, path: str) -> TocEntry | None:
+        """The entry of ``path``, or None: a binary search (entries are sorted by path)."""
+        entries = self.entries
+        i = bisect_left(entries, path, key=_path_key)
+        if i < len(entries) and entries[i].path == path:
+            return entries[i]
+        return None
 
     @property
     def size(self) -> int:
@@ -216,27 +265,70 @@ _KIND_OF = {kind.value: kind for kind in EntryKind}
     _set_flags,
     _set_xattrs,
     _set_digest,
+    _set_blocks,
 ) = (getattr(TocEntry, name).__set__ for name in TocEntry.__slots__)
+_FILE = EntryKind.FILE
 
 
 def _entries(rows: list[list[object]]) -> tuple[TocEntry, ...]:
     """``TocEntry.from_row`` of every row, in a third of its time on a 100k-entry toc.
 
-    A row that is exactly what ``to_row`` writes (version 2, every field of its own type,
-    no xattrs) is set slot by slot; any other row (version 1, xattrs, or something a
-    damaged file holds) goes through ``from_row``, which converts it or raises.
+    A row that is exactly what ``to_row`` writes (version 3, or 2 with no blocks, every
+    field of its own type, no xattrs) is set slot by slot; any other row (version 1,
+    xattrs, or something a damaged file holds) goes through ``from_row``, which converts
+    it or raises.
     """
     new = object.__new__
     kinds = _KIND_OF
     out: list[TocEntry] = []
     append = out.append
     for row in rows:
-        if type(row) is not list or len(row) != 14:
+        if type(row) is not list:
             append(TocEntry.from_row(row))
             continue
-        path, kind, mode, uid, gid, size, mtime_ns, inode, link, major, minor, flags, x, digest = (
-            row
-        )
+        n = len(row)
+        if n == 15:
+            (
+                path,
+                kind,
+                mode,
+                uid,
+                gid,
+                size,
+                mtime_ns,
+                inode,
+                link,
+                major,
+                minor,
+                flags,
+                x,
+                digest,
+                blocks,
+            ) = row
+            if type(blocks) is not int or blocks < 0:
+                append(TocEntry.from_row(row))
+                continue
+        elif n == 14:  # version 2: no blocks recorded
+            (
+                path,
+                kind,
+                mode,
+                uid,
+                gid,
+                size,
+                mtime_ns,
+                inode,
+                link,
+                major,
+                minor,
+                flags,
+                x,
+                digest,
+            ) = row
+            blocks = -1
+        else:
+            append(TocEntry.from_row(row))
+            continue
         k = kinds.get(kind) if type(kind) is str else None
         if (
             k is None
@@ -272,6 +364,9 @@ def _entries(rows: list[list[object]]) -> tuple[TocEntry, ...]:
         _set_flags(e, flags)
         _set_xattrs(e, ())
         _set_digest(e, digest)
+        if blocks < 0:
+            blocks = (size + 511) // 512 if k is _FILE else 0  # blocks_of, inlined
+        _set_blocks(e, blocks)
         append(e)
     return tuple(out)
 
@@ -305,10 +400,10 @@ class TocColumns:
         kinds = _KIND_OF
         try:
             lengths = set(map(len, rows))
-            if not lengths <= {13, 14}:
+            if not lengths <= {13, 14, 15}:
                 raise ValueError("a row of the wrong length")
             strs = [[r[c] for r in rows] for c in (0, 8)]
-            if lengths == {14}:
+            if 13 not in lengths:
                 strs.append([r[13] for r in rows])
             else:  # version 1 rows have no digest
                 strs.append([r[13] if len(r) > 13 else "" for r in rows])

@@ -39,6 +39,7 @@ from .toc import (
     DATA_DIR,
     FLAG_IMPLIED,
     FLAG_OPAQUE,
+    SYMLINK_MODE,
     TOC_NAME,
     EntryKind,
     Toc,
@@ -266,8 +267,17 @@ class _LayerTree:
                 # Lower `path` is deleted and this layer makes it anew: only this layer's
                 # children show, exactly as if it were marked opaque, and nothing of the
                 # deleted directory survives: an implied one gets the defaults, not the
-                # lower metadata an implied directory otherwise keeps.
+                # lower metadata an implied directory otherwise takes (view/merge.py), and
+                # so do the implied directories below it.
                 self.entries[path] = replace(e, flags=(e.flags | FLAG_OPAQUE) & ~FLAG_IMPLIED)
+                below = list(self.children.get(path, ()))
+                while below:
+                    p = below.pop()
+                    d = self.entries[p]
+                    if d.kind is EntryKind.DIR:
+                        if d.implied:
+                            self.entries[p] = replace(d, flags=d.flags & ~FLAG_IMPLIED)
+                        below.extend(self.children.get(p, ()))
         return sorted_entries(self.entries.values())
 
 
@@ -489,9 +499,10 @@ def _copy_content(
     size: int,
     sparse: list[tuple[int, int]] | None,
     what: str,
-) -> str:
+) -> tuple[str, int]:
     """Copy ``size`` bytes of content into a new data file ``name``; return the content's
-    ``sha256:<hex>`` (holes hashed as the zeros they read as)."""
+    ``sha256:<hex>`` (holes hashed as the zeros they read as) and the 512-byte blocks the
+    data file takes (``st_blocks``: holes take none), which ``stat`` of the view shows."""
     h = hashlib.sha256()
     fd = os.open(
         name,
@@ -518,7 +529,10 @@ def _copy_content(
             raise UnsafeArchive(f"{what}: content is {copied} bytes, header says {size}")
     finally:
         os.close(fd)
-    return f"sha256:{h.hexdigest()}"
+    # Asked after close: blocks a file system reserves past the end while a file grows
+    # (XFS's speculative preallocation) are trimmed when it is closed.
+    blocks = os.stat(name, dir_fd=data_fd, follow_symlinks=False).st_blocks
+    return f"sha256:{h.hexdigest()}", blocks
 
 
 _ZEROS = bytes(CHUNK)
@@ -565,7 +579,8 @@ def unpack_layer(
     data_fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     feeder = _Feeder(blob, compression, layer_digest, blob_size, diff_id, what, progress)
     tree = _LayerTree(what)
-    written: dict[int, str] = {}  # toc inode -> content digest, for each data file written
+    # toc inode -> content digest and blocks, for each data file written
+    written: dict[int, tuple[str, int]] = {}
     try:
         try:
             try:
@@ -589,7 +604,10 @@ def unpack_layer(
     finally:
         feeder.close()
         os.close(data_fd)
-    entries = tuple(replace(e, digest=written[e.inode]) if e.has_data else e for e in tree.finish())
+    entries = tuple(
+        replace(e, digest=written[e.inode][0], blocks=written[e.inode][1]) if e.has_data else e
+        for e in tree.finish()
+    )
     live = {e.inode for e in entries if e.has_data}
     for inode in written.keys() - live:  # content of entries replaced later in the tar
         os.unlink(dest / DATA_DIR / f"{inode:x}")
@@ -602,7 +620,7 @@ def _read_entries(
     tf: tarfile.TarFile,
     tree: _LayerTree,
     data_fd: int,
-    written: dict[int, str],
+    written: dict[int, tuple[str, int]],
     what: str,
     cancelled: Callable[[], bool] | None,
     feeder: _Feeder,
@@ -629,7 +647,7 @@ def _read_entry(
     info: tarfile.TarInfo,
     tree: _LayerTree,
     data_fd: int,
-    written: dict[int, str],
+    written: dict[int, tuple[str, int]],
     what: str,
     feeder: _Feeder,
 ) -> None:
@@ -675,6 +693,8 @@ def _read_entry(
         tree.put(TocEntry(path, EntryKind.DIR, size=0, inode=tree.new_inode(), **common))  # type: ignore[arg-type]
         return
     if info.issym():
+        # Whatever mode the header says (BSD tar writes the link's own bits), a symlink
+        # extracted on Linux has 0777: the toc records what extraction makes.
         tree.put(
             TocEntry(
                 path,
@@ -682,7 +702,7 @@ def _read_entry(
                 size=0,
                 inode=tree.new_inode(),
                 link=info.linkname,
-                **common,  # type: ignore[arg-type]
+                **{**common, "mode": SYMLINK_MODE},  # type: ignore[arg-type]
             )
         )
         return

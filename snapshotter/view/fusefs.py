@@ -80,7 +80,7 @@ def attributes(node: Node | Stat) -> pyfuse3.EntryAttributes:
     a.st_rdev = os.makedev(node.rdev_major, node.rdev_minor)
     a.st_size = node.size
     a.st_blksize = BLOCK_SIZE
-    a.st_blocks = (node.size + 511) // 512
+    a.st_blocks = node.blocks
     a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
     return a
 

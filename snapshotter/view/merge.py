@@ -10,11 +10,44 @@ The rules (image-spec layer.md#applying-changesets, and what overlayfs shows):
 - A directory over a directory merges: the upper one's owner, mode, mtime and xattrs win and
   the lower children stay, unless the upper one is opaque (``.wh..wh..opq``, or a directory
   its own layer whited out and re-created), which drops every lower child.
-- A directory that is only implied by a child's path (its tar has no entry for it) keeps the
-  lower directory's metadata; with no lower directory it is 0755 root:root, mtime 0.
-- A whiteout removes the lower name and its subtree; it never shows.
+- A directory that is only implied by a child's path (its tar has no entry for it, or only
+  whiteouts or an opaque marker below it) takes the metadata containerd's ``mkparent``
+  (pkg/archive/tar.go) gives it when it applies the layer for overlayfs: it creates the
+  directory in the layer's own upper directory and copies owner, mode, times and xattrs
+  (all but ``trusted.*``) from the first lower layer, top down, that has anything at the
+  path.  So (``implied_meta``):
+
+  - a directory there: its metadata (if that layer implied it too, what it got in turn);
+  - a non-directory or a whiteout there, or under a non-directory or whiteout of that
+    layer: 0755 root:root, mtime 0 (containerd gives defaults, or fails on the second
+    case; the lower directory is gone either way);
+  - nothing in any layer: 0755 root:root, mtime 0.
+
+  containerd looks the path up in each lower layer with ``fs.RootPath``, which follows
+  symlinks within that layer: a lower ``lib -> usr/lib`` gives an implied ``lib`` the
+  metadata of that layer's ``usr/lib`` (``layer_path``).
+
+  An opaque marker does not stop the search, neither in a lower layer nor in the layer
+  itself: ``a/.wh..wh..opq`` and ``a/b/f`` in one tar give ``a/b`` the lower ``a/b``'s
+  metadata, though none of the lower ``a/b``'s children show.  Where the view below has
+  a directory at the path, that is the one the search finds: the view keeps it (without
+  its ``trusted.*`` xattrs).  Inside a directory its own layer whited out and made again
+  nothing of the old one survives: implied directories there get the defaults too
+  (containerd's overlay applier refuses such a layer; its plain applier agrees).  The
+  mtime is the one copied: containerd then writes the children into the directory, so a
+  runtime shows the moment of unpacking, which no two machines share.
+- A symlink's permission bits are 0777 whatever its tar header says, as on every Linux
+  file system (symlink(2) takes no mode and lchmod does not exist): a layer made by BSD
+  tar with ``lrwxr-xr-x`` shows ``lrwxrwxrwx`` under overlayfs, and so here.
+- A whiteout removes the lower name and its subtree; it never shows.  So does a character
+  device 0/0 a layer ships: that is overlayfs' own form of a whiteout, which containerd
+  (or docker) makes of it, so no overlay-based runtime shows one.
 - Hardlinks within one layer are one inode (one number, one content, nlink = the names of it
   still visible); a later layer that replaces one name does not touch its partners.
+- A regular file's blocks (``st_blocks``) are what its data file takes in the store, as
+  overlayfs passes on the lower file's: a sparse file's holes take none, so ``du`` of the
+  view and of the kernel's agree.  Other kinds have none (the tree holds a symlink's
+  target, as a fast symlink's inode does).
 
 Inode numbers are given once, in path order, so the same layer chain always gives the same
 numbers; the root is inode 1 (FUSE's root).
@@ -43,12 +76,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import StoreCorrupt, UnsafeArchive
-from ..store.toc import EntryKind, Toc
+from ..store.toc import SYMLINK_MODE, EntryKind, Toc
 
 ROOT_INODE = 1
 # 1: zstd JSON, one row per node.  2: the binary column file described at MergedTree.read.
-# 3: 2 plus the lookup table.
-MERGED_VERSION = 3
+# 3: 2 plus the lookup table.  4: the same; symlinks 0777 whatever their (older) toc says.
+# 5: implied directories as containerd's mkparent makes them (under opaque markers too).
+# 6: a column more, the blocks of regular files (st_blocks).  7: character devices 0/0
+# are whiteouts.  8: implied directories follow lower symlinks, as containerd's do.
+MERGED_VERSION = 8
 # Lookup is a hash table probe: every entry sits at most this many slots past its home
 # slot, or the tree has no table (names crafted to collide) and lookup is a binary search.
 LOOKUP_PROBES = 64
@@ -72,6 +108,7 @@ class Node:
     xattrs: tuple[tuple[str, bytes], ...] = ()
     layer: int = -1  # index (base = 0) of the layer whose entry this is; -1: made up (root)
     data: int = 0  # that layer's toc inode: names data/<data:x> when size > 0
+    blocks: int = 0  # 512-byte blocks its data file takes (st_blocks); 0 but for files
 
 
 class Stat(NamedTuple):
@@ -93,6 +130,7 @@ class Stat(NamedTuple):
     rdev_minor: int
     layer: int
     data: int
+    blocks: int
 
 
 _new_stat = functools.partial(tuple.__new__, Stat)  # Stat(*fields), minus a Python call
@@ -114,6 +152,7 @@ class _Build:
         "xattrs",
         "layer",
         "data",
+        "blocks",
         "children",
     )
 
@@ -131,6 +170,7 @@ class _Build:
         xattrs: tuple[tuple[str, bytes], ...] = (),
         layer: int = -1,
         data: int = 0,
+        blocks: int = 0,
     ):
         self.kind = kind
         self.mode = mode
@@ -144,6 +184,7 @@ class _Build:
         self.xattrs = xattrs
         self.layer = layer
         self.data = data
+        self.blocks = blocks
         self.children: dict[str, _Build] | None = {} if kind is EntryKind.DIR else None
 
 
@@ -169,6 +210,7 @@ _SLOT_COLUMNS = (
     ("size", "q"),
     ("mtime_ns", "q"),
     ("data", "q"),
+    ("blocks", "q"),
 )
 # Running offsets, one per slot and one more: slot i owns [off[i], off[i + 1]).
 _OFFSET_COLUMNS = (
@@ -233,6 +275,7 @@ class MergedTree:
         self._size = slots["size"]
         self._mtime = slots["mtime_ns"]
         self._data = slots["data"]
+        self._blocks = slots["blocks"]
         self._child_off = slots["child_off"]
         self._link_off = slots["link_off"]
         self._xattr_off = slots["xattr_off"]
@@ -298,6 +341,7 @@ class MergedTree:
             self._read_xattrs(inode),
             self._layer[inode],
             self._data[inode],
+            self._blocks[inode],
         )
 
     def stat(self, inode: int) -> Stat:
@@ -320,6 +364,7 @@ class MergedTree:
                 self._minor[inode],
                 self._layer[inode],
                 self._data[inode],
+                self._blocks[inode],
             )
         )
 
@@ -516,6 +561,7 @@ class MergedTree:
             "size": self._size,
             "mtime_ns": self._mtime,
             "data": self._data,
+            "blocks": self._blocks,
             "child_off": self._child_off,
             "link_off": self._link_off,
             "xattr_off": self._xattr_off,
@@ -660,6 +706,82 @@ def lookup_table(
     return table
 
 
+# An implied directory with no lower one to take after: mode, uid, gid, mtime_ns, xattrs.
+IMPLIED_DEFAULTS: tuple[int, int, int, int, tuple[tuple[str, bytes], ...]] = (
+    0o755,
+    0,
+    0,
+    0,
+    (),
+)
+
+
+def copied_xattrs(xattrs: tuple[tuple[str, bytes], ...]) -> tuple[tuple[str, bytes], ...]:
+    """The xattrs containerd copies from a lower directory to an implied one: all but
+    ``trusted.*`` (``copyUpXAttrs``)."""
+    return tuple(kv for kv in xattrs if not kv[0].startswith("trusted."))
+
+
+def implied_meta(
+    tocs: Sequence[Toc], layer: int, path: str
+) -> tuple[int, int, int, int, tuple[tuple[str, bytes], ...]]:
+    """Mode, uid, gid, mtime_ns and xattrs of directory ``path`` that layer ``layer``
+    (index into ``tocs``, base = 0) implies: what containerd's ``mkparent`` copies from
+    the layers below (the module docstring has the rule).  A few binary searches per
+    lower layer; only asked where the view below has no directory at ``path``."""
+    for lower in range(layer - 1, -1, -1):
+        toc = tocs[lower]
+        found = layer_path(toc, path)
+        if not found:
+            return IMPLIED_DEFAULTS  # containerd fails, or a link to the layer's root
+        e = toc.find(found)
+        if e is None:
+            continue
+        if e.kind is not EntryKind.DIR:
+            return IMPLIED_DEFAULTS  # replaced or whited out there
+        if e.implied:
+            path = found  # that layer copied it from further down: look there
+            continue
+        return e.mode, e.uid, e.gid, e.mtime_ns, copied_xattrs(e.xattrs)
+    return IMPLIED_DEFAULTS
+
+
+# continuity's RootPath gives up after this many symlinks (and containerd with it).
+MAX_LINKS = 255
+
+
+def layer_path(toc: Toc, path: str) -> str | None:
+    """``path`` as containerd's ``mkparent`` finds it in one lower layer, with continuity's
+    ``fs.RootPath``: every symlink on the way, the last component's too, followed within
+    the layer (``..`` and absolute targets bounded by its root), a missing component
+    taken as it is.  "" for the layer's root; None where containerd fails: a component
+    that is no directory (ENOTDIR), or more than MAX_LINKS links."""
+    parts = path.split("/")
+    links = i = 0
+    while i < len(parts):
+        e = toc.find("/".join(parts[: i + 1]))
+        if e is None:
+            break  # nor is anything below it: the toc lists every entry's parents
+        if e.kind is EntryKind.SYMLINK:
+            links += 1
+            if links > MAX_LINKS:
+                return None
+            joined = [] if e.link.startswith("/") else parts[:i]
+            for part in e.link.split("/"):  # filepath.Join: lexical, never above the root
+                if part == "..":
+                    if joined:
+                        joined.pop()
+                elif part and part != ".":
+                    joined.append(part)
+            parts = joined + parts[i + 1 :]
+            i = 0
+            continue
+        if e.kind is not EntryKind.DIR and i + 1 < len(parts):
+            return None
+        i += 1
+    return "/".join(parts)
+
+
 def merge(tocs: Sequence[Toc]) -> MergedTree:
     """Apply ``tocs`` (base layer first) and number the result."""
     root = _Build(EntryKind.DIR)
@@ -689,7 +811,9 @@ def merge(tocs: Sequence[Toc]) -> MergedTree:
                     f"toc {toc.diff_id}: {path!r} has no directory parent while merging"
                 )
             existing = parent.children.get(name)
-            if e.kind is EntryKind.WHITEOUT:
+            if e.kind is EntryKind.WHITEOUT or (
+                e.kind is EntryKind.CHAR and not e.rdev_major and not e.rdev_minor
+            ):  # TocEntry.is_whiteout, inlined
                 if existing is not None:
                     drop(path, existing)
                     del parent.children[name]
@@ -697,6 +821,10 @@ def merge(tocs: Sequence[Toc]) -> MergedTree:
             if e.kind is EntryKind.DIR and existing is not None and existing.kind is EntryKind.DIR:
                 if not e.implied:
                     _set_meta(existing, e, layer)
+                elif existing.xattrs:
+                    kept = copied_xattrs(existing.xattrs)
+                    if kept != existing.xattrs:  # this layer's copy of the directory shows
+                        existing.xattrs, existing.layer, existing.data = kept, layer, e.inode
                 if e.opaque:
                     _clear_children(existing, path, drop)
                 continue
@@ -705,7 +833,10 @@ def merge(tocs: Sequence[Toc]) -> MergedTree:
             node = _Build(e.kind)
             if e.kind is not EntryKind.DIR or not e.implied:
                 _set_meta(node, e, layer)
-            node.size, node.link = e.size, e.link
+            elif layer:
+                meta = implied_meta(tocs, layer, path)
+                node.mode, node.uid, node.gid, node.mtime_ns, node.xattrs = meta
+            node.size, node.link, node.blocks = e.size, e.link, e.blocks
             node.major, node.minor, node.data = e.rdev_major, e.rdev_minor, e.inode
             node.layer = layer
             parent.children[name] = node
@@ -717,7 +848,8 @@ def _set_meta(node: _Build, e: object, layer: int) -> None:
     from ..store.toc import TocEntry
 
     assert isinstance(e, TocEntry)
-    node.mode, node.uid, node.gid = e.mode, e.uid, e.gid
+    node.mode = SYMLINK_MODE if e.kind is EntryKind.SYMLINK else e.mode
+    node.uid, node.gid = e.uid, e.gid
     node.mtime_ns, node.xattrs, node.layer = e.mtime_ns, e.xattrs, layer
 
 
@@ -777,8 +909,9 @@ def _number(root: _Build) -> MergedTree:
                 else:
                     nlink = group_names[slot]
                     parent_inode = 0
+                blocks = 0
                 if b.kind is EntryKind.FILE:
-                    size = b.size
+                    size, blocks = b.size, b.blocks
                 elif b.kind is EntryKind.SYMLINK:
                     target = _enc(b.link)
                     links += target
@@ -801,6 +934,7 @@ def _number(root: _Build) -> MergedTree:
                     size,
                     b.mtime_ns,
                     b.data,
+                    blocks,
                 )
             for (column, _), field in zip(_SLOT_COLUMNS, row, strict=True):
                 slots[column].append(field)
