@@ -380,7 +380,7 @@ def whiteouts_to_overlayfs(root: Path) -> tuple[int, int]:
     return n_wh, n_opq
 
 
-def extract_lowers(image: Image, dest: Path) -> list[Path]:
+def extract_lowers(image: Image, dest: Path, log: Callable[[str], None]) -> list[Path]:
     """One directory per layer, base first, in overlayfs form."""
     lowers: list[Path] = []
     for i, layer in enumerate(image.layers):
@@ -404,11 +404,9 @@ def extract_lowers(image: Image, dest: Path) -> list[Path]:
         members = tar_members(layer)
         restore_dir_mtimes(d, members)
         n_implied = fix_implied_dirs(d, members, lowers[::-1])
-        print(
+        log(
             f"  layer {i}: extracted to {d} ({n_wh} whiteouts, {n_opq} opaque dirs, "
-            f"{n_implied} implied dirs)",
-            file=sys.stderr,
-            flush=True,
+            f"{n_implied} implied dirs)"
         )
         lowers.append(d)
     return lowers
@@ -1162,14 +1160,14 @@ def prepare(
     warm_page_cache(image)
     digest = pull(snap, layout, tag)
     log(f"  snapshotter pulled {digest}")
-    main = Target(name, digest, extract_lowers(image, work_root / "lower" / name))
+    main = Target(name, digest, extract_lowers(image, work_root / "lower" / name, log))
     if big_layout is None:
         big, big_path = main, BIG_NAME
     else:
         build_big_layout(big_layout, BIG_TAG)
         big_digest = pull(snap, big_layout, BIG_TAG)
         big_lowers = extract_lowers(
-            load_image(big_layout, BIG_TAG), work_root / "lower" / f"{name}-big"
+            load_image(big_layout, BIG_TAG), work_root / "lower" / f"{name}-big", log
         )
         # Kernel overlayfs wants two lower dirs when there is no upper: add an empty
         # base under the one layer, for both peers alike.
