@@ -1,14 +1,23 @@
 #!/usr/bin/env python3
-"""Time mounting and reading an image with snapshotter, fuse-overlayfs and kernel overlayfs.
+"""Time mounting and reading images with snapshotter, fuse-overlayfs and kernel overlayfs.
 
-    python scripts/bench_mount.py [--layout DIR] [--tag bench] [--runs 3]
-                                  [--snapshotter CMD] [--big-layout DIR] [--json]
+    python scripts/bench_mount.py [--image both|debian|realtree] [--runs 3]
+                                  [--snapshotter CMD] [--readers 1,4,8] [--json]
+                                  [--layout DIR] [--tag bench] [--big-layout DIR]
+                                  [--realtree-layout DIR] [--realtree-tag realtree]
 
-In one run, the same image is mounted three ways:
+Two images, each mounted three ways in one run:
+
+  debian     the debootstrap image of scripts/bench-image (--layout, tag bench:
+             ~11.5k paths, 4 layers), plus a one-layer image holding one 1 GiB
+             file for the sequential read (--big-layout, built here)
+  realtree   ~120k paths of this machine's own trees in 3 layers, the last one
+             deleting /usr/share/doc and adding a 1 GiB file (--realtree-layout,
+             built by scripts/realtree_image.py when missing)
 
   snapshotter      CMD --root STORE mount DIGEST MNT   (FUSE daemon, merged tree)
-  fuse-overlayfs   fuse-overlayfs -o lowerdir=L4:L3:L2:L1 MNT
-  kernel overlay   mount -t overlay overlay -o ro,lowerdir=L4:L3:L2:L1 MNT
+  fuse-overlayfs   fuse-overlayfs -o lowerdir=L3:L2:L1 MNT
+  kernel overlay   mount -t overlay overlay -o ro,lowerdir=L3:L2:L1 MNT
 
 The lower directories of both peers are prepared once, untimed: every layer blob
 is extracted by GNU tar (as root: numeric owners, xattrs) into its own
@@ -17,26 +26,31 @@ a 0/0 character device X; ".wh..wh..opq" -> removed, and the directory gets
 trusted.overlay.opaque=y).  Directories then get the mtime of their own tar
 entry (GNU tar's late symlink placeholders bump some), and directories a layer
 only implies get the metadata of the same directory below, as an overlay
-snapshotter's applier does.  The image is pulled into a fresh snapshotter store
+snapshotter's applier does.  Each image is pulled into a fresh snapshotter store
 once, untimed.  After the first round, `find -printf` listings of the three
 views (path, type, mode, owner, mtime, link target, size) are compared, so a
 difference in what the tools show is reported, not timed.
 
-Timed, per tool (best of --runs; rounds interleaved, tool order rotated):
+Timed, per image and tool (best of --runs; rounds interleaved, tool order rotated):
 
-  mount          command start until MNT lists the root; for snapshotter this
-                 includes building the merged tree (its cache is deleted first)
-  remount        the same again (snapshotter: the cached merged tree is used)
-  first walk     find MNT -printf '%s %m %u %g %T@\\n' >/dev/null, right after
-                 the mount, page/dentry/inode caches dropped just before
-  repeated walk  the same command again, warm
-  first read     read every regular file (1 MiB read(2)s), caches dropped
-  repeated read  the same again, warm
-  1 GiB dd       dd if=MNT/big.bin of=/dev/null bs=1M on a second image (one
-                 layer, one 1 GiB file), caches dropped first, then repeated
+  first mount     command start until MNT lists the root; for snapshotter this
+                  includes building the merged tree (its cache is deleted first)
+  mount again     the same again (snapshotter: the cached merged tree is used)
+  first walk      find MNT -printf '%s %m %u %g %T@\\n' >/dev/null, right after
+                  the mount, page/dentry/inode caches dropped just before
+  repeated walk   the same command again, warm
+  first read      tar -cf - --numeric-owner -C MNT . read to the end through a
+                  pipe by this script (GNU tar skips reading files when the
+                  archive is /dev/null), caches dropped
+  repeated read   the same again, warm
+  1 GiB read      dd if=MNT/big.bin of=/dev/null bs=1M, caches dropped, then
+                  repeated (debian: on the one-file image; realtree: its own)
+  N readers       the view split into N disjoint sets of subtrees of about equal
+                  weight, N such tar pipes at once, caches dropped (--readers)
 
-plus the daemon's VmRSS after the walks and after the reads.  Caches are
-dropped with "sync; echo 3 > /proc/sys/vm/drop_caches", so this needs root.
+plus the daemon's VmRSS after the walks and after the reads, and its CPU time
+for the walks and reads.  Caches are dropped with
+"sync; echo 3 > /proc/sys/vm/drop_caches", so this needs root.
 
 The 1 GiB image is built once (os.urandom(16 MiB) repeated, tar by tarfile,
 gzip level 1) into --big-layout and reused while its stamp file matches.  Its
@@ -64,6 +78,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -84,18 +99,26 @@ from bench_pull import (
     remove_tree,
     warm_page_cache,
 )
+from realtree_image import DEFAULT_LAYOUT as REALTREE_LAYOUT
+from realtree_image import DEFAULT_TAG as REALTREE_TAG
+from realtree_image import build_realtree_layout
 
 BIG_TAG = "bigfile"
 BIG_NAME = "big.bin"
 BIG_SIZE = 1 << 30
 BIG_CHUNK = 16 << 20
 BIG_RECIPE = f"{BIG_NAME} {BIG_SIZE} bytes: urandom({BIG_CHUNK}) repeated; tarfile pax; gzip -1; v1"
-READ_CHUNK = 1 << 20
 MOUNT_TIMEOUT = 120.0
 WALK_FORMAT = r"%s %m %u %g %T@\n"  # find -printf does the escapes itself
-# For the (untimed) check that all three views show the same tree.  Directory
-# sizes are left out: they are whatever the file system says.
-LISTING_FORMAT = r"%P\t%y\t%m\t%U\t%G\t%T@\t%l\t%s\n"
+# For the (untimed) check that all three views show the same tree and for splitting it
+# between parallel readers: three NUL-terminated fields per entry, so that any name
+# (newlines and tabs included) parses.
+SCAN_FORMAT = r"%y %m %U %G %T@ %s\0%l\0%P\0"
+TAR_READ = ["tar", "-cf", "-", "--numeric-owner"]
+# Splitting the view between readers: what a file costs besides its bytes (about a
+# cold lookup and open), and how many subtrees per reader at least.
+ENTRY_WEIGHT = 64 << 10
+UNITS_PER_READER = 4
 
 
 # --------------------------------------------------------------------------- helpers
@@ -357,7 +380,7 @@ def whiteouts_to_overlayfs(root: Path) -> tuple[int, int]:
     return n_wh, n_opq
 
 
-def extract_lowers(image: Image, dest: Path) -> list[Path]:
+def extract_lowers(image: Image, dest: Path, log: Callable[[str], None]) -> list[Path]:
     """One directory per layer, base first, in overlayfs form."""
     lowers: list[Path] = []
     for i, layer in enumerate(image.layers):
@@ -381,11 +404,9 @@ def extract_lowers(image: Image, dest: Path) -> list[Path]:
         members = tar_members(layer)
         restore_dir_mtimes(d, members)
         n_implied = fix_implied_dirs(d, members, lowers[::-1])
-        print(
+        log(
             f"  layer {i}: extracted to {d} ({n_wh} whiteouts, {n_opq} opaque dirs, "
-            f"{n_implied} implied dirs)",
-            file=sys.stderr,
-            flush=True,
+            f"{n_implied} implied dirs)"
         )
         lowers.append(d)
     return lowers
@@ -573,7 +594,7 @@ class FuseOverlayfs(Tool):
         self.pids.pop(str(mnt), None)
 
     def command(self) -> str:
-        return "fuse-overlayfs -o lowerdir=L4:L3:L2:L1 MNT"
+        return "fuse-overlayfs -o lowerdir=LN:...:L1 MNT"
 
 
 class KernelOverlay(Tool):
@@ -595,25 +616,34 @@ class KernelOverlay(Tool):
         run(["umount", str(mnt)], "umount")
 
     def command(self) -> str:
-        return "mount -t overlay overlay -o ro,lowerdir=L4:L3:L2:L1 MNT"
+        return "mount -t overlay overlay -o ro,lowerdir=LN:...:L1 MNT"
 
 
 # --------------------------------------------------------------------------- measurements
 
-# (key, label, unit); "s" lines are best (min) of the runs, "MiB" lines the max.
+# (key, label, unit), in the order of issue 11's table; "s" lines are best (min) of
+# the runs, "MiB" lines the max.  par<N> lines are added per --readers value.
 METRICS: list[tuple[str, str, str]] = [
-    ("mount", "mount (first; snapshotter builds the merged tree)", "s"),
-    ("remount", "remount (snapshotter: cached merged tree)", "s"),
-    ("walk_cold", "first metadata walk (find -printf), caches dropped", "s"),
-    ("walk_warm", "repeated metadata walk", "s"),
-    ("read_cold", "first read of every regular file, caches dropped", "s"),
-    ("read_warm", "repeated read of every regular file", "s"),
-    ("dd_cold", "1 GiB file: dd bs=1M, caches dropped", "s"),
-    ("dd_warm", "1 GiB file: dd bs=1M, repeated", "s"),
+    ("walk_cold", "first metadata walk (find -printf, caches dropped)", "s"),
+    ("walk_warm", "repeated walk", "s"),
+    ("read_cold", "first read of every file (tar -c, caches dropped)", "s"),
+    ("read_warm", "repeated read of every file", "s"),
+    ("dd_cold", "1 GiB sequential read (dd bs=1M), cold", "s"),
+    ("dd_warm", "1 GiB sequential read, repeated", "s"),
+    ("mount", "first mount (snapshotter builds the merged tree)", "s"),
+    ("remount", "mount again (snapshotter: cached merged tree)", "s"),
     ("rss_walk", "daemon RSS after the walks", "MiB"),
-    ("rss_read", "daemon RSS after the reads", "MiB"),
-    ("cpu_daemon", "daemon CPU time, whole round (walks + reads)", "s"),
+    ("rss_read", "daemon RSS after reading everything", "MiB"),
 ]
+CPU_METRIC = ("cpu_daemon", "daemon CPU time, walks + reads", "s")
+
+
+def metrics(readers: Sequence[int]) -> list[tuple[str, str, str]]:
+    par = [
+        (f"par{n}", f"first read of every file, {n} parallel reader{'s' if n > 1 else ''}", "s")
+        for n in readers
+    ]
+    return [*METRICS, *par, CPU_METRIC]
 
 
 @dataclass
@@ -623,6 +653,10 @@ class Results:
     def add(self, key: str, value: float | None) -> None:
         if value is not None:
             self.values.setdefault(key, []).append(value)
+
+    def last(self, key: str) -> float | None:
+        vals = self.values.get(key)
+        return vals[-1] if vals else None
 
     def best(self, key: str, unit: str) -> float | None:
         vals = self.values.get(key)
@@ -650,43 +684,38 @@ def walk(mnt: Path) -> float:
     return timed(["find", str(mnt), "-printf", WALK_FORMAT], "find")
 
 
-def regular_files(mnt: Path) -> list[bytes]:
-    out = run(["find", str(mnt), "-type", "f", "-print0"], "find -type f", stdout=subprocess.PIPE)
-    return [p for p in out.split(b"\0") if p]
+@dataclass(frozen=True)
+class Entry:
+    """One path of a mounted view, as `find -printf SCAN_FORMAT` shows it."""
+
+    path: str  # relative, surrogate-escaped
+    kind: str  # find's %y: f, d, l, c, ...
+    size: int
+    row: str  # path, type, mode, owner, mtime, link target, size (not for directories)
 
 
-def read_all(files: Sequence[bytes]) -> tuple[float, int]:
-    """Read every file in READ_CHUNK read(2)s; returns seconds and bytes read."""
-    buf = bytearray(READ_CHUNK)
-    total = 0
-    start = time.perf_counter()
-    for path in files:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            while n := os.readv(fd, [buf]):
-                total += n
-        finally:
-            os.close(fd)
-    return time.perf_counter() - start, total
-
-
-def listing(mnt: Path) -> list[str]:
+def scan(mnt: Path) -> list[Entry]:
+    """Every entry below `mnt`, in find's order (a directory before its contents)."""
     out = run(
-        ["find", str(mnt), "-mindepth", "1", "-printf", LISTING_FORMAT],
+        ["find", str(mnt), "-mindepth", "1", "-printf", SCAN_FORMAT],
         "find (listing)",
         stdout=subprocess.PIPE,
     )
-    rows = []
-    for line in out.decode(errors="surrogateescape").splitlines():
-        cols = line.split("\t")
-        if cols[1] == "d":
-            cols[-1] = "-"  # directory sizes are the file system's business
-        rows.append("\t".join(cols))
-    return sorted(rows)
+    fields = out.decode(errors="surrogateescape").split("\0")
+    entries = []
+    for i in range(0, len(fields) - 2, 3):
+        stat_cols, link, path = fields[i].split(" "), fields[i + 1], fields[i + 2]
+        kind, size = stat_cols[0], int(stat_cols[5])
+        if kind == "d":
+            stat_cols[5] = "-"  # directory sizes are the file system's business
+        row = "\t".join([path, *stat_cols[:5], link, stat_cols[5]])
+        entries.append(Entry(path, kind, size, row))
+    return entries
 
 
 def compare_listings(listings: dict[str, list[str]], reference: str) -> dict[str, Any]:
-    ref = set(listings[reference])
+    """Each view's sorted rows against the reference's: counts and a few examples."""
+    ref = set(listings.get(reference, []))
     out: dict[str, Any] = {"reference": reference, "entries": len(ref), "tools": {}}
     for name, rows in listings.items():
         if name == reference:
@@ -694,11 +723,99 @@ def compare_listings(listings: dict[str, list[str]], reference: str) -> dict[str
         mine = set(rows)
         only_ref, only_mine = sorted(ref - mine), sorted(mine - ref)
         out["tools"][name] = {
+            "entries": len(mine),
             "missing_or_different": len(only_ref),
             "extra_or_different": len(only_mine),
-            "examples": {"reference": only_ref[:5], name: only_mine[:5]},
+            "examples": {reference: only_ref[:5], name: only_mine[:5]},
         }
     return out
+
+
+def split_for_readers(entries: Sequence[Entry], readers: int) -> list[list[str]]:
+    """Disjoint sets of subtrees (paths relative to the root) covering every non-directory
+    entry, for `readers` readers: directories heavier than 1/(UNITS_PER_READER * readers)
+    of the whole are split into their children, and the pieces dealt heaviest first to
+    the lightest set.  Weight: bytes of regular files plus ENTRY_WEIGHT per entry.  Each
+    set keeps find's order; empty sets are dropped."""
+    order = {e.path: i for i, e in enumerate(entries)}
+    kind = {e.path: e.kind for e in entries}
+    children: dict[str, list[str]] = {"": []}
+    weight: dict[str, int] = {}
+    for e in entries:
+        children.setdefault(os.path.dirname(e.path), []).append(e.path)
+    for e in reversed(entries):  # children before their directory
+        own = ENTRY_WEIGHT + (e.size if e.kind == "f" else 0)
+        weight[e.path] = own + sum(weight[c] for c in children.get(e.path, []))
+    total = sum(weight[c] for c in children[""])
+    limit = total / (UNITS_PER_READER * readers)
+    units: list[str] = []
+    stack = list(children[""])
+    while stack:
+        p = stack.pop()
+        if kind[p] == "d" and weight[p] > limit and children.get(p):
+            stack.extend(children[p])
+        else:
+            units.append(p)
+    sets: list[list[str]] = [[] for _ in range(readers)]
+    loads = [0] * readers
+    for u in sorted(units, key=lambda p: (-weight[p], order[p])):
+        i = loads.index(min(loads))
+        sets[i].append(u)
+        loads[i] += weight[u]
+    return [sorted(s, key=order.__getitem__) for s in sets if s]
+
+
+@dataclass
+class TarRead:
+    seconds: float
+    nbytes: int
+    problems: list[str]  # tar's complaints, if any
+
+
+def tar_read(mnt: Path, lists: Sequence[Path] | None) -> TarRead:
+    """`tar -c` of the whole view (lists None) or one tar per NUL-separated list of
+    paths, all at once, each read to the end through a pipe by a thread here."""
+    cmds = (
+        [[*TAR_READ, "-C", str(mnt), "."]]
+        if lists is None
+        else [
+            [*TAR_READ, "-C", str(mnt), "--null", "--verbatim-files-from", "-T", str(p)]
+            for p in lists
+        ]
+    )
+    counts = [0] * len(cmds)
+
+    def drain(i: int, fd: int) -> None:
+        buf = bytearray(1 << 20)
+        while n := os.readv(fd, [buf]):
+            counts[i] += n
+
+    with contextlib.ExitStack() as stack:
+        errs = [stack.enter_context(tempfile.TemporaryFile()) for _ in cmds]
+        start = time.perf_counter()
+        procs = [
+            stack.enter_context(
+                subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+            )
+            for cmd, err in zip(cmds, errs, strict=True)
+        ]
+        threads = []
+        for i, proc in enumerate(procs):
+            assert proc.stdout is not None
+            t = threading.Thread(target=drain, args=(i, proc.stdout.fileno()))
+            t.start()
+            threads.append(t)
+        for t in threads:
+            t.join()
+        statuses = [proc.wait() for proc in procs]
+        seconds = time.perf_counter() - start
+        problems = []
+        for status, err in zip(statuses, errs, strict=True):
+            err.seek(0)
+            lines = err.read().decode(errors="replace").splitlines()
+            if status != 0 or lines:
+                problems.append(f"tar exit status {status}: " + " | ".join(lines[:3]))
+    return TarRead(seconds, sum(counts), problems)
 
 
 @dataclass
@@ -721,19 +838,64 @@ def mounted(tool: Tool, target: Target, mnt: Path) -> Iterator[float]:
             tool.umount(mnt)
 
 
+@dataclass
+class Bench:
+    """One image of the benchmark and everything measured on it."""
+
+    name: str  # "debian" or "realtree"
+    ref: str
+    image: Image
+    main: Target
+    big: Target  # where the 1 GiB file is: main itself, or an image of its own
+    big_path: str  # of the 1 GiB file, in big
+    reader_lists: dict[int, list[Path]] = field(default_factory=dict)
+    summary: str = ""
+    results: dict[str, Results] = field(default_factory=dict)
+    listings: dict[str, list[str]] = field(default_factory=dict)
+    read_bytes: dict[str, dict[str, int]] = field(default_factory=dict)
+    problems: dict[str, list[str]] = field(default_factory=dict)
+
+
+def prepare_readers(
+    bench: Bench, entries: Sequence[Entry], readers: Sequence[int], dest: Path
+) -> None:
+    """Write each reader's list of paths (NUL-separated) for every --readers value."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for n in readers:
+        files = []
+        for i, paths in enumerate(split_for_readers(entries, n)):
+            p = dest / f"{bench.name}-{n}-{i}.list"
+            p.write_bytes(b"".join(os.fsencode(x) + b"\0" for x in paths))
+            files.append(p)
+        bench.reader_lists[n] = files
+
+
 def one_round(
     tool: Tool,
-    main: Target,
-    big: Target,
+    bench: Bench,
     mps: Mountpoints,
-    res: Results,
-    check: dict[str, list[str]] | None,
-    counts: dict[str, dict[str, int]],
+    first_round: bool,
     log: Callable[[str], None],
 ) -> None:
-    mnt = mps.get(tool, main)
+    res = bench.results.setdefault(tool.name, Results())
+    problems = bench.problems.setdefault(tool.name, [])
+    nbytes = bench.read_bytes.setdefault(tool.name, {})
+
+    def tar(mnt: Path, key: str, lists: Sequence[Path] | None) -> None:
+        r = tar_read(mnt, lists)
+        res.add(key, r.seconds)
+        nbytes[key] = r.nbytes
+        problems.extend(f"{key}: {p}" for p in r.problems if f"{key}: {p}" not in problems)
+
+    def dd(mnt: Path) -> None:
+        drop_caches()
+        cmd = ["dd", f"if={mnt / bench.big_path}", "of=/dev/null", "bs=1M"]
+        res.add("dd_cold", timed(cmd, "dd"))
+        res.add("dd_warm", timed(cmd, "dd"))
+
+    mnt = mps.get(tool, bench.main)
     tool.before_first_mount()
-    with mounted(tool, main, mnt) as t_mount:
+    with mounted(tool, bench.main, mnt) as t_mount:
         res.add("mount", t_mount)
         pid = tool.daemon_pid(mnt)
         cpu0 = proc_cpu_seconds(pid) if pid else None
@@ -743,37 +905,38 @@ def one_round(
         if pid:
             rss = proc_status(pid, "VmRSS")
             res.add("rss_walk", rss / 2**20 if rss is not None else None)
-        files = regular_files(mnt)  # untimed, warm
-        if check is not None:
-            check[tool.name] = listing(mnt)
+        if first_round:
+            bench.listings[tool.name] = sorted(e.row for e in scan(mnt))  # untimed, warm
         drop_caches()
-        t_cold, nbytes = read_all(files)
-        t_warm, _ = read_all(files)
-        res.add("read_cold", t_cold)
-        res.add("read_warm", t_warm)
-        counts[tool.name] = {"files": len(files), "bytes": nbytes}
+        tar(mnt, "read_cold", None)
+        tar(mnt, "read_warm", None)
         if pid:
             rss = proc_status(pid, "VmRSS")
             res.add("rss_read", rss / 2**20 if rss is not None else None)
             cpu1 = proc_cpu_seconds(pid)
             if cpu0 is not None and cpu1 is not None:
                 res.add("cpu_daemon", cpu1 - cpu0)
-    with mounted(tool, main, mnt) as t_remount:
+        for n, lists in bench.reader_lists.items():
+            drop_caches()
+            tar(mnt, f"par{n}", lists)
+    with mounted(tool, bench.main, mnt) as t_remount:
         res.add("remount", t_remount)
+        if bench.big is bench.main:
+            dd(mnt)
+    if bench.big is not bench.main:
+        bmnt = mps.get(tool, bench.big)
+        with mounted(tool, bench.big, bmnt):
+            dd(bmnt)
 
-    bmnt = mps.get(tool, big)
-    with mounted(tool, big, bmnt):
-        drop_caches()
-        big_file = bmnt / BIG_NAME
-        dd = ["dd", f"if={big_file}", "of=/dev/null", "bs=1M"]
-        res.add("dd_cold", timed(dd, "dd"))
-        res.add("dd_warm", timed(dd, "dd"))
-    v = res.values
+    def s(key: str) -> str:
+        v = res.last(key)
+        return "n/a" if v is None else f"{v:.2f}"
+
+    par = " ".join(s(f"par{n}") for n in bench.reader_lists)
     log(
-        f"{tool.name:<15} mount {v['mount'][-1]:.3f}  remount {v['remount'][-1]:.3f}  "
-        f"walk {v['walk_cold'][-1]:.3f}/{v['walk_warm'][-1]:.3f}  "
-        f"read {v['read_cold'][-1]:.3f}/{v['read_warm'][-1]:.3f}  "
-        f"dd {v['dd_cold'][-1]:.3f}/{v['dd_warm'][-1]:.3f} s"
+        f"{tool.name:<15} mount {s('mount')}/{s('remount')}  "
+        f"walk {s('walk_cold')}/{s('walk_warm')}  read {s('read_cold')}/{s('read_warm')}  "
+        f"dd {s('dd_cold')}/{s('dd_warm')}  readers {par} s"
     )
 
 
@@ -799,38 +962,41 @@ def _version_line(cmd: list[str], word: str) -> str | None:
     return next((line.strip() for line in lines if word in line), None)
 
 
-def report(
-    tools: Sequence[Tool],
-    results: dict[str, Results],
-    runs: int,
-    machine: dict[str, Any],
-    images: dict[str, Any],
-    check: dict[str, Any],
-    counts: dict[str, dict[str, int]],
-) -> dict[str, Any]:
-    subject = tools[0]
-    metrics = []
-    for key, label, unit in METRICS:
-        row: dict[str, Any] = {"metric": key, "label": label, "unit": unit, "tools": {}}
-        s_best = results[subject.name].best(key, unit)
-        for t in tools:
-            best = results[t.name].best(key, unit)
-            row["tools"][t.name] = {
-                "runs": results[t.name].values.get(key, []),
-                "best": best,
-                "ratio_snapshotter_over_tool": (
-                    s_best / best if s_best is not None and best else None
-                ),
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def report_image(bench: Bench, tools: Sequence[Tool], readers: Sequence[int]) -> dict[str, Any]:
+    subject, fuse, kernel = (t.name for t in tools)
+    rows = []
+    for key, label, unit in metrics(readers):
+        best = {t.name: bench.results[t.name].best(key, unit) for t in tools}
+        rows.append(
+            {
+                "metric": key,
+                "label": label,
+                "unit": unit,
+                "tools": {
+                    t.name: {
+                        "runs": bench.results[t.name].values.get(key, []),
+                        "best": best[t.name],
+                        "ratio_to_kernel": _ratio(best[t.name], best[kernel]),
+                    }
+                    for t in tools
+                },
+                "ratio_snapshotter_over_fuse_overlayfs": _ratio(best[subject], best[fuse]),
             }
-        metrics.append(row)
+        )
     return {
-        "machine": machine,
-        "images": images,
-        "runs": runs,
-        "commands": {t.name: t.command() for t in tools},
-        "listing_check": check,
-        "read_counts": counts,
-        "metrics": metrics,
+        "ref": bench.ref,
+        "layers": len(bench.image.layers),
+        "summary": bench.summary,
+        "big_file": f"{bench.big.name}:/{bench.big_path}",
+        "readers": {n: len(lists) for n, lists in bench.reader_lists.items()},
+        "listing_check": compare_listings(bench.listings, kernel),
+        "read_bytes": bench.read_bytes,
+        "problems": {t: p for t, p in bench.problems.items() if p},
+        "metrics": rows,
     }
 
 
@@ -840,6 +1006,10 @@ def _fmt(value: float | None, unit: str) -> str:
     return f"{value:.1f}" if unit == "MiB" else f"{value:.3f}"
 
 
+def _fmt_ratio(r: float | None) -> str:
+    return "n/a" if r is None else f"{r:.2f}"
+
+
 def print_table(doc: dict[str, Any]) -> None:
     m = doc["machine"]
     print(
@@ -847,58 +1017,116 @@ def print_table(doc: dict[str, Any]) -> None:
         f" mem={(m['mem_total_bytes'] or 0) / 2**30:.1f} GiB  work dir {m['work_dir']}"
         f" ({m['work_fs']})"
     )
-    for name, img in doc["images"].items():
-        print(f"image:   {name}: {img['ref']}  {img['layers']} layers, {img['summary']}")
-    print(f"timing:  wall clock, best of {doc['runs']} runs (RSS: max of the runs)")
-    print()
-    tools = list(doc["commands"])
-    subject, peers = tools[0], tools[1:]
-    header = ["metric", "unit", *tools, *(f"snap/{p}" for p in peers)]
-    rows = [header]
-    for row in doc["metrics"]:
-        cells = [row["label"], row["unit"]]
-        cells += [_fmt(row["tools"][t]["best"], row["unit"]) for t in tools]
-        for p in peers:
-            r = row["tools"][p]["ratio_snapshotter_over_tool"]
-            cells.append("n/a" if r is None else f"{r:.2f}")
-        rows.append(cells)
-    print_rows(rows, ragged_last=False)
-    print()
-    print(f"ratio = {subject} / peer: below 1 means snapshotter is faster (or smaller).")
-    chk = doc["listing_check"]
-    diffs = {
-        t: v["missing_or_different"] + v["extra_or_different"] for t, v in chk["tools"].items()
-    }
     print(
-        f"listing check ({chk['entries']} entries, against {chk['reference']}): "
-        + ", ".join(f"{t}: {d} differing lines" for t, d in diffs.items())
+        f"timing:  wall clock, best of {doc['runs']} runs (RSS: max of the runs); "
+        f"this run took {doc['seconds_total'] / 60:.1f} min"
     )
-    counts = doc["read_counts"]
-    print(
-        "read: "
-        + ", ".join(
-            f"{t}: {c['files']} files, {c['bytes'] / 1e6:.1f} MB" for t, c in counts.items()
+    tools = list(doc["commands"])
+    subject, fuse, kernel = tools
+    short = {subject: "snap", fuse: "fuse-ovl", kernel: "kernel"}
+    for name, img in doc["images"].items():
+        print()
+        print(f"image {name}: {img['ref']}  {img['layers']} layers, {img['summary']}")
+        header = [
+            "line",
+            "unit",
+            *tools,
+            f"{short[subject]}/{short[kernel]}",
+            f"{short[fuse]}/{short[kernel]}",
+            f"{short[subject]}/{short[fuse]}",
+        ]
+        rows = [header]
+        for row in img["metrics"]:
+            cells = [row["label"], row["unit"]]
+            cells += [_fmt(row["tools"][t]["best"], row["unit"]) for t in tools]
+            cells += [_fmt_ratio(row["tools"][t]["ratio_to_kernel"]) for t in (subject, fuse)]
+            cells.append(_fmt_ratio(row["ratio_snapshotter_over_fuse_overlayfs"]))
+            rows.append(cells)
+        print_rows(rows, ragged_last=False)
+        chk = img["listing_check"]
+        print(
+            f"listing check ({chk['entries']} entries in {chk['reference']}): "
+            + ", ".join(
+                f"{t}: {v['missing_or_different'] + v['extra_or_different']} differing lines"
+                for t, v in chk["tools"].items()
+            )
         )
+        for t, v in chk["tools"].items():
+            for who, examples in v["examples"].items():
+                for ex in examples:
+                    print(f"  {t} differs, {who} has: {ex!r}")
+        tar_bytes = {t: b.get("read_cold") for t, b in img["read_bytes"].items()}
+        same = len(set(tar_bytes.values())) == 1
+        print(
+            "tar -c of the view: "
+            + ", ".join(
+                f"{t}: {b / 1e6:.1f} MB" if b else f"{t}: n/a" for t, b in tar_bytes.items()
+            )
+            + ("" if same else "  (DIFFERENT)")
+        )
+        print(
+            "readers: "
+            + ", ".join(f"{n}: {k} set{'s' if k > 1 else ''}" for n, k in img["readers"].items())
+            + f"; 1 GiB file: {img['big_file']}"
+        )
+        for t, problems in img["problems"].items():
+            for p in problems[:5]:
+                print(f"  {t}: {p}")
+    print()
+    print(
+        f"ratios: {short[subject]} = {subject}, {short[fuse]} = {fuse}, "
+        f"{short[kernel]} = {kernel}; below 1 the first is faster (or smaller)."
     )
 
 
 # --------------------------------------------------------------------------- main
 
 
+def parse_readers(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if any(n < 1 for n in values):
+        raise argparse.ArgumentTypeError("reader counts must be >= 1")
+    return values
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = bench_parser(
         __doc__,
-        layout_help="OCI image layout directory (default: $BENCH_DIR/layout)",
+        layout_help="the Debian image's OCI layout (default: $BENCH_DIR/layout, "
+        "from scripts/bench-image)",
         runs=3,
-        work_dir_help="where the store, lower dirs and mount points are made "
-        "(default: next to the layout)",
+        work_dir_help="where the stores, lower dirs and mount points are made "
+        "(default: $BENCH_DIR, next to the layouts)",
+    )
+    p.add_argument(
+        "--image",
+        choices=("both", "debian", "realtree"),
+        default="both",
+        help="which image(s) to run (default: both)",
     )
     p.add_argument(
         "--big-layout",
         type=Path,
         default=DEFAULT_BENCH_DIR / "layout-bigfile",
-        help="where the 1 GiB-file image is built once and reused "
+        help="where the 1 GiB-file image of the debian run is built once and reused "
         "(default: $BENCH_DIR/layout-bigfile)",
+    )
+    p.add_argument(
+        "--realtree-layout",
+        type=Path,
+        default=REALTREE_LAYOUT,
+        help="the real-tree image's OCI layout, built by scripts/realtree_image.py when "
+        "missing (default: $BENCH_DIR/realtree)",
+    )
+    p.add_argument("--realtree-tag", default=REALTREE_TAG, help="its tag (default: realtree)")
+    p.add_argument(
+        "--readers",
+        type=parse_readers,
+        default=[1, 4, 8],
+        help="parallel reader counts, comma-separated (default: 1,4,8)",
     )
     return parse_bench_args(p, argv)
 
@@ -913,6 +1141,54 @@ def pull(snap: Snapshotter, layout: Path, tag: str) -> str:
     if not digest.startswith("sha256:"):
         raise BenchError(f"snapshotter pull printed {out.decode()!r}, not a digest")
     return digest
+
+
+def prepare(
+    name: str,
+    layout: Path,
+    tag: str,
+    big_layout: Path | None,
+    snap: Snapshotter,
+    work_root: Path,
+    readers: Sequence[int],
+    log: Callable[[str], None],
+) -> Bench:
+    """Pull, extract the lowers, list the view (through kernel overlayfs) and split it
+    between readers: all untimed."""
+    image = load_image(layout, tag)
+    log(f"preparing {name} (untimed): {layout}:{tag}")
+    warm_page_cache(image)
+    digest = pull(snap, layout, tag)
+    log(f"  snapshotter pulled {digest}")
+    main = Target(name, digest, extract_lowers(image, work_root / "lower" / name, log))
+    if big_layout is None:
+        big, big_path = main, BIG_NAME
+    else:
+        build_big_layout(big_layout, BIG_TAG)
+        big_digest = pull(snap, big_layout, BIG_TAG)
+        big_lowers = extract_lowers(
+            load_image(big_layout, BIG_TAG), work_root / "lower" / f"{name}-big", log
+        )
+        # Kernel overlayfs wants two lower dirs when there is no upper: add an empty
+        # base under the one layer, for both peers alike.
+        empty = work_root / "lower" / f"{name}-big" / "empty"
+        empty.mkdir()
+        big, big_path = Target(f"{name}-big", big_digest, [empty, *big_lowers]), BIG_NAME
+    bench = Bench(name, f"{layout}:{tag}", image, main, big, big_path)
+    kernel = KernelOverlay()
+    mnt = Mountpoints(work_root).get(kernel, main)
+    with mounted(kernel, main, mnt):
+        entries = scan(mnt)
+    prepare_readers(bench, entries, readers, work_root / "readers")
+    n_dirs = sum(1 for e in entries if e.kind == "d")
+    files = [e for e in entries if e.kind == "f"]
+    bench.summary = (
+        f"{len(entries)} entries ({n_dirs} dirs, {len(files)} regular files, "
+        f"{sum(e.size for e in files) / 1e6:.1f} MB in them), "
+        f"{image.compressed_bytes / 1e6:.1f} MB compressed"
+    )
+    log(f"  {bench.summary}")
+    return bench
 
 
 def cleanup(work_root: Path, tools: Sequence[Tool], log: Callable[[str], None]) -> bool:
@@ -932,12 +1208,11 @@ def cleanup(work_root: Path, tools: Sequence[Tool], log: Callable[[str], None]) 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    started = time.monotonic()
 
     def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
+        print(f"[{time.monotonic() - started:5.0f} s] {msg}", file=sys.stderr, flush=True)
 
-    layout: Path = args.layout.resolve()
-    big_layout: Path = args.big_layout.resolve()
     snapshotter_cmd = shlex.split(args.snapshotter)
     if not snapshotter_cmd:
         log("bench_mount: --snapshotter is empty")
@@ -945,80 +1220,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         log("bench_mount: must run as root (drop_caches, mount -t overlay, tar as root)")
         return 1
-    for exe in (snapshotter_cmd[0], "fuse-overlayfs", "fusermount3", "tar", "find", "dd"):
+    for exe in (snapshotter_cmd[0], "fuse-overlayfs", "fusermount3", "tar", "find", "dd", "umoci"):
         if shutil.which(exe) is None:
             log(f"bench_mount: {exe}: command not found")
             return 1
 
-    parent = args.work_dir.resolve() if args.work_dir else layout.parent
+    layout: Path = args.layout.resolve()
+    realtree_layout: Path = args.realtree_layout.resolve()
+    parent = args.work_dir.resolve() if args.work_dir else DEFAULT_BENCH_DIR
     parent.mkdir(parents=True, exist_ok=True)
     work_root = Path(tempfile.mkdtemp(prefix="bench-mount-", dir=parent))
     snap = Snapshotter(snapshotter_cmd, work_root / "store")
     tools: list[Tool] = [snap, FuseOverlayfs(), KernelOverlay()]
-    results = {t.name: Results() for t in tools}
-    check_listings: dict[str, list[str]] = {}
-    counts: dict[str, dict[str, int]] = {}
+    benches: list[Bench] = []
     clean = False
     try:
-        image = load_image(layout, args.tag)
-        build_big_layout(big_layout, BIG_TAG)
-        big_image = load_image(big_layout, BIG_TAG)
-
-        log(f"preparing (untimed) in {work_root}")
-        warm_page_cache(image)
         snap.root.mkdir()
-        main_digest = pull(snap, layout, args.tag)
-        big_digest = pull(snap, big_layout, BIG_TAG)
-        log(f"  snapshotter pulled {main_digest} and {big_digest}")
-        main_lowers = extract_lowers(image, work_root / "lower" / "main")
-        big_lowers = extract_lowers(big_image, work_root / "lower" / "big")
-        # Kernel overlayfs wants two lower dirs when there is no upper: add an empty
-        # base under the one layer, for both peers alike.
-        empty = work_root / "lower" / "big" / "empty"
-        empty.mkdir()
-        main_t = Target("main", main_digest, main_lowers)
-        big_t = Target("big", big_digest, [empty, *big_lowers])
-        mps = Mountpoints(work_root)
-        os.sync()
-
-        for r in range(args.runs):
-            k = r % len(tools)
-            for tool in [*tools[k:], *tools[:k]]:
-                prefix = f"  run {r + 1}/{args.runs}  "
-                log(f"{prefix}{tool.name} ...")
-
-                def round_log(msg: str, prefix: str = prefix) -> None:
-                    log(prefix + msg)
-
-                one_round(
-                    tool,
-                    main_t,
-                    big_t,
-                    mps,
-                    results[tool.name],
-                    check_listings if r == 0 else None,
-                    counts,
-                    round_log,
+        if args.image in ("both", "debian"):
+            big_layout = args.big_layout.resolve()
+            benches.append(
+                prepare("debian", layout, args.tag, big_layout, snap, work_root, args.readers, log)
+            )
+        if args.image in ("both", "realtree"):
+            build_realtree_layout(realtree_layout, args.realtree_tag, log=log)
+            benches.append(
+                prepare(
+                    "realtree",
+                    realtree_layout,
+                    args.realtree_tag,
+                    None,
+                    snap,
+                    work_root,
+                    args.readers,
+                    log,
                 )
+            )
+        os.sync()
+        mps = Mountpoints(work_root)
+        for bench in benches:
+            for r in range(args.runs):
+                k = r % len(tools)
+                for tool in [*tools[k:], *tools[:k]]:
+                    prefix = f"  {bench.name} run {r + 1}/{args.runs}  "
+                    log(f"{prefix}{tool.name} ...")
+
+                    def round_log(msg: str, prefix: str = prefix) -> None:
+                        log(prefix + msg)
+
+                    one_round(tool, bench, mps, r == 0, round_log)
         machine = machine_info(work_root, snapshotter_cmd, mount_tool_versions())
-        check = compare_listings(check_listings, KernelOverlay.name)
-        n_dirs = sum(1 for row in check_listings[KernelOverlay.name] if row.split("\t")[1] == "d")
-        images = {
-            "main": {
-                "ref": f"{layout}:{args.tag}",
-                "layers": len(image.layers),
-                "summary": f"{check['entries']} entries ({n_dirs} dirs, "
-                f"{counts[KernelOverlay.name]['files']} regular files, "
-                f"{counts[KernelOverlay.name]['bytes'] / 1e6:.1f} MB in them), "
-                f"{image.compressed_bytes / 1e6:.1f} MB compressed",
-            },
-            "big": {
-                "ref": f"{big_layout}:{BIG_TAG}",
-                "layers": len(big_image.layers),
-                "summary": f"one {BIG_SIZE / 2**30:.0f} GiB file, "
-                f"{big_image.compressed_bytes / 1e6:.1f} MB compressed",
-            },
-        }
     except BenchError as e:
         log(f"bench_mount: {e}")
         return 1
@@ -1027,7 +1277,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if clean:
             remove_tree(work_root)
 
-    doc = report(tools, results, args.runs, machine, images, check, counts)
+    doc = {
+        "machine": machine,
+        "runs": args.runs,
+        "seconds_total": time.monotonic() - started,
+        "commands": {t.name: t.command() for t in tools},
+        "images": {b.name: report_image(b, tools, args.readers) for b in benches},
+    }
     if args.json:
         json.dump(doc, sys.stdout, indent=2)
         print()
