@@ -7,11 +7,14 @@ entries, with any pyfuse3); and reading through the view warms the files that fo
 
 from __future__ import annotations
 
+import concurrent.futures
+import errno
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyfuse3
@@ -142,3 +145,68 @@ def test_the_view_reads_ahead_in_1_mib_requests(tmp_path, cli, store_root):
         if unique in reads
     ]
     assert max(sizes) == 1 << 20, sizes
+
+
+WORKERS = "main_blocking_workers" in getattr(pyfuse3, "FEATURES", ())
+
+
+def fuse_holders(pid: int) -> list[int]:
+    """``pid`` and its children that hold a /dev/fuse descriptor."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            fds = [os.readlink(f"/proc/{entry}/fd/{fd}") for fd in os.listdir(f"/proc/{entry}/fd")]
+        except (OSError, ValueError, IndexError):
+            continue
+        if (int(entry) == pid or ppid == pid) and "/dev/fuse" in fds:
+            out.append(int(entry))
+    return sorted(out)
+
+
+def read_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.skipif(not WORKERS, reason="a stock pyfuse3 answers in one process")
+def test_worker_processes_answer_in_parallel_and_die_with_the_daemon(tmp_path, cli, store_root):
+    need_fuse()
+    files = {f"f{i:02}": os.urandom(1 << 20) for i in range(48)}
+    layer = LayerBuilder()
+    for name, data in files.items():
+        layer.file(name, data)
+    name = pull(cli, tmp_path, "example.com/workers:1", ImageBuilder([layer]))
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("SNAPSHOTTER_FUSE_WORKERS", "2")
+        with mounted(cli, store_root, name, mp) as pid:
+            assert os.listdir(mp)  # INIT answered: the workers are being forked
+            deadline = time.monotonic() + 10
+            while len(holders := fuse_holders(pid)) < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(holders) == 3 and pid in holders, holders
+            before = {p: read_bytes(p) for p in holders}
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                got = dict(pool.map(lambda n: (n, (mp / n).read_bytes()), files))
+            assert got == files
+            served = [p for p in holders if read_bytes(p) - before[p] >= 1 << 20]
+            assert len(served) >= 2, (holders, served)
+            os.kill(pid, signal.SIGKILL)
+            assert gone(pid, 10)
+            deadline = time.monotonic() + 10
+            while (
+                any(os.path.exists(f"/proc/{p}") for p in holders) and time.monotonic() < deadline
+            ):
+                time.sleep(0.02)
+            assert not any(os.path.exists(f"/proc/{p}") for p in holders)
+            with pytest.raises(OSError) as exc:
+                os.statvfs(mp)  # always asks the daemon (a listing may come from cache)
+            assert exc.value.errno == errno.ENOTCONN
+            subprocess.run(["umount", "-l", str(mp)], check=False)

@@ -49,6 +49,10 @@ BLOCK_SIZE = 4096
 NO_OPEN = "no_open_inode" in getattr(pyfuse3, "FEATURES", ())
 # Whether pyfuse3 can serve without trio (``main_blocking``).
 BLOCKING = "main_blocking" in getattr(pyfuse3, "FEATURES", ())
+# Processes that answer requests beside the daemon's (pyfuse3 main_blocking(workers=N)):
+# readers in parallel are then answered in parallel.  One per CPU beyond the first, at
+# most 3; SNAPSHOTTER_FUSE_WORKERS sets the number, to measure.
+WORKERS = "main_blocking_workers" in getattr(pyfuse3, "FEATURES", ())
 # Without open/release, data files stay open until this many others were opened after them.
 MAX_OPEN_DATA_FILES = 256
 # Reads warm the files that follow them (view/prefetch.py); SNAPSHOTTER_PREFETCH=0 turns
@@ -118,6 +122,7 @@ class ImageFS(pyfuse3.Operations):
         self.view = view
         self.tree = view.tree
         self.no_open = no_open
+        self.open_unsupported = no_open  # pyfuse3 patch 0005: known before any open
         self._content_size: int | None = None  # for statfs, summed on first use
         # fh -> host fd of the data file (-1: empty file).  With no_open the fh is the
         # inode, entries are made by read and the oldest is closed past MAX_OPEN_DATA_FILES.
@@ -384,7 +389,12 @@ def _serve_blocking(on_ready: Callable[[], None] | None) -> None:
     try:
         if on_ready is not None:
             on_ready()
-        pyfuse3.main_blocking(wakeup_read)
+        if WORKERS:
+            workers = os.environ.get("SNAPSHOTTER_FUSE_WORKERS")
+            count = int(workers) if workers else min((os.cpu_count() or 1) - 1, 3)
+            pyfuse3.main_blocking(wakeup_read, workers=count)
+        else:
+            pyfuse3.main_blocking(wakeup_read)
     finally:
         signal.set_wakeup_fd(previous_fd)
         for sig, handler in previous.items():
