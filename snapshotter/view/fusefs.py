@@ -130,8 +130,9 @@ class ImageFS(pyfuse3.Operations):
         self._next_fh = 1
         self._data_dirs: dict[int, int] = {}  # layer -> O_PATH fd of its data_dir
         self.prefetch = prefetch
-        # Called once, on the first read of a file (INIT has been answered by then).
-        self.on_first_read: Callable[[], object] | None = None
+        # Called once, on the first lookup, getattr, readdir or read: after INIT was
+        # answered, and before any file of the view can have been opened.
+        self.after_init: Callable[[], object] | None = None
         self._warmer: Warmer | None = None
         self._streams: Streams | None = None
 
@@ -175,9 +176,16 @@ class ImageFS(pyfuse3.Operations):
     def _stat(self, inode: int) -> Stat:
         return _ask(self.tree.stat, inode)
 
+    def _first_request(self) -> None:
+        hook, self.after_init = self.after_init, None
+        if hook is not None:
+            hook()
+
     async def lookup(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        if self.after_init is not None:
+            self._first_request()
         try:
             inode = self.tree.lookup_raw(parent_inode, name)
         except SnapshotterError as exc:
@@ -196,6 +204,8 @@ class ImageFS(pyfuse3.Operations):
     async def getattr(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        if self.after_init is not None:
+            self._first_request()
         return attributes(self._stat(inode))
 
     async def readlink(
@@ -218,6 +228,8 @@ class ImageFS(pyfuse3.Operations):
     async def readdir(
         self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
     ) -> None:
+        if self.after_init is not None:
+            self._first_request()
         # The listing never changes, so an index into it is a stable next_id.
         try:
             for i, name, inode in self.tree.scan(fh, start_id):
@@ -253,9 +265,8 @@ class ImageFS(pyfuse3.Operations):
         reader's prefetch stream moves on."""
         if not node.size:
             return -1
-        if self.on_first_read is not None:
-            first, self.on_first_read = self.on_first_read, None
-            first()
+        if self.after_init is not None:
+            self._first_request()
         if self._streams is not None:
             self._streams.reading(node.inode)
         try:

@@ -234,10 +234,10 @@ def _daemon(
         except RuntimeError as exc:
             raise SnapshotterError(f"cannot mount at {str(mp)!r}: {exc}") from exc
         # The window can only be raised once the kernel has the daemon's INIT reply
-        # (which caps it): on the first read, which comes after it.
+        # (which caps it): on the first request after it, before any file is opened.
         device = mount_device(mp)
         if device is not None:
-            fs.on_first_read = functools.partial(set_readahead, device)
+            fs.after_init = functools.partial(set_readahead, device)
         try:
             fusefs.serve(on_ready)
         finally:
