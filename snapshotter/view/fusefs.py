@@ -58,6 +58,8 @@ MAX_OPEN_DATA_FILES = 256
 # Reads warm the files that follow them (view/prefetch.py); SNAPSHOTTER_PREFETCH=0 turns
 # it off, to measure what it brings (scripts/bench_mount.py).
 PREFETCH = os.environ.get("SNAPSHOTTER_PREFETCH", "1") != "0"
+# A READ this big is the kernel's readahead of a file read in sequence.
+STREAM_READ = 128 << 10
 # Files from this size on are read with the backing file's readahead doubled.
 SEQUENTIAL_SIZE = 1 << 20
 
@@ -304,9 +306,15 @@ class ImageFS(pyfuse3.Operations):
         if fd < 0:
             return b""
         try:
-            return os.pread(fd, size, off)
+            data = os.pread(fd, size, off)
         except OSError as exc:
             raise pyfuse3.FUSEError(errno.EIO) from exc
+        if size >= STREAM_READ and len(data) == size:
+            # The kernel's readahead: the next requests will follow.  Have the disk
+            # read them while this one is answered.
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, off + size, 2 * size, os.POSIX_FADV_WILLNEED)
+        return data
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         self._close(fh)
