@@ -1,4 +1,4 @@
-"""The read-only FUSE view of a merged tree (pyfuse3 on trio).
+"""The read-only FUSE view of a merged tree (pyfuse3).
 
 Each handler is a few lines: inode to node, ask the tree, fill ``EntryAttributes``.  The
 image is immutable, so the kernel may cache everything: entries and attributes never time
@@ -18,6 +18,13 @@ or releasedir again, keeps file pages (FOPEN_KEEP_CACHE) and directory listings
 (FOPEN_CACHE_DIR) across opens, and names the inode where a file handle would be.  Reads
 then open the data file themselves and keep a bounded set of descriptors.  With a stock
 pyfuse3 the view is the same, one open/release (opendir/releasedir) pair per open slower.
+
+With that build the daemon also serves without an event loop (``serve``: requests read
+and answered in the calling thread, trio never imported) and in one more process per CPU
+(each answers requests from the same FUSE device; nothing changes after INIT that they
+would have to agree on), names that do not exist and symlink targets stay in the
+kernel's caches, and the first read of a file has a child process warm the files after
+it (view/prefetch.py).
 """
 
 from __future__ import annotations
