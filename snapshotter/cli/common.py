@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from ..explore.image import StoredImage, open_image
 from ..oci.model import Platform
 from ..store.store import Store
+
+if TYPE_CHECKING:  # imported where used: `mount` and `umount` need none of explore
+    from ..explore.image import StoredImage
 
 
 def image_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,5 +36,7 @@ def layer_argument(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def stored_image(store: Store, args: argparse.Namespace) -> StoredImage:
+    from ..explore.image import open_image
+
     platform = Platform.parse(args.platform) if getattr(args, "platform", None) else None
     return open_image(store, args.image, platform)
