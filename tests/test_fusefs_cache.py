@@ -208,3 +208,31 @@ def test_worker_processes_answer_in_parallel_and_die_with_the_daemon(tmp_path, c
                 os.statvfs(mp)  # always asks the daemon (a listing may come from cache)
             assert exc.value.errno == errno.ENOTCONN
             subprocess.run(["umount", "-l", str(mp)], check=False)
+
+
+def test_directories_list_dot_and_dotdot_first_as_every_linux_file_system(
+    tmp_path, cli, store_root
+):
+    """`ls -a` shows "." and ".." (FUSE lists only what the daemon gives), with their
+    inodes, and a listing that takes several readdir calls loses or repeats nothing."""
+    need_fuse()
+    layer = LayerBuilder().dir("big").dir("big/sub").file("big/sub/f", b"f")
+    names = [f"n{i:04}" for i in range(3000)]
+    for name in names:
+        layer.file(f"big/{name}", b"")
+    image = pull(cli, tmp_path, "example.com/dots:1", ImageBuilder([layer]))
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    with mounted(cli, store_root, image, mp):
+        for directory, parent in ((mp / "big", mp), (mp / "big/sub", mp / "big")):
+            out = subprocess.run(
+                ["ls", "-a1if", str(directory)], capture_output=True, text=True, check=True
+            ).stdout.split("\n")[:-1]
+            listed = [line.split(maxsplit=1) for line in out]
+            assert [n for _, n in listed[:2]] == [".", ".."], listed[:3]
+            assert int(listed[0][0]) == os.stat(directory).st_ino
+            if parent != mp:  # the root's ".." is the mount point's parent, the kernel's
+                assert int(listed[1][0]) == os.stat(parent).st_ino
+            children = [n for _, n in listed[2:]]
+            expected = ["f"] if directory.name == "sub" else sorted([*names, "sub"])
+            assert children == expected

@@ -239,10 +239,19 @@ class ImageFS(pyfuse3.Operations):
     ) -> None:
         if self.after_init is not None:
             self._first_request()
-        # The listing never changes, so an index into it is a stable next_id.
+        # The listing never changes, so a position in it is a stable next_id: "." and
+        # ".." first (the kernel lists what FUSE gives it, and every Linux file system
+        # gives those two), then the children.
         try:
-            for i, name, inode in self.tree.scan(fh, start_id):
-                if not pyfuse3.readdir_reply(token, name, attributes(self.tree.stat(inode)), i + 1):
+            stat = self.tree.stat
+            if start_id < 2:
+                parent = self.tree.parent(fh)  # KeyError: no directory
+                for position in range(start_id, 2):
+                    name, node = (b".", stat(fh)) if position == 0 else (b"..", stat(parent))
+                    if not pyfuse3.readdir_reply(token, name, attributes(node), position + 1):
+                        return
+            for i, name, inode in self.tree.scan(fh, max(start_id - 2, 0)):
+                if not pyfuse3.readdir_reply(token, name, attributes(stat(inode)), i + 3):
                     break
         except KeyError:
             raise pyfuse3.FUSEError(errno.ENOTDIR) from None
