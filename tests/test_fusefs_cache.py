@@ -172,8 +172,10 @@ def read_bytes(pid: int) -> int:
     return 0
 
 
-@pytest.mark.skipif(not WORKERS, reason="a stock pyfuse3 answers in one process")
 def test_worker_processes_answer_in_parallel_and_die_with_the_daemon(tmp_path, cli, store_root):
+    """With the patched pyfuse3 two workers answer beside the daemon; a stock one answers
+    in the daemon alone (tests/test_stock_pyfuse3.py runs this file there).  Either way
+    nothing serves the view once the daemon is killed."""
     need_fuse()
     files = {f"f{i:02}": os.urandom(1 << 20) for i in range(48)}
     layer = LayerBuilder()
@@ -187,15 +189,16 @@ def test_worker_processes_answer_in_parallel_and_die_with_the_daemon(tmp_path, c
         with mounted(cli, store_root, name, mp) as pid:
             assert os.listdir(mp)  # INIT answered: the workers are being forked
             deadline = time.monotonic() + 10
-            while len(holders := fuse_holders(pid)) < 3 and time.monotonic() < deadline:
+            processes = 3 if WORKERS else 1
+            while len(holders := fuse_holders(pid)) < processes and time.monotonic() < deadline:
                 time.sleep(0.01)
-            assert len(holders) == 3 and pid in holders, holders
+            assert len(holders) == processes and pid in holders, holders
             before = {p: read_bytes(p) for p in holders}
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
                 got = dict(pool.map(lambda n: (n, (mp / n).read_bytes()), files))
             assert got == files
             served = [p for p in holders if read_bytes(p) - before[p] >= 1 << 20]
-            assert len(served) >= 2, (holders, served)
+            assert len(served) >= min(processes, 2), (holders, served)
             os.kill(pid, signal.SIGKILL)
             assert gone(pid, 10)
             deadline = time.monotonic() + 10
