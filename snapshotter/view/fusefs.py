@@ -147,11 +147,6 @@ class ImageFS(pyfuse3.Operations):
 
     def init(self) -> None:
         # FUSE's INIT: in the process that serves, after any fork.
-        for layer in range(len(self.view.snapshots)):
-            with contextlib.suppress(OSError):
-                self._data_dirs[layer] = os.open(
-                    self.view.data_dir(layer), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
-                )
         if self.prefetch:
             self._warmer = Warmer(
                 [str(self.view.data_dir(i)) for i in range(len(self.view.snapshots))]
@@ -299,7 +294,7 @@ class ImageFS(pyfuse3.Operations):
 
     def _open_data_file(self, node: Stat) -> int:
         dir_fd = self._data_dirs.get(node.layer)
-        if dir_fd is None:  # before INIT (tests that call handlers directly)
+        if dir_fd is None:
             dir_fd = self._data_dirs[node.layer] = os.open(
                 self.view.data_dir(node.layer), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
             )

@@ -42,6 +42,7 @@ VIEW_FSTYPE = "fuse.snapshotter"
 class MountEntry:
     fstype: str  # e.g. fuse.snapshotter, tmpfs
     source: str  # the fsname, e.g. snapshotter:docker.io/library/debian:12
+    device: str  # "major:minor"
 
 
 def mount_entry(path: Path) -> MountEntry | None:
@@ -56,7 +57,11 @@ def mount_entry(path: Path) -> MountEntry | None:
                 after = fields.index(b"-", 6) + 1 if b"-" in fields[6:] else len(fields)
                 fstype, source = (fields[after:] + [b"?", b"?"])[:2]
                 # a later line is mounted on top of an earlier one
-                found = MountEntry(os.fsdecode(_unescape(fstype)), os.fsdecode(_unescape(source)))
+                found = MountEntry(
+                    os.fsdecode(_unescape(fstype)),
+                    os.fsdecode(_unescape(source)),
+                    fields[2].decode(),
+                )
     return found
 
 
@@ -235,9 +240,10 @@ def _daemon(
             raise SnapshotterError(f"cannot mount at {str(mp)!r}: {exc}") from exc
         # The window can only be raised once the kernel has the daemon's INIT reply
         # (which caps it): on the first request after it, before any file is opened.
-        device = mount_device(mp)
-        if device is not None:
-            fs.after_init = functools.partial(set_readahead, device)
+        # (From mountinfo: a stat(2) of the view would wait for this daemon.)
+        with contextlib.suppress(OSError):
+            if (entry := mount_entry(mp)) is not None:
+                fs.after_init = functools.partial(set_readahead, entry.device)
         try:
             fusefs.serve(on_ready)
         finally:
@@ -252,19 +258,6 @@ def _daemon(
 # READ libfuse takes (its 256-page buffer), and eight times fewer requests per big file.
 # (SNAPSHOTTER_READAHEAD_KB sets another window, to measure.)
 READAHEAD_KB = int(os.environ.get("SNAPSHOTTER_READAHEAD_KB") or 1024)
-
-
-def mount_device(mp: Path) -> str | None:
-    """The device ("major:minor") of the file system mounted at ``mp``, from mountinfo
-    (a stat(2) of a view would wait for its daemon)."""
-    target = os.fsencode(str(mp))
-    device = None
-    with contextlib.suppress(OSError), open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            fields = line.split(b" ")
-            if len(fields) > 4 and _unescape(fields[4]) == target:
-                device = fields[2].decode()  # the last one: the top of the stack
-    return device
 
 
 def set_readahead(device: str, kb: int = READAHEAD_KB) -> int | None:
