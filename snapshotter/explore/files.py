@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 from ..errors import NotFound, StoreCorrupt
 from ..store.toc import EntryKind
+from ..text import one_line
 from ..view.merge import ROOT_INODE, MergedTree, Stat
 from .blame import Action, Change, removal
 from .image import StoredImage, display_path, normalize_path, split_path
@@ -134,15 +135,6 @@ def locate(image: StoredImage, path: str, upto: int | None = None, *, follow: bo
             f"({display_path(found.at)!r} is not a directory)"
         )
     raise NotFound(f"{where}: no such path {display_path(found.path)!r}")
-
-
-def one_line(text: str, limit: int | None = None) -> str:
-    """``text`` (a history's created_by) for one line: tabs, newlines and other control
-    characters as spaces; cut to ``limit`` characters with "…" when longer."""
-    text = "".join(c if c.isprintable() else " " for c in text)
-    if limit is not None and len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return text
 
 
 CREATED_BY_IN_ERRORS = 100  # characters of created_by an error message shows ('blame': all)
