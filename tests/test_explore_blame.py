@@ -21,7 +21,7 @@ from builders import ImageBuilder, LayerBuilder, write_oci_layout
 from hypothesis import HealthCheck, given, settings
 from test_merge import FAST_TMP, LAYERS, Reference, build, unpack_all
 
-from snapshotter.explore.blame import Action, Version, trace
+from snapshotter.explore.blame import Action, BlameRow, Version, blame, blame_rows, trace
 from snapshotter.explore.image import open_image
 from snapshotter.store.store import Store
 from snapshotter.store.toc import EntryKind, Toc
@@ -359,6 +359,60 @@ def test_a_history_shorter_than_the_layers_shows_missing(tmp_path, cli):
     assert out[1].endswith("ADD f") and out[2].endswith("(missing)")
     doc = json.loads(cli("blame", "--json", "short:1", "/f").out)
     assert [r["created_by"] for r in doc["rows"]] == ["ADD f", ""]
+
+
+def test_blame_rows_are_the_tables_cells_as_values(tmp_path, cli, store_root):
+    """``blame_rows`` (what the browser shows) on an image with known layers: the action
+    with its notes, sizes of files only, 12 hex digits, created_by on one line or
+    "(missing)", and the view row."""
+    layers = [
+        LayerBuilder()
+        .dir("d")
+        .file("d/f", b"one")
+        .file("h1", b"pair")
+        .hardlink("h2", "h1")
+        .file("gone", b"x")
+        .chardev("tty", 4, 1),
+        LayerBuilder().file("d/f", b"one"),
+        LayerBuilder().whiteout("d").whiteout("gone"),
+        LayerBuilder().symlink("d/f", "/h1\x1b[31m"),
+    ]
+    img = StoryImage(layers, history=["ADD\tbase\n", "RUN same"])  # layers 3, 4: none
+    layout = write_oci_layout(tmp_path / "l", {"1": img})
+    assert cli("pull", "-q", f"oci:{layout}:1", "--name", "rows:1").rc == 0
+    image = open_image(Store(store_root), "rows:1")
+    one, pair = sha(b"one")[7:19], sha(b"pair")[7:19]
+    assert blame_rows(image, blame(image, "d/f")) == (
+        BlameRow("1", "added", 3, one, "ADD base "),
+        BlameRow("2", "modified [same content]", 3, one, "RUN same"),
+        BlameRow("3", "deleted (whiteout) [/d whited out]", None, "-", "(missing)"),
+        BlameRow("4", "added [-> /h1\x1b[31m]", None, "-", "(missing)"),
+        BlameRow("view", "from layer 4 [-> /h1\x1b[31m]", None, "-", ""),
+    )
+    assert blame_rows(image, blame(image, "h2")) == (
+        BlameRow("1", "added [hardlink: /h1]", 4, pair, "ADD base "),
+        BlameRow("view", "from layer 1 [hardlink: /h1]", 4, pair, ""),
+    )
+    assert blame_rows(image, blame(image, "gone")) == (
+        BlameRow("1", "added", 1, sha(b"x")[7:19], "ADD base "),
+        BlameRow("3", "deleted (whiteout)", None, "-", "(missing)"),
+        BlameRow("view", "absent", None, "-", ""),
+    )
+    assert blame_rows(image, blame(image, "tty")) == (
+        BlameRow("1", "added [char 4,1]", None, "-", "ADD base "),
+        BlameRow("view", "from layer 1", None, "-", ""),
+    )
+    # The table prints these cells (piped: names as the image has them).
+    assert cli("blame", "--bytes", "rows:1", "/d/f").out.splitlines()[5].split() == [
+        "view",
+        "from",
+        "layer",
+        "4",
+        "[->",
+        "/h1\x1b[31m]",
+        "-",
+        "-",
+    ]
 
 
 def test_created_by_is_one_line_and_never_cut_when_piped(story):

@@ -342,85 +342,17 @@ def cmd_blame(store: Store, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _short(digest: str) -> str:
-    return digest.partition(":")[2][:12] if digest else "-"
-
-
-def _notes(change: blame_mod.Change, path: str, before: blame_mod.Version | None) -> list[str]:
-    """What the ACTION cell says in [brackets]; ``before``: the path's previous version."""
-    notes: list[str] = []
-    if change.cause != path:
-        cause = display_path(change.cause)
-        if change.action is blame_mod.Action.REPLACED:
-            notes.append(f"{cause} is no directory")
-        elif change.action is blame_mod.Action.OPAQUE:
-            notes.append(f"{cause} is opaque")
-        elif change.action is blame_mod.Action.WHITEOUT:
-            notes.append(f"{cause} whited out")
-    version = change.version
-    if version is not None and before is not None and version.kind is not before.kind:
-        notes.append(f"was a {kind_name(before.kind)}")
-    if change.same_content:
-        notes.append(
-            "same target" if version and version.kind is EntryKind.SYMLINK else "same content"
-        )
-    if change.opaque:
-        notes.append("opaque: lower contents hidden")
-    if change.implied:
-        notes.append("implied by its children")
-    if version is not None and version.kind is EntryKind.SYMLINK:
-        notes.append(f"-> {version.link}")
-    if version is not None and version.kind in (EntryKind.CHAR, EntryKind.BLOCK):
-        notes.append(f"{kind_name(version.kind)} {version.rdev_major},{version.rdev_minor}")
-    elif version is not None and version.kind is EntryKind.FIFO:
-        notes.append("fifo")
-    if change.hardlinks:
-        notes.append("hardlink: " + ", ".join(display_path(p) for p in change.hardlinks))
-    return notes
-
-
 def _blame_table(image: StoredImage, found: blame_mod.Blame, human: bool, no_trunc: bool) -> None:
     tty = sys.stdout.isatty()
     rows: list[list[str]] = [["LAYER", "ACTION", "SIZE", "DIGEST", "CREATED BY"]]
-    before: blame_mod.Version | None = None
-    for change in found.changes:
-        action = change.action.value
-        notes = _notes(change, found.path, before)
-        before = change.version
-        if notes:
-            action += " [" + "; ".join(notes) + "]"
-        version = change.version
-        layer = image.layers[change.layer - 1]
-        created_by = change.created_by if layer.history is not None else "(missing)"
+    for line in blame_mod.blame_rows(image, found):
         rows.append(
             [
-                str(change.layer),
-                shown(action, tty),
-                size_text(version.size, human)
-                if version is not None and version.kind is EntryKind.FILE
-                else "-",
-                _short(version.digest) if version is not None else "-",
-                files.one_line(created_by),
-            ]
-        )
-    view = found.view
-    if view is None:
-        rows.append(["view", "absent", "-", "-", ""])
-    else:
-        node = view.node
-        what = f"from layer {node.layer + 1}" if node.layer >= 0 else "no layer (made-up root)"
-        notes = [f"-> {node.link}"] if node.kind is EntryKind.SYMLINK else []
-        if view.hardlinks:
-            notes.append("hardlink: " + ", ".join(display_path(p) for p in view.hardlinks))
-        if notes:
-            what += " [" + "; ".join(notes) + "]"
-        rows.append(
-            [
-                "view",
-                shown(what, tty),
-                size_text(node.size, human) if node.kind is EntryKind.FILE else "-",
-                _short(view.digest),
-                "",
+                line.layer,
+                shown(line.action, tty),
+                "-" if line.size is None else size_text(line.size, human),
+                line.digest,
+                line.created_by,
             ]
         )
     if tty and not no_trunc:

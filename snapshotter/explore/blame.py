@@ -30,8 +30,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from ..store.toc import SYMLINK_MODE, EntryKind, Toc, TocEntry
+from ..text import kind_name, one_line
 from ..view.merge import Node, copied_xattrs, implied_meta
-from .image import StoredImage, normalize_path
+from .image import StoredImage, display_path, normalize_path
 
 
 class Action(enum.Enum):
@@ -331,14 +332,119 @@ def blame(image: StoredImage, path: str) -> Blame:
     return Blame(path, found.changes, shown(image, path))
 
 
+# -- rows for people -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BlameRow:
+    """One line of ``blame``'s table, as values; the caller escapes and pads them.
+
+    The rows of ``blame_rows`` are what the command prints and what the browser shows:
+    one per change, base layer first, then one for the merged view."""
+
+    layer: str  # the layer's number ("3"), or "view" for the last row
+    action: str  # the ACTION cell with its [notes]; names verbatim, not escaped
+    size: int | None  # bytes of a regular file; None for anything else (printed "-")
+    digest: str  # the first 12 hex digits of a file's content digest, or "-"
+    created_by: str  # the layer's history, one line; "(missing)" without history; view: ""
+
+
+def _short(digest: str) -> str:
+    return digest.partition(":")[2][:12] if digest else "-"
+
+
+def _notes(change: Change, path: str, before: Version | None) -> list[str]:
+    """What the ACTION cell says in [brackets]; ``before``: the path's previous version."""
+    notes: list[str] = []
+    if change.cause != path:
+        cause = display_path(change.cause)
+        if change.action is Action.REPLACED:
+            notes.append(f"{cause} is no directory")
+        elif change.action is Action.OPAQUE:
+            notes.append(f"{cause} is opaque")
+        elif change.action is Action.WHITEOUT:
+            notes.append(f"{cause} whited out")
+    version = change.version
+    if version is not None and before is not None and version.kind is not before.kind:
+        notes.append(f"was a {kind_name(before.kind)}")
+    if change.same_content:
+        notes.append(
+            "same target" if version and version.kind is EntryKind.SYMLINK else "same content"
+        )
+    if change.opaque:
+        notes.append("opaque: lower contents hidden")
+    if change.implied:
+        notes.append("implied by its children")
+    if version is not None and version.kind is EntryKind.SYMLINK:
+        notes.append(f"-> {version.link}")
+    if version is not None and version.kind in (EntryKind.CHAR, EntryKind.BLOCK):
+        notes.append(f"{kind_name(version.kind)} {version.rdev_major},{version.rdev_minor}")
+    elif version is not None and version.kind is EntryKind.FIFO:
+        notes.append("fifo")
+    if change.hardlinks:
+        notes.append("hardlink: " + ", ".join(display_path(p) for p in change.hardlinks))
+    return notes
+
+
+def blame_rows(image: StoredImage, found: Blame) -> tuple[BlameRow, ...]:
+    """``found`` (``blame(image, path)``) as the rows of ``blame``'s table: one per
+    change, base layer first, and a last ``view`` row: ``absent``, or ``from layer N``
+    with the view's symlink target and hardlink partners in [brackets]."""
+    rows: list[BlameRow] = []
+    before: Version | None = None
+    for change in found.changes:
+        action = change.action.value
+        notes = _notes(change, found.path, before)
+        before = change.version
+        if notes:
+            action += " [" + "; ".join(notes) + "]"
+        version = change.version
+        layer = image.layers[change.layer - 1]
+        created_by = change.created_by if layer.history is not None else "(missing)"
+        rows.append(
+            BlameRow(
+                layer=str(change.layer),
+                action=action,
+                size=version.size
+                if version is not None and version.kind is EntryKind.FILE
+                else None,
+                digest=_short(version.digest) if version is not None else "-",
+                created_by=one_line(created_by),
+            )
+        )
+    view = found.view
+    if view is None:
+        rows.append(BlameRow("view", "absent", None, "-", ""))
+    else:
+        node = view.node
+        what = f"from layer {node.layer + 1}" if node.layer >= 0 else "no layer (made-up root)"
+        notes = [f"-> {node.link}"] if node.kind is EntryKind.SYMLINK else []
+        if view.hardlinks:
+            notes.append("hardlink: " + ", ".join(display_path(p) for p in view.hardlinks))
+        if notes:
+            what += " [" + "; ".join(notes) + "]"
+        rows.append(
+            BlameRow(
+                "view",
+                what,
+                node.size if node.kind is EntryKind.FILE else None,
+                _short(view.digest),
+                "",
+            )
+        )
+    return tuple(rows)
+
+
 __all__ = [
     "Action",
     "Blame",
+    "BlameRow",
     "Change",
     "Shown",
     "Trace",
     "Version",
     "blame",
+    "blame_rows",
     "hardlinks_of",
     "image_trace",
     "removal",
