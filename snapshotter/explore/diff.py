@@ -40,6 +40,12 @@ of them resets (whiteout, opaque, replaced by a non-directory) is compared child
 with the other side.  Two nodes both taken from the same toc inode of a shared layer are
 equal without looking further; other regular files compare by size, then toc digests.
 With no layer shared the two trees are walked in step.
+
+**Two views** (``view_changes``): the same comparison of any two merged views, each as of
+some number of layers, of two images or of one (``image_diff`` compares the final views).
+The layers they share are the first min(shared, upto, other_upto).  Of one image, the
+views as of n-1 and n are ``layer_diff(image, n)``'s answer (but for the root of layer 1),
+and as of 1 and N what layers 2..N did together (dive's aggregated changes).
 """
 
 from __future__ import annotations
@@ -330,9 +336,29 @@ def file_changes(
 ) -> tuple[Change, ...]:
     """The paths whose merged views differ, in tree order.  ``walk``: compare the whole
     trees in step even where layers are shared (the same answer, slower; for tests)."""
-    shared = shared_layers(image, other)
-    a = _Side(image, image.view().tree)
-    b = _Side(other, other.view().tree)
+    return view_changes(image, other, mtime=mtime, walk=walk)
+
+
+def view_changes(
+    image: StoredImage,
+    other: StoredImage,
+    *,
+    upto: int | None = None,
+    other_upto: int | None = None,
+    mtime: bool = True,
+    walk: bool = False,
+) -> tuple[Change, ...]:
+    """The paths whose merged views differ, in tree order: ``image``'s view as of layer
+    ``upto`` against ``other``'s as of layer ``other_upto`` (None: all layers).  ``A``:
+    only in OTHER's view, ``D``: only in IMAGE's.  ``other`` may be ``image`` itself:
+    ``upto=1, other_upto=N`` is what layers 2..N did together (dive's aggregated
+    changes).  Only the tocs of the layers above the ones both views share are read.
+    ``walk``: compare the whole trees in step (the same answer, slower; for tests)."""
+    n_a = len(image.layers) if upto is None else image.check_upto(upto)
+    n_b = len(other.layers) if other_upto is None else other.check_upto(other_upto)
+    shared = min(shared_layers(image, other), n_a, n_b)
+    a = _Side(image, image.view(n_a).tree)
+    b = _Side(other, other.view(n_b).tree)
     out: list[Change] = []
     if walk or shared == 0:
         _compare(a, ROOT_INODE, b, ROOT_INODE, "", mtime, shared, out)
@@ -340,8 +366,8 @@ def file_changes(
     # Only what the unshared layers touch can differ; `reset`: the path's lower subtree
     # may be gone on that side (whiteout, opaque directory, replaced by a non-directory).
     touched: dict[str, bool] = {}
-    for img in (image, other):
-        for number in range(shared + 1, len(img.layers) + 1):
+    for img, n in ((image, n_a), (other, n_b)):
+        for number in range(shared + 1, n + 1):
             for e in img.toc(number).entries:
                 reset = e.kind is not EntryKind.DIR or e.opaque
                 touched[e.path] = touched.get(e.path, False) or reset
@@ -548,4 +574,5 @@ __all__ = [
     "layer_diff",
     "shared_layers",
     "tree_order",
+    "view_changes",
 ]
