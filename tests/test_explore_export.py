@@ -24,6 +24,7 @@ import sys
 import tarfile
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,7 @@ from test_fusefs import (
 )
 from test_oracles import TAG, _layer1, _layer2, _layer3, _newhome, _umoci_image
 
+from snapshotter.errors import NotFound
 from snapshotter.explore.export import header, pax_time, write_tar
 from snapshotter.explore.image import open_image
 from snapshotter.store.store import Store
@@ -500,6 +502,89 @@ def test_layer_n_is_the_image_as_of_layer_n(cli, tmp_path):
     empty = export(cli, tmp_path / "empty.tar", NAME, "--layer", "0")
     root = members(empty)
     assert len(root) == 1 and (root[0].name, root[0].mode, root[0].mtime) == (".", 0o755, 0)
+
+
+# -- --path: one subtree ---------------------------------------------------------------------
+
+
+def subtree_layers() -> list[LayerBuilder]:
+    """data/srv, with what the layers can do below it (every directory has its own entry
+    in every layer that uses it, as for oracle_layers), a hardlink pair inside it and
+    one split across its boundary; "link" leads to data."""
+    t = Decimal("1700000000.123456789")
+    base = LayerBuilder(mtime=t).dir("data").dir("data/srv", mode=0o750, uid=3, gid=4)
+    base.dir("data/srv/etc").file("data/srv/etc/conf", b"v1").file("data/srv/etc/gone", b"g")
+    base.dir("data/srv/opq").file("data/srv/opq/old", b"o").dir("data/srv/opq/sub")
+    base.file("data/srv/opq/sub/deep", b"d").file("data/srv/f2d", b"a file first")
+    base.file("data/srv/su", b"#!", mode=0o4755).fifo("data/srv/fifo")
+    base.chardev("data/srv/null", 1, 3).symlink("data/srv/abs", "/etc/passwd")
+    base.symlink("data/srv/up", "../../outside")
+    base.file("data/srv/x", b"x", xattrs={"user.k": b"\x00\xff"}, mtime=Decimal("1.000000001"))
+    base.file("data/srv/pair1", b"pair").hardlink("data/srv/pair2", "data/srv/pair1")
+    base.dir("outside").file("outside/out", b"split").hardlink("data/srv/split", "outside/out")
+    base.file("data/sibling", b"not exported").symlink("link", "data")
+    top = LayerBuilder(mtime=t).dir("data").dir("data/srv", mode=0o750, uid=3, gid=4)
+    top.dir("data/srv/etc").whiteout("data/srv/etc/gone").file("data/srv/etc/conf", b"v2")
+    top.dir("data/srv/opq").opaque("data/srv/opq").file("data/srv/opq/new", b"n")
+    top.dir("data/srv/f2d", mode=0o700).file("data/srv/f2d/in", b"i")
+    return [base, top]
+
+
+def subtree_export(cli: Cli, out: Path, path: str, image: str = NAME) -> list[bytes]:
+    """``export --path``; the member names, checked for the subtree's form."""
+    result = cli("export", image, "-o", str(out), "--path", path)
+    assert result.rc == 0, result.err
+    names = listed(out)
+    top = names[0]
+    assert top != b"./" and b"/" not in top.rstrip(b"/")
+    assert all(n.startswith(top) for n in names[1:]) and len(set(names)) == len(names)
+    assert out.stat().st_size % 10240 == 0
+    return names
+
+
+def test_export_path_of_a_directory_equals_that_subtree_of_umoci_unpack(cli, tmp_path):
+    layout = pull(cli, tmp_path, subtree_layers())
+    tar = tmp_path / "srv.tar"
+    names = subtree_export(cli, tar, "/link/srv")  # a symlink among the parents: followed
+    assert names[:3] == [b"srv/", b"srv/abs", b"srv/etc/"]
+    assert b"srv/etc/gone" not in names and b"srv/opq/old" not in names
+    ours = unpack(tar, tmp_path / "ours")
+    assert os.listdir(ours) == ["srv"]
+    theirs = umoci_rootfs(layout, "t", tmp_path / "bundle")
+    # srv/split's other name is outside: its link count here is the subtree's.
+    assert compare(ours / "srv", theirs / "data" / "srv", {"split"}, "umoci") == 16
+    by_name = {m.name: m for m in members(tar)}
+    assert by_name["srv"].mode == 0o750 and by_name["srv/split"].isfile()
+    assert by_name["srv/pair2"].islnk() and by_name["srv/pair2"].linkname == "srv/pair1"
+
+
+def test_export_path_splits_a_hardlink_group_at_the_subtree(cli, store_root, tmp_path):
+    """The first name met inside the subtree carries the content, later ones link to it;
+    names outside are not in the tar, whichever came first in the whole view."""
+    layer = LayerBuilder().dir("a").file("a/one", b"linked").dir("b")
+    layer.hardlink("b/two", "a/one").hardlink("b/three", "a/one").hardlink("c", "a/one")
+    pull(cli, tmp_path, [layer])
+    assert subtree_export(cli, tmp_path / "b.tar", "/b") == [b"b/", b"b/three", b"b/two"]
+    infos = members(tmp_path / "b.tar")
+    assert infos[1].isfile() and infos[1].size == 6
+    assert infos[2].islnk() and infos[2].linkname == "b/three"
+    assert content(tmp_path / "b.tar") == {"b/three": b"linked", "b/two": b"linked"}
+    # A non-directory alone: one member, named by its own name, with the content.
+    assert subtree_export(cli, tmp_path / "two.tar", "/b/two") == [b"two"]
+    assert content(tmp_path / "two.tar") == {"two": b"linked"}
+    # The whole view names the group from a/one as ever; "/" is the whole view.
+    whole = export(cli, tmp_path / "all.tar", NAME, "--path", "/")
+    assert content(whole)["b/two"] == b"linked"
+    assert [m.name for m in members(whole) if m.islnk()] == ["b/three", "b/two", "c"]
+    view = open_image(Store(store_root), NAME).view()
+    buf = io.BytesIO()
+    summary = write_tar(view, buf, path="b")
+    assert (summary.members, summary.hardlinks, summary.content_bytes) == (3, 1, 6)
+    with pytest.raises(NotFound, match="'/b/nope'"):
+        write_tar(view, io.BytesIO(), path="b/nope")
+    missing = cli("export", NAME, "-o", str(tmp_path / "x.tar"), "--path", "/nope")
+    assert missing.rc == 1 and "no such path '/nope'" in missing.err
+    assert not (tmp_path / "x.tar").exists()
 
 
 def test_pax_times_are_exact():

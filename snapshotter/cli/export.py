@@ -11,7 +11,9 @@ from pathlib import Path
 from types import FrameType
 
 from ..errors import SnapshotterError
+from ..explore import files
 from ..explore.export import ExportSummary, atomic_output, write_tar
+from ..explore.image import display_path
 from ..progress import for_stream
 from ..store.store import Store
 from ..view.tree import ImageView
@@ -32,8 +34,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "Write the file system a container started from IMAGE would see (every layer "
             "applied, no whiteouts) as one PAX tar: owners, modes, xattrs, devices, "
             "hardlinks and nanosecond mtimes kept. Member names are relative: './' (the "
-            "root) first, then e.g. 'etc/', 'etc/passwd'. To stdout when it is not a "
-            "terminal, or to FILE with -o."
+            "root) first, then e.g. 'etc/', 'etc/passwd'. With --path, only that entry "
+            "and what is below it, named from its own name: '--path /usr/lib' writes "
+            "'lib/', 'lib/x', ... To stdout when it is not a terminal, or to FILE with -o."
         ),
     )
     image_arguments(p)
@@ -45,6 +48,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "is replaced then, and left untouched by a failure); '-' is stdout",
     )
     layer_argument(p, "the file system")
+    p.add_argument(
+        "--path",
+        metavar="PATH",
+        help="export only PATH in the image (a directory with everything below it); "
+        "symlinks among its parents are followed, PATH itself only when it ends in '/'",
+    )
     p.set_defaults(handler=cmd_export)
 
 
@@ -57,19 +66,26 @@ def cmd_export(store: Store, args: argparse.Namespace) -> int:
     image = stored_image(store, args)
     view = image.view(args.layer)
     label = args.image if args.layer is None else f"{args.image} (layer {args.layer})"
+    path = ""
+    if args.path is not None:
+        # As ls finds it: symlinks among the parents followed in the merged view.
+        path = files.locate(image, args.path, args.layer, follow=False).path
+        label += f" {display_path(path)}"
     with _terminated_as_interrupt():
         if to_stdout:
             sys.stdout.flush()
-            _export(view, sys.stdout.fileno(), label)
+            _export(view, sys.stdout.fileno(), label, path)
         else:
             with atomic_output(Path(args.output)) as fd:
-                _export(view, fd, label)
+                _export(view, fd, label, path)
     return EXIT_OK
 
 
-def _export(view: ImageView, fd: int, label: str) -> ExportSummary:
+def _export(view: ImageView, fd: int, label: str, path: str) -> ExportSummary:
     progress = for_stream(sys.stderr, quiet=not sys.stderr.isatty())
-    advance = progress.task(f"export {label}", view.tree.content_size())
+    # A subtree's content size is known only once it is written.
+    total = None if path else view.tree.content_size()
+    advance = progress.task(f"export {label}", total)
     pending = 0
 
     def step(n: int) -> None:
@@ -80,7 +96,7 @@ def _export(view: ImageView, fd: int, label: str) -> ExportSummary:
             pending = 0
 
     try:
-        summary = write_tar(view, fd, step)
+        summary = write_tar(view, fd, step, path=path)
     except BaseException:
         progress.close()
         raise

@@ -9,7 +9,9 @@ The name form, stable: member names are relative, with no leading ``/`` and no `
 directory itself, ``./``, so its owner, mode, mtime and xattrs travel too (GNU tar and
 Python's tarfile apply them to the directory they extract into; a root no layer described
 is 0755 root:root, mtime 0, as the mount shows it).  Then every other entry in depth-first
-name order (the merged tree's order: a directory before its children).
+name order (the merged tree's order: a directory before its children).  A subtree
+(``path``) has no ``./``: its names start at the exported entry's own name (``lib/``,
+``lib/x`` for ``usr/lib``), as ``tar -C usr -c lib`` names them.
 
 What each member keeps:
 
@@ -103,11 +105,21 @@ class ExportSummary:
 
 
 def write_tar(
-    view: ImageView, out: int | BinaryIO, progress: ProgressFn | None = None
+    view: ImageView,
+    out: int | BinaryIO,
+    progress: ProgressFn | None = None,
+    *,
+    path: str = "",
 ) -> ExportSummary:
     """Write the tar of ``view`` to ``out`` (a file descriptor, or a binary file object)
     and return what was written.  ``progress`` is called with each file's content bytes
     once they are written.
+
+    ``path`` (relative, normalized, no symlink in it: the caller resolves them) exports
+    only the entry there and, for a directory, everything below it, named relative to
+    its parent: ``lib/``, ``lib/x`` for ``usr/lib``; no ``./`` member.  A hardlink group
+    with names outside that subtree carries its content at its first name inside it.
+    NotFound when the view has nothing at ``path``; "" is the whole view.
 
     ``out`` is written sequentially and never seeked, so a pipe or a socket works.  A file
     object with a ``fileno`` is flushed and then written through its descriptor (content
@@ -116,15 +128,30 @@ def write_tar(
     size than the merged tree says, raises ``StoreCorrupt`` before any of its content is
     written.
     """
+    start = _start(view, path)
     sink = _Sink.of(out)
     writer = _Writer(view, sink, progress)
-    writer.run()
+    writer.run(*start)
     return ExportSummary(
         members=writer.members,
         hardlinks=writer.hardlinks,
         content_bytes=writer.content_bytes,
         tar_bytes=sink.written,
     )
+
+
+def _start(view: ImageView, path: str) -> tuple[int, bytes]:
+    """The inode to export from and its member name (the root: ``./``)."""
+    if not path:
+        return ROOT_INODE, ROOT_NAME
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"export: path {path!r} is not a normalized relative path")
+    node = view.tree.resolve(path)
+    if node is None:
+        raise NotFound(f"export: no such path {'/' + path!r} in the view")
+    name = parts[-1].encode("utf-8", "surrogateescape")
+    return node.inode, name + b"/" if node.kind is EntryKind.DIR else name
 
 
 @contextlib.contextmanager
@@ -487,11 +514,15 @@ class _Writer:
             self.sink.write(self.buffer)
             self.buffer.clear()
 
-    def run(self) -> None:
+    def run(self, top: int, name: bytes) -> None:
+        """Members for ``top``, named ``name``, and everything below it."""
         tree = self.tree
-        self.member(ROOT_NAME, tree.node(ROOT_INODE))
-        stack: list[tuple[bytes, Iterator[tuple[int, bytes, int]]]] = [(b"", tree.scan(ROOT_INODE))]
-        seen = {ROOT_INODE}  # a cache file crafted to list a directory twice must not loop
+        node = tree.node(top)
+        self.member(name, node)
+        stack: list[tuple[bytes, Iterator[tuple[int, bytes, int]]]] = []
+        if node.kind is EntryKind.DIR:
+            stack.append((b"" if top == ROOT_INODE else name, tree.scan(top)))
+        seen = {top}  # a cache file crafted to list a directory twice must not loop
         while stack:
             prefix, children = stack[-1]
             child = next(children, None)
