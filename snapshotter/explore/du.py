@@ -145,6 +145,12 @@ def _walk(tree: MergedTree, inode: int, path: str, depth: int | None) -> list[Di
     return rows
 
 
+def dir_sizes(tree: MergedTree) -> dict[str, int]:
+    """Every directory's bytes of regular files (each hardlinked inode once, as ``du``
+    counts it), by relative path ("" = the root)."""
+    return {r.path: r.size for r in _walk(tree, ROOT_INODE, "", None)}
+
+
 def subtree_bytes(tree: MergedTree, inode: int) -> int:
     """Bytes of regular files under directory ``inode`` (each inode once)."""
     return sum(r.size for r in _walk(tree, inode, "", 0))
@@ -205,6 +211,7 @@ __all__ = [
     "DirUsage",
     "DiskUsage",
     "disk_usage",
+    "dir_sizes",
     "first_names",
     "subtree_bytes",
 ]
