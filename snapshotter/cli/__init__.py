@@ -12,6 +12,7 @@ and binds each to its handler (``handler(store, args) -> int``):
 - ``diff``: diff (what a layer changed; two images' merged views, config, history).
 - ``export``: export (the merged view as one tar).
 - ``usage``: du, wasted.
+- ``browse``: browse (the full-screen browser; the only command that imports textual).
 - ``format``: sizes, ages, tables and ``--json``, shared by all.
 
 Stdout carries data only (tables, JSON, digests); progress and errors go to stderr.
@@ -48,7 +49,18 @@ class _Parser(argparse.ArgumentParser):
 # The command families (modules of this package), in --help's order, and the family of
 # each command: a command line that names a command imports only its family, so that
 # `mount` (whose start-up is timed by scripts/bench_mount.py) does not import `diff`.
-FAMILIES = ("pull", "images", "inspect", "files", "diff", "usage", "export", "registry", "mount")
+FAMILIES = (
+    "pull",
+    "images",
+    "inspect",
+    "files",
+    "diff",
+    "usage",
+    "export",
+    "browse",
+    "registry",
+    "mount",
+)
 COMMANDS = {
     "pull": "pull",
     **dict.fromkeys(("images", "tag", "rmi", "prune"), "images"),
@@ -57,6 +69,7 @@ COMMANDS = {
     "diff": "diff",
     **dict.fromkeys(("du", "wasted"), "usage"),
     "export": "export",
+    "browse": "browse",
     **dict.fromkeys(("tags", "search", "login", "logout"), "registry"),
     **dict.fromkeys(("mount", "umount"), "mount"),
 }
