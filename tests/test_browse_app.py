@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from browse_images import BINARY, MANY, PY_SOURCE, build
+from builders import ImageBuilder, LayerBuilder, write_oci_layout
+from conftest import run_in
 from rich.style import Style
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
@@ -20,7 +22,8 @@ from textual.worker import WorkerCancelled
 from snapshotter.browse.app import BlameScreen, BrowseApp, ContentScreen, FileTree, PagerView
 from snapshotter.browse.model import Status
 from snapshotter.explore import blame as blame_mod
-from snapshotter.explore.image import StoredImage
+from snapshotter.explore.image import StoredImage, open_image
+from snapshotter.store.store import Store
 
 Test = Callable[[BrowseApp, Pilot[None]], Awaitable[None]]
 
@@ -401,3 +404,58 @@ def test_statuses_on_screen_match_the_model(images: tuple[StoredImage, StoredIma
         assert seen == set(Status)
 
     run(BrowseApp(image, layer=3), test)
+
+
+def test_keys_typed_into_inputs_stay_there(
+    images: tuple[StoredImage, StoredImage], tmp_path: Path
+) -> None:
+    """q, b, e and c are keys of the app, and letters of a filter or a file name."""
+    image, _ = images
+
+    async def test(app: BrowseApp, pilot: Pilot[None]) -> None:
+        tree = app.file_tree
+        await press(app, pilot, "tab", "ctrl+f", *"q|only", "enter")
+        assert app.is_running
+        assert tree.rows is not None
+        assert [r.item.path for r in tree.rows.rows] == ["many", "many/only"]
+        await cursor_to(app, pilot, "many/only")
+        await press(app, pilot, "e", "ctrl+u", *str(tmp_path / "q-b-e-c.txt"), "enter")
+        assert app.is_running
+        assert (tmp_path / "q-b-e-c.txt").read_bytes() == b"the one file left"
+
+    run(BrowseApp(image, layer=3, export_dir=tmp_path), test)
+
+
+def test_sorted_by_size_from_the_start(images: tuple[StoredImage, StoredImage]) -> None:
+    image, _ = images
+
+    async def test(app: BrowseApp, pilot: Pilot[None]) -> None:
+        rows = app.file_tree.rows
+        assert rows is not None and rows.sort_by_size
+        assert [r.item.name for r in rows.rows] == ["usr", "many", "bin", "etc"]
+        assert "by size" in str(app.query_one("#tree-pane").border_title)
+
+    run(BrowseApp(image, sort_by_size=True), test)
+
+
+def test_names_cannot_drive_the_terminal(tmp_path: Path) -> None:
+    """A name with escape sequences shows them as \\xNN, in the tree and in the title."""
+    layer = LayerBuilder().dir("d").file("d/evil\x1b]0;pwned\x07\x1b[2J", b"x")
+    layer.symlink("d/link", "\x1b[31mred")
+    image = ImageBuilder([layer], history=[{"created_by": "RUN \x1b[2J clear"}])
+    write_oci_layout(tmp_path / "layout", {"t": image})
+    cli = run_in(tmp_path / "store")
+    assert cli("pull", "-q", f"oci:{tmp_path / 'layout'}:t", "--name", "evil:1").rc == 0
+    stored = open_image(Store(tmp_path / "store"), "evil:1")
+
+    async def test(app: BrowseApp, pilot: Pilot[None]) -> None:
+        await cursor_to(app, pilot, "d")
+        await press(app, pilot, "space")
+        lines = "\n".join(tree_lines(app.file_tree))
+        assert "evil\\x1b]0;pwned\\x07" in lines  # (cut at the pane's width)
+        assert "link → \\x1b[31mred" in lines
+        assert "\x1b" not in lines and "\x07" not in lines
+        table = app.query_one("#layers", DataTable)
+        assert str(table.get_cell_at((0, 2))) == "RUN \\x1b[2J clear"
+
+    run(BrowseApp(stored), test)
