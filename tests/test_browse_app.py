@@ -331,6 +331,11 @@ def test_compare_colours_by_the_other_image(images: tuple[StoredImage, StoredIma
         assert "Current Layer Contents" in str(app.query_one("#tree-pane").border_title)
         await press(app, pilot, "c")
         assert colour_of(tree, "new") == "green"
+        # Choosing a layer leaves the comparison for that layer's changes.
+        app.query_one("#layers").focus()
+        await press(app, pilot, "down")
+        assert "Current Layer Contents: layer 2" in str(app.query_one("#tree-pane").border_title)
+        assert colour_of(tree, "app") == "green"
 
     run(BrowseApp(image, other=other), test)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from browse_images import build
-from conftest import REPO, child_env, need_tool, run_in
+from conftest import REPO, child_env, need_tool, run_in, run_snapshotter
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +39,17 @@ def test_help_names_the_keys(root: Path) -> None:
 
 
 def test_errors_are_one_line(root: Path) -> None:
+    # Without a terminal: refused (a subprocess, so that an app started by mistake
+    # cannot hang the test run).
+    done = run_snapshotter(
+        "--root", str(root), "browse", "browse:1", stdin=subprocess.DEVNULL, timeout=60
+    )
+    assert done.returncode == 1
+    assert done.stderr == (
+        "snapshotter: error: browse needs a terminal (for scripts: ls, blame, diff, wasted)\n"
+    )
     cli = run_in(root)
     for args, message in (
-        (("browse", "browse:1"), "snapshotter: error: browse needs a terminal"),
         (("browse", "--layer", "4", "browse:1"), "--layer 4 is out of range 1..3"),
         (("browse", "--layer", "0", "browse:1"), "--layer 0 is out of range 1..3"),
         (("browse", "nosuch:1"), "nosuch"),
