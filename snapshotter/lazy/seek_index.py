@@ -849,7 +849,8 @@ def dumps(index: SeekIndex, level: int = 10) -> bytes:
     }
     raw = json.dumps(header, separators=(",", ":")).encode()
     body = b"".join([len(raw).to_bytes(4, "little"), raw, *(c.window for c in index.checkpoints)])
-    return MAGIC + bytes([VERSION]) + zstandard.ZstdCompressor(level=level).compress(body)
+    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+    return MAGIC + bytes([VERSION]) + compressor.compress(body)
 
 
 MAX_INDEX_BODY = 1 << 32
