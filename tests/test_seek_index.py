@@ -208,6 +208,38 @@ def test_ranges_read_at_any_offset(big: Layer) -> None:
         assert read_tar(big.index, big.read_range, a, b) == tar[a:b], (a, b)
 
 
+@pytest.mark.parametrize("level", [1, 9])
+def test_gzip_checkpoints_in_text_restart_with_their_window_and_bits(level: int) -> None:
+    # Text only: every block after a checkpoint refers back into the 32 KiB window, and
+    # blocks end at any bit, so a wrong window or bit offset cannot go unnoticed.
+    rnd = random.Random(level)
+    words = [rnd.randbytes(rnd.randrange(1, 6)).hex() for _ in range(3000)]
+    layer = LayerBuilder()
+    for i in range(6):
+        layer.file(f"doc/{i}.txt", " ".join(rnd.choices(words, k=330_000)).encode())
+    tar = layer.tar_bytes()
+    blob = gzip.compress(tar, compresslevel=level, mtime=0)
+    index = build_index(
+        io.BytesIO(blob).read,
+        Digest.of_bytes(blob),
+        Digest.of_bytes(tar),
+        MT["gzip"],
+        min_layer_size=0,
+        span=1 << 20,
+    )
+    assert isinstance(index, SeekIndex)
+    inside = [c for c in index.checkpoints if not c.header]
+    assert len(inside) >= 8
+    assert all(len(c.window) == 32768 for c in inside)
+    assert len({c.bits for c in inside}) > 2  # blocks end at many bit offsets
+
+    def served(first: int, last: int) -> bytes:
+        return blob[first : last + 1]
+
+    for c in inside:
+        assert read_tar(index, served, c.out, c.out + 5000) == tar[c.out : c.out + 5000]
+
+
 def test_a_small_file_costs_one_request_of_at_most_two_spans(big: Layer) -> None:
     points = big.index.checkpoints
     biggest = max(c.end - c.start for c in points)
