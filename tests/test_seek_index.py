@@ -15,6 +15,7 @@ import io
 import json
 import random
 import tarfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -325,6 +326,98 @@ def test_a_damaged_index_is_refused(damage: Callable[[bytes], bytes]) -> None:
     assert len(layer.index.checkpoints) == 3
     with pytest.raises(StoreCorrupt):
         SeekIndex.from_bytes(damage(layer.index.to_bytes()))
+
+
+def _member(data: bytes, *, name: bytes = b"", comment: bytes = b"", extra: bytes = b"") -> bytes:
+    """One gzip member with the optional header fields RFC 1952 allows (and a header CRC)."""
+    flags = 2 | (8 if name else 0) | (16 if comment else 0) | (4 if extra else 0)
+    head = b"\x1f\x8b\x08" + bytes([flags]) + bytes(4) + b"\x00\xff"
+    if extra:
+        head += len(extra).to_bytes(2, "little") + extra
+    if name:
+        head += name + b"\0"
+    if comment:
+        head += comment + b"\0"
+    head += (zlib.crc32(head) & 0xFFFF).to_bytes(2, "little")
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    body = deflate.compress(data) + deflate.flush()
+    trailer = zlib.crc32(data).to_bytes(4, "little") + (len(data) & 0xFFFFFFFF).to_bytes(
+        4, "little"
+    )
+    return head + body + trailer
+
+
+def _skippable(payload: bytes) -> bytes:
+    return (0x184D2A5E).to_bytes(4, "little") + len(payload).to_bytes(4, "little") + payload
+
+
+def _odd_blobs(tar: bytes) -> Iterator[tuple[str, str, bytes]]:
+    """Blobs of ``tar`` framed as real tools frame them, and as RFC 1952 and 8878 allow."""
+    third = len(tar) // 3
+    parts = [tar[:third], tar[third : 2 * third], tar[2 * third :]]
+    yield (
+        "gzip members with names, comments, extra fields, zero padding",
+        "gzip",
+        _member(parts[0], name=b"layer.tar", extra=b"SG\x04\x00abcd")
+        + _member(b"")
+        + _member(parts[1], comment=b"a comment")
+        + bytes(7)
+        + _member(parts[2], name=b"x" * 3000)
+        + bytes(20),
+    )
+    plain = zstandard.ZstdCompressor(level=1)
+    checked = zstandard.ZstdCompressor(level=3, write_checksum=True, write_content_size=False)
+    yield (
+        "zstd frames between skippable ones, as zstd:chunked writes its manifest",
+        "zstd",
+        _skippable(b"first")
+        + plain.compress(parts[0])
+        + checked.compress(b"")
+        + checked.compress(parts[1])
+        + plain.compress(parts[2])
+        + _skippable(b"manifest" * 100),
+    )
+
+
+def test_every_framing_the_formats_allow_reads_like_unpack(tmp_path: Path) -> None:
+    rnd = random.Random(8)
+    layer = LayerBuilder()
+    for i in range(12):
+        layer.file(f"f{i}", rnd.randbytes(50_000) + b"text " * rnd.randrange(1, 30_000))
+    tar = layer.tar_bytes()
+    expected = _files(tar)
+    for what, how, blob in _odd_blobs(tar):
+        index = build_index(
+            io.BytesIO(blob).read,
+            Digest.of_bytes(blob),
+            Digest.of_bytes(tar),
+            MT[how],
+            min_layer_size=0,
+            span=1,
+        )
+        assert isinstance(index, SeekIndex), what
+        assert len(index.checkpoints) >= 3, what
+        toc = _unpacked_toc(tmp_path, blob, tar, f"{how}-odd")
+        assert _without_blocks(index.toc) == _without_blocks(toc), what
+
+        def served(first: int, last: int, blob: bytes = blob) -> bytes:
+            return blob[first : last + 1]
+
+        for entry in index.toc:
+            if entry.kind is EntryKind.FILE:
+                assert read_file(index, entry, served) == expected[entry.path], (what, entry.path)
+        for c in index.checkpoints[1:]:
+            assert read_tar(index, served, c.out - 1, c.out + 1) == tar[c.out - 1 : c.out + 1]
+
+
+@pytest.mark.parametrize("how", ["gzip", "none"])  # zstd: no frame at all, so Unindexed
+def test_an_empty_blob_is_an_empty_layer_as_for_unpack(how: str, tmp_path: Path) -> None:
+    index = build_index(
+        io.BytesIO(b"").read, Digest.of_bytes(b""), Digest.of_bytes(b""), MT[how], min_layer_size=0
+    )
+    assert isinstance(index, SeekIndex)
+    assert _without_blocks(index.toc) == _without_blocks(_unpacked_toc(tmp_path, b"", b"", how))
+    assert index.tar_size == 0 and read_tar(index, lambda a, b: b"", 0, 0) == b""
 
 
 # -- refusals and the layers not worth indexing -------------------------------------------
