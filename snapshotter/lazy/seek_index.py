@@ -198,12 +198,16 @@ def build_index(
             scan.blob_size,
             f"smaller than {min_layer_size >> 20} MiB ({scan.blob_size} bytes): fetched whole",
         )
-    if compression == "zstd" and recorder.frames < 2:
+    checkpoints = recorder.finish()
+    if compression == "zstd" and len(checkpoints) < 2:
+        # Every read would inflate from the blob's start: the index buys nothing.
         return Unindexed(
             layer_digest,
             media_type,
             scan.blob_size,
-            "single-frame zstd: no point to restart decompression at but the start",
+            "single-frame zstd: no point to restart decompression at but the start"
+            if recorder.frames < 2
+            else f"zstd: no frame starts past the first {span >> 20} MiB",
         )
     for inode in scan.dropped:
         extents.pop(inode, None)
@@ -217,7 +221,7 @@ def build_index(
         span_size=span,
         toc=scan.toc,
         extents=extents,
-        checkpoints=recorder.finish(),
+        checkpoints=checkpoints,
     )
 
 
@@ -237,7 +241,9 @@ class _CallReader:
 
 class _SpanHasher:
     """Between the compressed stream and the decoder: hashes the spans the recorder cuts.
-    The two latest chunks are kept, since a cut may fall a byte before the newest."""
+    A cut falls where the decoder is (or a byte before), which is in the newest chunk or
+    the one before it (``_Input.need`` reads at most a header or a block ahead); the three
+    latest are kept, and a cut behind them would be a bug, refused as one."""
 
     def __init__(self, read: Callable[[int], bytes]):
         self._read = read
@@ -253,7 +259,7 @@ class _SpanHasher:
         if chunk:
             self._chunks.append((self.size, chunk))
             self.size += len(chunk)
-            if len(self._chunks) > 2:
+            if len(self._chunks) > 3:
                 base, data = self._chunks.popleft()
                 self._hash_to(base + len(data), [(base, data)])
         return chunk
@@ -269,6 +275,8 @@ class _SpanHasher:
 
     def cut(self, end: int, start: int) -> None:
         """The span being hashed ends at ``end``; the next starts at ``start``."""
+        if start < end - 1 or (self._chunks and start < self._chunks[0][0]):
+            raise AssertionError(f"span cut at {start} behind the bytes kept")
         if self._h is not None:
             self._hash_to(end)
             self.spans.append((self._start, end, self._h.hexdigest()))
@@ -518,9 +526,7 @@ class _GzipDecoder(_Decoder):
         # header: the next member, zero padding, or the end
         while True:
             if not inp.more():
-                if not self.members:
-                    raise CorruptStream(f"{self.what}: empty, not gzip")
-                return None
+                return None  # the end (an empty blob is an empty layer, as for unpack)
             if self.members and inp.buf[inp.pos] == 0:
                 rest = inp.buf[inp.pos :]
                 inp.pos += len(rest) - len(rest.lstrip(b"\0"))
