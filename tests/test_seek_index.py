@@ -17,6 +17,7 @@ import random
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from snapshotter.lazy import (
 )
 from snapshotter.lazy.seek_index import MAX_FETCH, SPAN
 from snapshotter.oci.digest import Digest
-from snapshotter.store.toc import EntryKind, Toc
+from snapshotter.store.toc import EntryKind, Toc, TocEntry
 from snapshotter.store.unpack import unpack_layer
 
 MT = {
@@ -255,6 +256,23 @@ def test_a_small_file_costs_one_request_of_at_most_two_spans(big: Layer) -> None
         spans = [c for c in points if first <= c.start and c.end <= last + 1]
         assert 1 <= len(spans) <= 2, entry.path
         assert spans[0].start == first and spans[-1].end == last + 1
+
+
+def test_reads_from_many_threads_at_once(big: Layer) -> None:
+    # FUSE serves reads from worker threads; zlib runs without the GIL under ctypes.
+    expected = _files(big.tar)
+    files = [e for e in big.index.toc if e.kind is EntryKind.FILE and e.size > 100_000]
+
+    def served(first: int, last: int) -> bytes:
+        return big.blob[first : last + 1]
+
+    def check(entry: TocEntry) -> bool:
+        half = entry.size // 2
+        got = read_file(big.index, entry, served, half, 70_000)
+        return got == expected[entry.path][half : half + 70_000]
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(check, files * 2))
 
 
 def test_adjacent_spans_are_merged_up_to_the_fetch_limit(big: Layer) -> None:
