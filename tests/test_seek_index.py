@@ -35,7 +35,7 @@ from snapshotter.lazy import (
     read_file,
     read_tar,
 )
-from snapshotter.lazy.seek_index import MAX_FETCH, SPAN
+from snapshotter.lazy.seek_index import MAGIC, MAX_FETCH, SPAN, FileExtent
 from snapshotter.oci.digest import Digest
 from snapshotter.store.toc import EntryKind, Toc, TocEntry
 from snapshotter.store.unpack import unpack_layer
@@ -436,6 +436,26 @@ def test_an_empty_blob_is_an_empty_layer_as_for_unpack(how: str, tmp_path: Path)
     assert isinstance(index, SeekIndex)
     assert _without_blocks(index.toc) == _without_blocks(_unpacked_toc(tmp_path, b"", b"", how))
     assert index.tar_size == 0 and read_tar(index, lambda a, b: b"", 0, 0) == b""
+
+
+def test_an_index_that_points_outside_its_blob_is_refused() -> None:
+    rnd = random.Random(4)
+    tar = LayerBuilder().file("a", rnd.randbytes(3 << 20)).tar_bytes()
+    index = Layer(tar, "gzip", min_layer_size=0, span=1 << 20).index
+    points = index.checkpoints
+    lies = [
+        replace(index, checkpoints=(*points[:-1], replace(points[-1], end=index.blob_size + 9))),
+        replace(index, checkpoints=(replace(points[0], start=5), *points[1:])),
+        replace(index, checkpoints=(points[0], points[2], points[1])),
+        replace(index, tar_size=points[-1].out),
+        replace(index, extents={2: FileExtent(index.tar_size + 1)}),
+    ]
+    for lie in lies:
+        with pytest.raises(StoreCorrupt):
+            SeekIndex.from_bytes(lie.to_bytes())
+    body = zstandard.ZstdCompressor(write_content_size=False).compress(b"{}")
+    with pytest.raises(StoreCorrupt, match="a body of -1 bytes"):
+        SeekIndex.from_bytes(MAGIC + bytes([1]) + body)
 
 
 # -- refusals and the layers not worth indexing -------------------------------------------

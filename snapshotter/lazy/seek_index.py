@@ -859,7 +859,9 @@ def dumps(index: SeekIndex, level: int = 10) -> bytes:
     return MAGIC + bytes([VERSION]) + compressor.compress(body)
 
 
-MAX_INDEX_BODY = 1 << 32
+# An index is ~0.8 % of its tar at most: this bounds what a damaged or hostile one can
+# make us allocate (the frame must declare its size, and libzstd holds it to it).
+MAX_INDEX_BODY = 1 << 31
 
 
 def loads(data: bytes, what: str = "seek index") -> SeekIndex:
@@ -870,7 +872,11 @@ def loads(data: bytes, what: str = "seek index") -> SeekIndex:
     if version != bytes([VERSION]):
         raise StoreCorrupt(f"{what}: unknown version {version!r}")
     try:
-        body = zstandard.ZstdDecompressor().decompressobj().decompress(data[len(MAGIC) + 1 :])
+        payload = data[len(MAGIC) + 1 :]
+        declared = zstandard.frame_content_size(payload)
+        if not 0 <= declared <= MAX_INDEX_BODY:
+            raise ValueError(f"a body of {declared} bytes")
+        body = zstandard.ZstdDecompressor().decompressobj().decompress(payload)
         n = int.from_bytes(body[:4], "little")
         header = json.loads(body[4 : 4 + n])
         windows = memoryview(body)[4 + n :]
@@ -896,11 +902,21 @@ def loads(data: bytes, what: str = "seek index") -> SeekIndex:
             at += wlen
             checkpoints.append(cp)
             prev = cp
-        if at != len(windows) or not checkpoints or checkpoints[0].out != 0:
+        blob_size, tar_size = int(header["blob_size"]), int(header["tar_size"])
+        if (
+            at != len(windows)
+            or not checkpoints
+            or checkpoints[0].out != 0
+            or checkpoints[0].start != 0
+            or checkpoints[-1].end != blob_size
+            or (tar_size and checkpoints[-1].out >= tar_size)
+        ):
             raise ValueError("windows or checkpoints")
         extents = {}
         for row in header["extents"]:
             sparse = tuple((int(o), int(k)) for o, k in row[2]) if len(row) > 2 else ()
+            if not 0 <= int(row[1]) <= tar_size:
+                raise ValueError(f"extent {row[:2]!r}")
             extents[int(row[0])] = FileExtent(int(row[1]), sparse)
         entries = sorted_entries(TocEntry.from_row(row) for row in header["toc"])
         diff_id = Digest.parse(header["diff_id"], what)
@@ -909,8 +925,8 @@ def loads(data: bytes, what: str = "seek index") -> SeekIndex:
             diff_id=diff_id,
             media_type=str(header["media_type"]),
             compression=compression,
-            blob_size=int(header["blob_size"]),
-            tar_size=int(header["tar_size"]),
+            blob_size=blob_size,
+            tar_size=tar_size,
             span_size=int(header["span_size"]),
             toc=Toc(str(diff_id), entries),
             extents=extents,
