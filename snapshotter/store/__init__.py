@@ -1,7 +1,8 @@
 """The content-addressed store, over ``oci``.
 
 - ``toc``: a layer's table of contents (``Toc``, ``TocEntry``, ``EntryKind``) and its file.
-- ``unpack``: one layer tar -> one snapshot (toc + content files), confined.
+- ``unpack``: one layer tar -> one snapshot (toc + content files), confined; its verified
+  pass without the writing (``scan_layer``) also builds ``lazy``'s seek index.
 - ``store``: blobs, snapshots by diff_id, images by manifest digest; the lock, the journal,
   garbage collection.
 """

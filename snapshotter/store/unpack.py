@@ -69,6 +69,34 @@ class ProgressFn(Protocol):
     def __call__(self, nbytes: int, /) -> None: ...
 
 
+class Decompress(Protocol):
+    """Makes the uncompressed stream of a layer from its (verifying) compressed stream; the
+    default is ISA-L for gzip and zstandard for zstd.  ``lazy.seek_index`` passes one that
+    also records checkpoints while it inflates."""
+
+    def __call__(self, compressed: Readable, /) -> Readable: ...
+
+
+class ContentSink(Protocol):
+    """Takes the content of one regular file (``size > 0``) from ``src``, all
+    ``info.size`` bytes of it, and returns its ``sha256:<hex>`` and the 512-byte blocks
+    it takes: ``unpack_layer`` writes it into the snapshot; the seek index only hashes it
+    and notes where it lies in the tar."""
+
+    def __call__(self, inode: int, info: tarfile.TarInfo, src: Readable, /) -> tuple[str, int]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LayerScan:
+    """What one verified pass over a layer blob found (``scan_layer``)."""
+
+    layer_digest: Digest  # of the blob as read (compressed)
+    blob_size: int
+    tar_size: int  # bytes of the uncompressed tar stream
+    toc: Toc
+    dropped: frozenset[int]  # inodes given to the sink whose entries a later one replaced
+
+
 @dataclass(frozen=True, slots=True)
 class UnpackResult:
     layer_digest: Digest  # of the blob as read (compressed)
@@ -293,7 +321,9 @@ class _Feeder:
         diff_id: Digest,
         what: str,
         progress: ProgressFn | None,
+        decompress: Decompress | None = None,
     ):
+        self.decompress = decompress
         self.compressed = VerifyingReader(
             _Counting(blob, progress) if progress else blob,
             layer_digest or Digest("sha256", "0" * 64),
@@ -317,6 +347,8 @@ class _Feeder:
         self.real_end: int | None = None  # length of the real tar stream, once known
 
     def _decompressed(self) -> Readable:
+        if self.decompress is not None:
+            return self.decompress(self.compressed)
         if self.compression == "none":
             return self.compressed
         if self.compression == "gzip":
@@ -577,9 +609,55 @@ def unpack_layer(
     data_dir = dest / DATA_DIR
     data_dir.mkdir(mode=0o755)
     data_fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    feeder = _Feeder(blob, compression, layer_digest, blob_size, diff_id, what, progress)
+
+    def write(inode: int, info: tarfile.TarInfo, src: Readable) -> tuple[str, int]:
+        sparse: list[tuple[int, int]] | None = info.sparse  # type: ignore[assignment]
+        return _copy_content(src, data_fd, f"{inode:x}", info.size, sparse, what)
+
+    try:
+        scan = scan_layer(
+            blob,
+            compression=compression,
+            diff_id=diff_id,
+            layer_digest=layer_digest,
+            blob_size=blob_size,
+            what=what,
+            content=write,
+            progress=progress,
+            cancelled=cancelled,
+            max_entries=max_entries,
+        )
+    finally:
+        os.close(data_fd)
+    for inode in scan.dropped:  # content of entries replaced later in the tar
+        os.unlink(dest / DATA_DIR / f"{inode:x}")
+    scan.toc.write(dest / TOC_NAME)
+    return UnpackResult(scan.layer_digest, diff_id, scan.blob_size, scan.toc)
+
+
+def scan_layer(
+    blob: Readable | BinaryIO,
+    *,
+    compression: str,
+    diff_id: Digest,
+    layer_digest: Digest | None,
+    blob_size: int | None,
+    what: str,
+    content: ContentSink,
+    progress: ProgressFn | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    max_entries: int = MAX_LAYER_ENTRIES,
+    decompress: Decompress | None = None,
+) -> LayerScan:
+    """One verified pass over a layer blob: every header parsed into the layer's toc (its
+    own replacements, hardlinks and whiteouts applied), every regular file's content
+    handed to ``content``, the blob's digest and the tar's diff_id checked at the end.
+    Nothing is written to the host here; ``unpack_layer``'s sink writes the files."""
+    feeder = _Feeder(
+        blob, compression, layer_digest, blob_size, diff_id, what, progress, decompress
+    )
     tree = _LayerTree(what)
-    # toc inode -> content digest and blocks, for each data file written
+    # toc inode -> content digest and blocks, for each file given to the sink
     written: dict[int, tuple[str, int]] = {}
     try:
         try:
@@ -591,7 +669,7 @@ def unpack_layer(
                 else:
                     raise UnsafeArchive(f"{what}: not a tar archive ({exc})") from exc
             if tf is not None:
-                _read_entries(tf, tree, data_fd, written, what, cancelled, feeder, max_entries)
+                _read_entries(tf, tree, content, written, what, cancelled, feeder, max_entries)
         except UnsafeArchive as exc:
             # A blob that is not what its descriptor says explains a bad tar better than
             # the tar's own complaint: verify the digests first, and report a mismatch.
@@ -603,23 +681,24 @@ def unpack_layer(
         computed = feeder.verify(check_layer_digest=layer_digest is not None)
     finally:
         feeder.close()
-        os.close(data_fd)
     entries = tuple(
         replace(e, digest=written[e.inode][0], blocks=written[e.inode][1]) if e.has_data else e
         for e in tree.finish()
     )
     live = {e.inode for e in entries if e.has_data}
-    for inode in written.keys() - live:  # content of entries replaced later in the tar
-        os.unlink(dest / DATA_DIR / f"{inode:x}")
-    toc = Toc(str(diff_id), entries)
-    toc.write(dest / TOC_NAME)
-    return UnpackResult(computed, diff_id, feeder.compressed.count, toc)
+    return LayerScan(
+        computed,
+        feeder.compressed.count,
+        feeder.tar_size,
+        Toc(str(diff_id), entries),
+        frozenset(written.keys() - live),
+    )
 
 
 def _read_entries(
     tf: tarfile.TarFile,
     tree: _LayerTree,
-    data_fd: int,
+    content: ContentSink,
     written: dict[int, tuple[str, int]],
     what: str,
     cancelled: Callable[[], bool] | None,
@@ -635,7 +714,7 @@ def _read_entries(
                 raise UnsafeArchive(f"{what}: more than {max_entries} entries")
             if cancelled is not None and count % 256 == 0 and cancelled():
                 raise SnapshotterError(f"{what}: cancelled")
-            _read_entry(tf, info, tree, data_fd, written, what, feeder)
+            _read_entry(tf, info, tree, content, written, what, feeder)
     except tarfile.TarError as exc:
         raise UnsafeArchive(f"{what}: broken tar archive ({exc})") from exc
     except EOFError as exc:
@@ -646,7 +725,7 @@ def _read_entry(
     tf: tarfile.TarFile,
     info: tarfile.TarInfo,
     tree: _LayerTree,
-    data_fd: int,
+    content: ContentSink,
     written: dict[int, tuple[str, int]],
     what: str,
     feeder: _Feeder,
@@ -740,5 +819,5 @@ def _read_entry(
             extracted = tf.extractfile(info)
             assert extracted is not None
             src = extracted
-        written[inode] = _copy_content(src, data_fd, f"{inode:x}", info.size, sparse, what)
+        written[inode] = content(inode, info, src)
         feeder.check_within(info)
