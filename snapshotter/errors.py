@@ -37,7 +37,12 @@ class InUse(SnapshotterError):
 
 
 class InvalidConfig(SnapshotterError):
-    """A setting did not parse: a CI rule of ``wasted``, a ``.dive-ci`` file."""
+    """A setting did not parse: a CI rule of ``wasted``, a ``.dive-ci`` file, a
+    registries.conf."""
+
+
+class Blocked(SnapshotterError):
+    """registries.conf forbids pulling an image (``blocked = true``); never retried."""
 
 
 class StoreCorrupt(SnapshotterError):
