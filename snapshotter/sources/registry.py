@@ -20,6 +20,10 @@ Rules this module keeps:
   resumes with a ``Range`` request from the last byte delivered.
 - ``docker.io`` is served by ``registry-1.docker.io``: :func:`registry_host` is the one
   place that knows.
+- registries.conf (``options.registries``): :meth:`RegistryClient.locate` tries an image's
+  mirrors, then its (rewritten) primary location, and the caller reads everything else of
+  that image from the reference it returns; every request refuses a ``blocked`` prefix and
+  honours ``insecure`` for the hosts it names.
 """
 
 from __future__ import annotations
@@ -47,7 +51,14 @@ from urllib.parse import urljoin
 
 import httpx
 
-from ..errors import DigestMismatch, InvalidReference, NotFound, RegistryError
+from ..errors import (
+    DigestMismatch,
+    InvalidReference,
+    NotFound,
+    RegistryError,
+    SnapshotterError,
+    reworded,
+)
 from ..oci.digest import Digest, ReaderBase, verify_bytes
 from ..oci.model import (
     MAX_JSON_BLOB,
@@ -57,12 +68,14 @@ from ..oci.model import (
     MT_OCI_MANIFEST,
 )
 from ..oci.reference import DEFAULT_DOMAIN, DEFAULT_TAG, LEGACY_DOMAINS, Reference
+from .registries_conf import Endpoint, RegistriesConf
 
 __all__ = [
     "DEFAULT_OPTIONS",
     "DOCKER_HUB_HOST",
     "MANIFEST_MEDIA_TYPES",
     "BlobStream",
+    "Located",
     "RegistryClient",
     "RegistryOptions",
     "auth_file_candidates",
@@ -136,6 +149,9 @@ class RegistryOptions:
     max_manifest: int = 4 << 20  # bytes; bigger manifests are refused unread
     retries: int = 5  # attempts per request, and per byte offset of a blob download
     backoff: float = 0.5  # seconds before the second attempt, doubling after
+    # containers-registries.conf(5), loaded by the caller (the CLI reads the files);
+    # None: there is none, and every reference is asked of its own registry.
+    registries: RegistriesConf | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
@@ -583,6 +599,17 @@ class _Target:
         return f"{self.domain}/{self.path}" if self.path else f"registry {self.domain}"
 
 
+@dataclass(frozen=True, slots=True)
+class Located:
+    """A manifest (or index) found through registries.conf: where, and what was served."""
+
+    reference: Reference  # the one that answered: the reference asked for, or a rewrite
+    endpoint: Endpoint  # a mirror or the primary location
+    raw: bytes
+    media_type: str
+    digest: Digest  # of ``raw``, verified
+
+
 class RegistryClient:
     """A distribution-spec client for pulling; thread-safe, close it when done.
 
@@ -596,6 +623,11 @@ class RegistryClient:
         self.options = options
         self._lock = threading.Lock()
         self._http: httpx.Client | None = None
+        self._http_unverified: httpx.Client | None = None  # for insecure hosts only
+        # Hosts registries.conf marks insecure (of a table or mirror this client used).
+        self._insecure_hosts: set[str] = set()
+        # Domains reached as a mirror or rewrite of another: --creds is not for them.
+        self._foreign_domains: set[str] = set()
         self._schemes: dict[str, str] = {}  # host -> "https" | "http"
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}  # -> (token, expiry)
         self._basic_hosts: set[str] = set()  # hosts that asked for Basic auth
@@ -607,9 +639,10 @@ class RegistryClient:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            http, self._http = self._http, None
+            clients = [c for c in (self._http, self._http_unverified) if c is not None]
+            self._http = self._http_unverified = None
             self._tokens.clear()
-        if http is not None:
+        for http in clients:
             http.close()
 
     def __enter__(self) -> RegistryClient:
@@ -620,13 +653,55 @@ class RegistryClient:
 
     # -- public API --
 
-    def manifest(self, ref: Reference) -> tuple[bytes, str, Digest]:
+    def locate(self, ref: Reference) -> Located:
+        """The manifest or index ``ref`` names, from the first endpoint registries.conf
+        gives for it that serves it: its mirrors in order, then its primary location
+        (containers/image's pull sources).
+
+        A mirror is tried once; any failure (refused connection, 404, 5xx, bad
+        credentials, a wrong digest) moves on to the next.  The primary location gets
+        the usual retries; if it fails too, its error says what every mirror answered.
+        Read the image's other manifests and blobs from ``Located.reference``, so they
+        come from the endpoint that served this one.  Without registries.conf this is
+        :meth:`manifest` of ``ref`` itself.
+        """
+        conf = self.options.registries or RegistriesConf.empty()
+        sources = conf.pull_sources(ref)
+        failures: list[SnapshotterError] = []
+        for source in sources:
+            physical = source.reference
+            host = registry_host(physical.domain)
+            with self._lock:
+                if source.endpoint.insecure:
+                    self._insecure_hosts.add(host)
+                if physical.domain != ref.domain:
+                    self._foreign_domains.add(physical.domain)
+            primary = not source.endpoint.mirror
+            try:
+                raw, media_type, digest = self.manifest(physical, attempts=None if primary else 1)
+            except SnapshotterError as exc:
+                if not primary:
+                    log.debug("%s: mirror failed: %s", physical, exc)
+                    failures.append(exc)
+                    continue
+                if not failures:
+                    raise
+                also = "; ".join(str(f) for f in failures)
+                raise reworded(exc, f"{exc}; mirrors also failed: {also}") from exc
+            if source.endpoint.mirror:
+                log.debug("%s: served by mirror %s", ref, source.endpoint.location)
+            return Located(physical, source.endpoint, raw, media_type, digest)
+        raise AssertionError("pull sources always end with the primary location")
+
+    def manifest(self, ref: Reference, *, attempts: int | None = None) -> tuple[bytes, str, Digest]:
         """GET the manifest or index ``ref`` names: (body, media type, digest of the body).
 
         A reference with a digest is fetched by digest and verified (``DigestMismatch``);
         by tag, the body is checked against the registry's ``Docker-Content-Digest``.  The
         media type is one of :data:`MANIFEST_MEDIA_TYPES` when the registry is honest;
-        the caller decides what to do with others (schema1, artifacts).
+        the caller decides what to do with others (schema1, artifacts).  ``attempts``
+        overrides ``options.retries`` for this request.  No mirror is asked: see
+        :meth:`locate`.
         """
         target = self._target(ref)
         reference = str(ref.digest) if ref.digest is not None else (ref.tag or DEFAULT_TAG)
@@ -641,7 +716,7 @@ class RegistryClient:
                 self._check(resp, target, what)
                 return self._read_capped(resp, self.options.max_manifest, what), resp.headers
 
-        body, headers = self._retrying(what, attempt)
+        body, headers = self._retrying(what, attempt, attempts)
         media_type = _media_type(headers.get("content-type", ""), body)
         if ref.digest is not None:
             verify_bytes(body, ref.digest, None, f"{ref.repository}: manifest")
@@ -721,35 +796,69 @@ class RegistryClient:
     def catalog(self, registry: str, term: str = "", page_size: int | None = None) -> list[str]:
         """Repository paths a registry lists (``/v2/_catalog``), those containing ``term``."""
         domain = normalize_registry(registry)
-        target = _Target(domain, registry_host(domain), "", "registry:catalog:*")
+        target = self._registry_target(domain, "registry:catalog:*")
         names = self._paginate(target, "/v2/_catalog", "repositories", page_size)
         return [n for n in names if term in n]
 
     # -- requests --
 
     def _target(self, ref: Reference) -> _Target:
-        return _Target(
-            ref.domain, registry_host(ref.domain), ref.path, f"repository:{ref.path}:pull"
-        )
+        """Whom a request about ``ref`` is for; registries.conf may refuse it (blocked) or
+        allow its host plain HTTP (insecure), matching the reference's full text as
+        containers/image's FindRegistry does."""
+        host = registry_host(ref.domain)
+        conf = self.options.registries
+        if conf is not None:
+            table = conf.check(str(ref), f"docker://{ref}")
+            if table is not None and table.endpoint.insecure:
+                with self._lock:
+                    self._insecure_hosts.add(host)
+        return _Target(ref.domain, host, ref.path, f"repository:{ref.path}:pull")
 
-    def _client(self) -> httpx.Client:
+    def _registry_target(self, domain: str, scope: str) -> _Target:
+        """Whom a registry-wide request (catalog, login) is for; as :meth:`_target`."""
+        host = registry_host(domain)
+        conf = self.options.registries
+        if conf is not None:
+            table = conf.check(domain, f"registry {domain}")
+            if table is not None and table.endpoint.insecure:
+                with self._lock:
+                    self._insecure_hosts.add(host)
+        return _Target(domain, host, "", scope)
+
+    def _insecure(self, host: str) -> bool:
+        """Plain HTTP and unverified TLS allowed: --tls-verify=false, or registries.conf."""
+        if self.options.insecure:
+            return True
+        with self._lock:
+            return host in self._insecure_hosts
+
+    def _client(self, host: str | None = None) -> httpx.Client:
+        """The HTTP client for ``host``: one that skips TLS verification for insecure
+        hosts, the verifying one for every other (and for token realms)."""
+        unverified = host is not None and self._insecure(host)
         with self._lock:
             if self._closed:
                 raise RegistryError("registry client: used after close")
-            if self._http is None:
-                self._http = httpx.Client(
+            current = self._http_unverified if unverified else self._http
+            if current is None:
+                current = httpx.Client(
                     http1=True,
                     http2=False,
-                    verify=self._ssl_context(),
+                    verify=self._ssl_context(unverified),
                     timeout=httpx.Timeout(self.options.timeout),
                     follow_redirects=False,
                     headers={"User-Agent": _USER_AGENT},
                 )
-            return self._http
+                if unverified:
+                    self._http_unverified = current
+                else:
+                    self._http = current
+            return current
 
-    def _ssl_context(self) -> ssl.SSLContext:
+    def _ssl_context(self, unverified: bool = False) -> ssl.SSLContext:
         ctx = ssl.create_default_context()
-        if self.options.insecure:
+        if self.options.insecure or unverified:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         cert_dir = self.options.cert_dir
@@ -795,13 +904,14 @@ class RegistryClient:
         except (httpx.HTTPError, httpx.InvalidURL) as exc:  # bad encodings, bad urls
             raise RegistryError(f"{what}: {_describe(exc)}") from exc
 
-    def _retrying(self, what: str, attempt: Callable[[], T]) -> T:
+    def _retrying(self, what: str, attempt: Callable[[], T], attempts: int | None = None) -> T:
         delay = self.options.backoff
-        for n in range(1, self.options.retries + 1):
+        retries = self.options.retries if attempts is None else attempts
+        for n in range(1, retries + 1):
             try:
                 return attempt()
             except _Transient as exc:
-                if n >= self.options.retries:
+                if n >= retries:
                     raise RegistryError(
                         f"{what}: {exc.reason} (gave up after {n} attempts)", status=exc.status
                     ) from exc
@@ -822,11 +932,11 @@ class RegistryClient:
         return f"{scheme}://{host}"
 
     def _probe(self, host: str) -> str:
-        if not (self.options.insecure or is_loopback(host)):
+        if not (self._insecure(host) or is_loopback(host)):
             return "https"
         # containers/image for insecure (and docker for loopback) registries: https first,
         # then plain http.  A TLS registry answers plain http with 400.
-        client = self._client()
+        client = self._client(host)
         try:
             client.get(f"https://{host}/v2/")
             return "https"
@@ -853,14 +963,18 @@ class RegistryClient:
         return "http"
 
     def _plain_http_allowed(self, host: str) -> bool:
-        return self.options.insecure or is_loopback(host)
+        return self._insecure(host) or is_loopback(host)
 
     def _cred_lookup(self, target: _Target) -> _CredLookup:
         key = (target.domain, target.path)
         with self._lock:
             found = self._creds.get(key)
+            foreign = target.domain in self._foreign_domains
         if found is None:
-            found = _lookup_creds(self.options, target.domain, target.path)
+            # containers/image: credentials given for the image are not sent to a mirror
+            # (or rewritten location) on another registry; its auth files still are read.
+            options = replace(self.options, creds=None) if foreign else self.options
+            found = _lookup_creds(options, target.domain, target.path)
             with self._lock:
                 self._creds[key] = found
         return found
@@ -919,7 +1033,7 @@ class RegistryClient:
         self, target: _Target, url: str, headers: dict[str, str], auth: str | None
     ) -> httpx.Response:
         """One GET, following redirects; the registry's Authorization stays on its origin."""
-        client = self._client()
+        client = self._client(target.host)
         registry_origin = _origin(httpx.URL(self._base(target.host)))
         current = httpx.URL(url)
         for _ in range(_MAX_REDIRECTS + 1):
@@ -990,7 +1104,8 @@ class RegistryClient:
             )
         params = {k: v for k, v in (("service", service), ("scope", scope)) if v}
         log.debug("%s: token for %r from %s", target.what, scope, realm_url.host)
-        client = self._client()
+        # As containers/image: the registry's TLS setting is its token server's too.
+        client = self._client(target.host)
         if creds is not None and creds.identity_token is not None:
             # distribution's oauth.md: trade the refresh token for an access token
             request = client.build_request(
@@ -1132,7 +1247,7 @@ class RegistryClient:
 
     def _ping(self, domain: str) -> None:
         """GET /v2/ with auth: 200 means the credentials (if needed) were accepted."""
-        target = _Target(domain, registry_host(domain), "", "")
+        target = self._registry_target(domain, "")
         what = f"registry {domain}"
 
         def attempt() -> None:

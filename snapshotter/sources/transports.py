@@ -6,7 +6,9 @@
   (``manifest.json`` + ``<id>/layer.tar``) and Docker 25+'s OCI-shaped one.
 - ``docker://REF``, or a bare ``REF`` resolved the way docker does (``alpine`` is
   ``docker.io/library/alpine:latest``): a registry, through ``registry.RegistryClient``
-  (imported only then, so on-disk pulls never load httpx).
+  (imported only then, so on-disk pulls never load httpx).  With a registries.conf a bare
+  short name is resolved by its aliases and unqualified-search-registries instead
+  (``registries_conf``), and every reference goes through its mirrors and rewrites.
 
 A transport resolves a reference to one image (picking the manifest for a platform from an
 index) and hands out blob readers; it never unpacks anything.  Archives are read in place:
@@ -27,7 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Protocol
 
-from ..errors import InvalidReference, NotFound, UnsupportedMedia
+from ..errors import (
+    InvalidReference,
+    NotFound,
+    SnapshotterError,
+    UnsupportedMedia,
+    reworded,
+)
 from ..oci.digest import Digest, Readable, verify_bytes
 from ..oci.model import (
     ANNOTATION_CONTAINERD_NAME,
@@ -731,7 +739,7 @@ def _open(
 ) -> ResolvedImage | ResolvedIndex:
     src = SourceRef.parse(text)
     if src.transport == "docker":
-        return _resolve_registry(Reference.parse(src.ref), platform, registry, all_platforms)
+        return _resolve_name(text, src.ref, platform, registry, all_platforms)
     path = Path(src.path)
     if src.transport == "oci":
         if not path.is_dir():
@@ -761,6 +769,36 @@ def _open(
 # -- registries ---------------------------------------------------------------------------
 
 
+def _resolve_name(
+    text: str,
+    name: str,
+    platform: Platform | None,
+    options: RegistryOptions | None,
+    all_platforms: bool,
+) -> ResolvedImage | ResolvedIndex:
+    """``docker://NAME`` is NAME as docker reads it (skopeo's and podman's rule); a bare
+    NAME is a short name that registries.conf may resolve to one or more candidates,
+    tried in order, as podman pulls them."""
+    conf = options.registries if options is not None else None
+    if text.startswith("docker://") or conf is None:
+        return _resolve_registry(Reference.parse(name), platform, options, all_platforms)
+    resolution = conf.resolve_short_name(name)
+    if resolution.rationale in ("qualified", "docker"):
+        return _resolve_registry(resolution.candidates[0], platform, options, all_platforms)
+    failures: list[SnapshotterError] = []
+    for ref in resolution.candidates:
+        try:
+            return _resolve_registry(ref, platform, options, all_platforms)
+        except SnapshotterError as exc:
+            failures.append(exc)
+    how = f"short name {name!r} resolved by {resolution.describe()}"
+    if len(failures) == 1:
+        raise reworded(failures[0], f"{failures[0]} ({how})") from failures[0]
+    raise reworded(
+        failures[-1], f"{how}: every candidate failed: " + "; ".join(str(f) for f in failures)
+    ) from failures[-1]
+
+
 def _resolve_registry(
     ref: Reference,
     platform: Platform | None,
@@ -775,12 +813,16 @@ def _resolve_registry(
     client = RegistryClient(options or DEFAULT_OPTIONS)
     try:
         source = f"docker://{ref}"
-        body, media_type, digest = client.manifest(ref)
+        # registries.conf may send us to a mirror or a rewritten location: everything
+        # else of this image is read from the endpoint that served its manifest.
+        located = client.locate(ref)
+        body, media_type, digest = located.raw, located.media_type, located.digest
+        served_from = located.reference
         names = (ref.name(),) if ref.tag else ()
         if all_platforms and media_type in INDEX_TYPES:
 
             def fetch(desc: Descriptor) -> bytes:
-                child_ref = replace(ref, tag=None, digest=desc.digest)
+                child_ref = replace(served_from, tag=None, digest=desc.digest)
                 data, child_type, _ = client.manifest(child_ref)
                 if child_type not in MANIFEST_TYPES | INDEX_TYPES:
                     raise UnsupportedMedia(
@@ -789,7 +831,7 @@ def _resolve_registry(
                 return data
 
             def child(desc: Descriptor, data: bytes) -> ResolvedImage:
-                return _registry_image(client, ref, data, desc.digest, (), None)
+                return _registry_image(client, ref, served_from, data, desc.digest, (), None)
 
             index = _collect_index(source, body, digest, names, fetch, child)
             return replace(index, close=client.close)
@@ -801,10 +843,12 @@ def _resolve_registry(
             seen.add(digest)
             index_doc = Index.parse(body, f"{source}: index {digest}")
             desc = select_platform(index_doc, want, f"{source}: index {digest}")
-            body, media_type, digest = client.manifest(replace(ref, tag=None, digest=desc.digest))
+            body, media_type, digest = client.manifest(
+                replace(served_from, tag=None, digest=desc.digest)
+            )
         if media_type not in MANIFEST_TYPES:
             raise UnsupportedMedia(f"{source}: unsupported manifest media type {media_type!r}")
-        image = _registry_image(client, ref, body, digest, names, platform)
+        image = _registry_image(client, ref, served_from, body, digest, names, platform)
         return replace(image, close=client.close)
     except BaseException:
         client.close()
@@ -814,16 +858,19 @@ def _resolve_registry(
 def _registry_image(
     client: RegistryClient,
     ref: Reference,
+    served_from: Reference,
     body: bytes,
     digest: Digest,
     names: tuple[str, ...],
     platform: Platform | None,
 ) -> ResolvedImage:
     """One image manifest from a registry (``body``, verified by the client), its config
-    fetched; layers are opened by the caller, through the same client."""
+    fetched; layers are opened by the caller, through the same client.  ``ref`` names the
+    image; its blobs are read from ``served_from``, the repository that served ``body``
+    (``ref`` itself, or a mirror or rewrite of it from registries.conf)."""
 
     def layer_opener(layer: Descriptor) -> Opener:
-        return lambda: client.open_blob(ref, layer.digest, layer.size)
+        return lambda: client.open_blob(served_from, layer.digest, layer.size)
 
     return _image(
         f"docker://{ref}",
@@ -831,7 +878,7 @@ def _registry_image(
         digest,
         names,
         platform,
-        read_config=lambda config: client.blob(ref, config.digest, size=config.size),
+        read_config=lambda config: client.blob(served_from, config.digest, size=config.size),
         layer_opener=layer_opener,
     )
 
