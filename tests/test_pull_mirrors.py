@@ -27,11 +27,13 @@ from registry_fixtures import (
     TlsSetup,
     free_port,
     isolate_user_auth,
+    start_htpasswd_registry,
     start_registry,
     start_tls_registry,
 )
 
 Cli = Callable[..., CliResult]
+ALICE = ("alice", "alice-Mirror-pw-1")
 
 
 @dataclass
@@ -180,6 +182,7 @@ def test_blocked_refuses_every_command(
     assert f"is blocked in {conf}" in failed(cli, "inspect", f"docker://{s.o}/app:1")
     assert f"is blocked in {conf}" in failed(cli, "tags", f"{s.o}/app")
     assert f"is blocked in {conf}" in failed(cli, "search", s.o)
+    assert f"is blocked in {conf}" in failed(cli, "login", "-u", "u", "-p", "p", s.o)
     assert paths(s.origin_proxy) == []
     # Another registry is not blocked by it.
     assert cli("tags", f"{s.m}/app").rc == 0
@@ -305,6 +308,38 @@ def test_the_last_error_says_what_every_mirror_answered(s: Setup, cli: Cli, tmp_
     assert line.startswith(f"snapshotter: error: {s.o}/nothing:1: manifest unknown")
     assert f"; mirrors also failed: {down}/nothing:1: manifest: " in line
     assert f"; {s.m}/nothing:1: manifest unknown" in line
+
+
+@pytest.fixture(scope="module")
+def guarded_mirror(setup: Setup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultProxy]:
+    """A mirror that wants ALICE's password, and has image B as app:1."""
+    reg = start_htpasswd_registry(tmp_path_factory.mktemp("guarded"), dict([ALICE]))
+    proxy = None
+    try:
+        layout = write_oci_layout(tmp_path_factory.mktemp("guarded-layout") / "oci", {"b": setup.b})
+        reg.push(f"oci:{layout}:b", "app:1", creds=ALICE)
+        proxy = FaultProxy(reg.host)
+        yield proxy
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        reg.stop()
+
+
+def test_creds_are_not_sent_to_a_mirror(
+    s: Setup, guarded_mirror: FaultProxy, cli: Cli, tmp_path: Path
+) -> None:
+    """--creds are for the image's own registry (containers/image drops them for a mirror
+    on another registry): the guarded mirror is refused, the origin serves."""
+    conf = write_conf(
+        tmp_path,
+        f'[[registry]]\nlocation = "{s.o}"\n'
+        f'[[registry.mirror]]\nlocation = "{guarded_mirror.host}"\n',
+    )
+    doc = pulled(cli, conf, "--creds", f"{ALICE[0]}:{ALICE[1]}", f"{s.o}/app:1")
+    assert doc["digest"] == s.a.manifest_digest()
+    asked = [seen for seen in guarded_mirror.seen if "/manifests/" in seen.path]
+    assert asked and not any("authorization" in seen.headers for seen in asked)
 
 
 # -- rewriting and insecure ------------------------------------------------------------------------

@@ -493,6 +493,15 @@ def test_load_main_and_drop_ins_in_lexical_order(tmp_path: Path) -> None:
     assert c.aliases["app"].origin == str(user / "00-user.conf")
 
 
+def test_load_reads_the_alias_cache_only_with_a_conf(tmp_path: Path) -> None:
+    main, cache = tmp_path / "registries.conf", tmp_path / "short-name-aliases.conf"
+    cache.write_text('[aliases]\n"app" = "cache.example/app"\n')
+    paths = ConfPaths(main, False, (), cache)
+    assert load(paths) == RegistriesConf.empty()  # no registries.conf: docker's rule
+    main.write_text('[aliases]\n"app" = "conf.example/app"\n')
+    assert names(load(paths), "app") == (["cache.example/app:latest"], "alias")
+
+
 def test_load_nothing_is_empty(tmp_path: Path) -> None:
     c = load(ConfPaths(tmp_path / "none.conf", False, (tmp_path / "none.d",), None))
     assert c == RegistriesConf.empty()
