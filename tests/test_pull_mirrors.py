@@ -12,6 +12,12 @@ says who served the tag.  Each test writes its own registries.conf and passes it
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +25,7 @@ from typing import Any
 
 import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
-from conftest import CliResult, need_tool
+from conftest import REPO, CliResult, child_env, need_tool
 from registry_fixtures import (
     Fault,
     FaultProxy,
@@ -255,6 +261,61 @@ def test_enforcing_refuses_an_ambiguous_short_name(s: Setup, cli: Cli, tmp_path:
         "the image fully or add an [aliases] entry"
     )
     assert paths(s.origin_proxy) == paths(s.mirror_proxy) == []
+
+
+def on_a_terminal(args: list[str], answer: bytes) -> tuple[int, str]:
+    """The real command with stdin, stdout and stderr on a pseudo-terminal; ``answer`` is
+    typed once it asks "which one"."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snapshotter.cli", *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd=REPO,
+        env=child_env(),
+    )
+    os.close(slave)
+    shown = b""
+    answered = False
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    data = os.read(master, 1 << 16)
+                except OSError:  # EIO: the command has gone
+                    break
+                if not data:
+                    break
+                shown += data
+            if not answered and b"which one" in shown:
+                os.write(master, answer)
+                answered = True
+            if not ready and proc.poll() is not None:
+                break
+        return proc.wait(timeout=30), shown.decode("utf-8", "replace").replace("\r\n", "\n")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+
+
+def test_enforcing_asks_on_a_terminal(s: Setup, tmp_path: Path) -> None:
+    conf = write_conf(
+        tmp_path,
+        f'unqualified-search-registries = ["{s.m}", "{s.o}"]\nshort-name-mode = "enforcing"\n',
+    )
+    store = tmp_path / "store"
+    rc, shown = on_a_terminal(
+        ["--root", str(store), "pull", "-q", "--registries-conf", str(conf), "app:1"], b"2\n"
+    )
+    assert rc == 0, shown
+    assert f"  1) {s.m}/app:1\n  2) {s.o}/app:1\n" in shown
+    assert s.a.manifest_digest() in shown  # the origin's app:1, as chosen
+    assert paths(s.mirror_proxy) == []
 
 
 def test_permissive_tries_each_search_registry(s: Setup, cli: Cli, tmp_path: Path) -> None:

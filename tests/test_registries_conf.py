@@ -405,6 +405,22 @@ def test_other_modes_try_every_registry(mode: str) -> None:
     assert names(c, "other:1") == (["a.example/other:1", "b.example/other:1"], "search")
 
 
+@pytest.mark.parametrize("mode", ["enforcing", "permissive"])
+def test_on_a_terminal_the_caller_asks(mode: str) -> None:
+    c = conf(ALIASES, f'short-name-mode = "{mode}"')
+    found = c.resolve_short_name("other:1", terminal=True)
+    assert found.ask and [str(r) for r in found.candidates] == [
+        "a.example/other:1",
+        "b.example/other:1",
+    ]
+    assert not c.resolve_short_name("app", terminal=True).ask  # an alias is no question
+
+
+def test_disabled_never_asks() -> None:
+    c = conf(ALIASES, 'short-name-mode = "disabled"')
+    assert not c.resolve_short_name("other:1", terminal=True).ask
+
+
 def test_enforcing_with_one_registry_is_not_ambiguous() -> None:
     c = conf('unqualified-search-registries = ["a.example"]\nshort-name-mode = "enforcing"')
     assert names(c, "other") == (["a.example/other:latest"], "search")

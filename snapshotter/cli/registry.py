@@ -126,13 +126,45 @@ def registry_options(args: argparse.Namespace) -> RegistryOptions:
     )
 
 
+def ask_short_name(text: str, options: RegistryOptions) -> str:
+    """SOURCE, or ``docker://CHOICE`` when SOURCE is a short name registries.conf makes
+    ambiguous and both stdin and stdout are terminals: as podman does in the enforcing and
+    permissive modes, the user picks one of the unqualified-search registries (stderr and
+    stdin; nothing is recorded in short-name-aliases.conf)."""
+    from ..sources.registries_conf import is_short_name
+    from ..sources.transports import TRANSPORTS
+
+    conf = options.registries
+    if conf is None or text.partition(":")[0] in TRANSPORTS or not is_short_name(text):
+        return text
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return text
+    resolution = conf.resolve_short_name(text, terminal=True)
+    if not resolution.ask:
+        return text
+    choices = resolution.candidates
+    print(f"{text!r} is a short name; unqualified-search-registries in", file=sys.stderr)
+    print(f"{resolution.origin} give {len(choices)} images:", file=sys.stderr)
+    for n, ref in enumerate(choices, 1):
+        print(f"  {n}) {ref}", file=sys.stderr)
+    while True:
+        print(f"pull which one [1-{len(choices)}]? ", end="", file=sys.stderr, flush=True)
+        answer = sys.stdin.readline()
+        if not answer:  # end of input: nothing chosen
+            raise InvalidReference(f"short name {text!r}: no image was chosen")
+        answer = answer.strip()
+        if answer.isdigit() and 1 <= int(answer) <= len(choices):
+            return f"docker://{choices[int(answer) - 1]}"
+
+
 def cmd_tags(store: Store, args: argparse.Namespace) -> int:
     from ..errors import SnapshotterError, reworded
     from ..sources.registry import RegistryClient
 
     options = registry_options(args)
-    text = args.reference.removeprefix("docker://")
-    if options.registries is None or args.reference.startswith("docker://"):
+    given = ask_short_name(args.reference, options)
+    text = given.removeprefix("docker://")
+    if options.registries is None or given.startswith("docker://"):
         candidates: tuple[Reference, ...] = (Reference.parse(text),)
     else:  # a short name means what it means to pull (registries.conf's aliases, search)
         candidates = options.registries.resolve_short_name(text).candidates

@@ -175,6 +175,9 @@ class ShortNameResolution:
     # "alias", or "search" (unqualified-search-registries)
     rationale: str
     origin: str | None = None  # the file of the alias or of the search registries
+    # The caller, on a terminal, must let the user pick one of ``candidates`` (podman's
+    # prompt in enforcing and permissive modes); only when ``terminal=True`` was given.
+    ask: bool = False
 
     def describe(self) -> str:
         if self.rationale == "alias":
@@ -312,14 +315,16 @@ class RegistriesConf:
         endpoints = (*table.mirrors_for(ref.digest is not None), table.endpoint)
         return tuple(PullSource(ep, _rewrite(ref, table, ep)) for ep in endpoints)
 
-    def resolve_short_name(self, text: str) -> ShortNameResolution:
+    def resolve_short_name(self, text: str, *, terminal: bool = False) -> ShortNameResolution:
         """The references a name typed without ``docker://`` may mean, in order.
 
         A qualified name is itself.  With no registries.conf at all a short name is
         docker's.  Otherwise (containers/image's ``shortnames.Resolve``) an alias wins;
-        else each ``unqualified-search-registries`` entry gives a candidate.  We never
-        prompt: ``enforcing`` refuses an ambiguous name, as podman does without a
-        terminal, and ``permissive``/``disabled`` try every candidate in order.
+        else each ``unqualified-search-registries`` entry gives a candidate.  Several
+        candidates: ``disabled`` tries each in order; on a ``terminal`` (stdin and
+        stdout), ``enforcing`` and ``permissive`` return them with ``ask`` set for the
+        caller to prompt; without one ``enforcing`` refuses the name and ``permissive``
+        tries each.
         """
         if not is_short_name(text):
             return ShortNameResolution((Reference.parse(text),), "qualified")
@@ -348,6 +353,8 @@ class RegistriesConf:
                     f"short name {text!r} with unqualified-search registry {registry!r} "
                     f"from {self.search_origin}: {exc}"
                 ) from None
+        if len(candidates) > 1 and self.short_name_mode is not ShortNameMode.DISABLED and terminal:
+            return ShortNameResolution(tuple(candidates), "search", self.search_origin, ask=True)
         if len(candidates) > 1 and self.short_name_mode is ShortNameMode.ENFORCING:
             raise InvalidReference(
                 f"short name {text!r} is ambiguous: unqualified-search-registries in "
