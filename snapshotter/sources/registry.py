@@ -803,28 +803,27 @@ class RegistryClient:
     # -- requests --
 
     def _target(self, ref: Reference) -> _Target:
-        """Whom a request about ``ref`` is for; registries.conf may refuse it (blocked) or
-        allow its host plain HTTP (insecure), matching the reference's full text as
-        containers/image's FindRegistry does."""
-        host = registry_host(ref.domain)
-        conf = self.options.registries
-        if conf is not None:
-            table = conf.check(str(ref), f"docker://{ref}")
-            if table is not None and table.endpoint.insecure:
-                with self._lock:
-                    self._insecure_hosts.add(host)
+        """Whom a request about ``ref`` is for (registries.conf applied: see _policy)."""
+        host = self._policy(str(ref), ref.domain, f"docker://{ref}")
         return _Target(ref.domain, host, ref.path, f"repository:{ref.path}:pull")
 
     def _registry_target(self, domain: str, scope: str) -> _Target:
-        """Whom a registry-wide request (catalog, login) is for; as :meth:`_target`."""
+        """Whom a registry-wide request (catalog, login) is for."""
+        return _Target(domain, self._policy(domain, domain, f"registry {domain}"), "", scope)
+
+    def _policy(self, name: str, domain: str, what: str) -> str:
+        """The host serving ``domain``, once registries.conf's table for ``name`` (a
+        reference's full text, or a host) has been applied as containers/image's
+        FindRegistry does: ``blocked`` refuses, ``insecure`` allows the host plain HTTP
+        and unverified TLS from now on."""
         host = registry_host(domain)
         conf = self.options.registries
         if conf is not None:
-            table = conf.check(domain, f"registry {domain}")
+            table = conf.check(name, what)
             if table is not None and table.endpoint.insecure:
                 with self._lock:
                     self._insecure_hosts.add(host)
-        return _Target(domain, host, "", scope)
+        return host
 
     def _insecure(self, host: str) -> bool:
         """Plain HTTP and unverified TLS allowed: --tls-verify=false, or registries.conf."""
