@@ -66,7 +66,13 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     need_tool("skopeo")
     a = ImageBuilder([LayerBuilder().file("etc/which", b"image A\n")], config_extra={"Cmd": ["a"]})
     b = ImageBuilder([LayerBuilder().file("etc/which", b"image B\n")], config_extra={"Cmd": ["b"]})
-    layout = write_oci_layout(tmp_path_factory.mktemp("layout") / "oci", {"a": a, "b": b})
+    amd64 = ImageBuilder([LayerBuilder().file("arch", b"amd64\n")], architecture="amd64")
+    arm64 = ImageBuilder([LayerBuilder().file("arch", b"arm64\n")], architecture="arm64")
+    layout = write_oci_layout(
+        tmp_path_factory.mktemp("layout") / "oci",
+        {"a": a, "b": b},
+        index_of={"multi": [amd64, arm64]},
+    )
     origin = start_registry(tmp_path_factory.mktemp("origin"))
     mirror = start_registry(tmp_path_factory.mktemp("mirror"))
     proxies: list[FaultProxy] = []
@@ -76,6 +82,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         mirror.push(f"oci:{layout}:b", "app:1")
         mirror.push(f"oci:{layout}:a", "app:a")
         mirror.push(f"oci:{layout}:a", "only:1")
+        mirror.push(f"oci:{layout}:multi", "multi:1", all_images=True)
         proxies = [FaultProxy(origin.host), FaultProxy(mirror.host)]
         yield Setup(origin, mirror, proxies[0], proxies[1], a, b)
     finally:
@@ -153,6 +160,17 @@ def test_mirror_serves_before_the_origin(s: Setup, cli: Cli, tmp_path: Path) -> 
     doc = pulled(cli, conf, f"{s.o}/only:1")
     assert doc["digest"] == s.a.manifest_digest()
     assert paths(s.origin_proxy) == []
+
+
+def test_every_platform_from_the_mirror(s: Setup, cli: Cli, tmp_path: Path) -> None:
+    conf = write_conf(
+        tmp_path, f'[[registry]]\nlocation = "{s.o}"\n[[registry.mirror]]\nlocation = "{s.m}"\n'
+    )
+    doc = pulled(cli, conf, "--all-platforms", f"{s.o}/multi:1")
+    assert doc["index"] and len(doc["images"]) == 2
+    assert doc["names"] == [f"{s.o}/multi:1"]
+    assert paths(s.origin_proxy) == []
+    assert len([p for p in paths(s.mirror_proxy) if "/manifests/" in p]) == 3
 
 
 def test_inspect_and_history_use_the_mirror(s: Setup, cli: Cli, tmp_path: Path) -> None:
