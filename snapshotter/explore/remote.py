@@ -60,9 +60,6 @@ class Served:
     raw: bytes
     media_type: str
     digest: Digest  # of ``raw``, verified
-    # Where it came from: ``reference``, or the mirror or rewrite registries.conf gave;
-    # the image's other manifests and its config are read from there too.
-    source: Reference
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,19 +89,9 @@ class RemoteImage:
 
 
 def fetch(client: RegistryClient, ref: Reference) -> Served:
-    """GET what ``ref`` names, verified (see the module docstring), through its mirrors
-    and rewrites when registries.conf gives any."""
-    found = client.locate(ref)
-    return Served(ref, found.raw, found.media_type, found.digest, found.reference)
-
-
-def _fetch_child(client: RegistryClient, parent: Served, digest: Digest) -> Served:
-    """A manifest an index lists, from the endpoint that served the index."""
-    source = replace(parent.source, tag=None, digest=digest)
-    raw, media_type, served_digest = client.manifest(source)
-    return Served(
-        replace(parent.reference, tag=None, digest=digest), raw, media_type, served_digest, source
-    )
+    """GET what ``ref`` names, verified (see the module docstring)."""
+    raw, media_type, digest = client.manifest(ref)
+    return Served(ref, raw, media_type, digest)
 
 
 def open_remote(
@@ -136,7 +123,7 @@ def open_image(client: RegistryClient, served: Served, platform: Platform | None
         seen.add(manifest.digest)
         what = f"{ref}: index {manifest.digest}"
         desc = select_platform(Index.parse(manifest.raw, what), want, what)
-        manifest = _fetch_child(client, manifest, desc.digest)
+        manifest = fetch(client, replace(ref, tag=None, digest=desc.digest))
         if len(manifest.raw) != desc.size:
             raise DigestMismatch(
                 f"{ref}: manifest {desc.digest} is {len(manifest.raw)} bytes, "
@@ -150,7 +137,7 @@ def open_image(client: RegistryClient, served: Served, platform: Platform | None
         raise UnsupportedMedia(
             f"{what}: an artifact (config type {parsed.config.media_type!r}), not a container image"
         )
-    config_raw = client.blob(manifest.source, parsed.config.digest, size=parsed.config.size)
+    config_raw = client.blob(ref, parsed.config.digest, size=parsed.config.size)
     config_what = f"{ref}: config {parsed.config.digest}"
     config = load_json(config_raw, config_what)
     image_config = ImageConfig.parse(config_raw, config_what)

@@ -20,10 +20,11 @@ Rules this module keeps:
   resumes with a ``Range`` request from the last byte delivered.
 - ``docker.io`` is served by ``registry-1.docker.io``: :func:`registry_host` is the one
   place that knows.
-- registries.conf (``options.registries``): :meth:`RegistryClient.locate` tries an image's
-  mirrors, then its (rewritten) primary location, and the caller reads everything else of
-  that image from the reference it returns; every request refuses a ``blocked`` prefix and
-  honours ``insecure`` for the hosts it names.
+- registries.conf (``options.registries``): the first manifest asked of a repository is
+  sought at its mirrors, then at its (rewritten) primary location (:meth:`locate`); the
+  endpoint that served it then serves every later manifest and blob of that repository
+  asked of this client, so callers keep using the name they were given.  Every request
+  refuses a ``blocked`` prefix and honours ``insecure`` for the hosts it names.
 """
 
 from __future__ import annotations
@@ -628,6 +629,8 @@ class RegistryClient:
         self._insecure_hosts: set[str] = set()
         # Domains reached as a mirror or rewrite of another: --creds is not for them.
         self._foreign_domains: set[str] = set()
+        # repository -> (domain, path) of the endpoint that served its first manifest
+        self._served_from: dict[str, tuple[str, str]] = {}
         self._schemes: dict[str, str] = {}  # host -> "https" | "http"
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}  # -> (token, expiry)
         self._basic_hosts: set[str] = set()  # hosts that asked for Basic auth
@@ -661,9 +664,9 @@ class RegistryClient:
         A mirror is tried once; any failure (refused connection, 404, 5xx, bad
         credentials, a wrong digest) moves on to the next.  The primary location gets
         the usual retries; if it fails too, its error says what every mirror answered.
-        Read the image's other manifests and blobs from ``Located.reference``, so they
-        come from the endpoint that served this one.  Without registries.conf this is
-        :meth:`manifest` of ``ref`` itself.
+        The endpoint that answers is remembered: this client asks it for every later
+        manifest and blob of ``ref``'s repository, as containers/image reads one image
+        from one endpoint.  Without registries.conf this asks ``ref``'s own registry.
         """
         conf = self.options.registries or RegistriesConf.empty()
         sources = conf.pull_sources(ref)
@@ -678,7 +681,9 @@ class RegistryClient:
                     self._foreign_domains.add(physical.domain)
             primary = not source.endpoint.mirror
             try:
-                raw, media_type, digest = self.manifest(physical, attempts=None if primary else 1)
+                raw, media_type, digest = self._manifest_at(
+                    physical, attempts=None if primary else 1
+                )
             except SnapshotterError as exc:
                 if not primary:
                     log.debug("%s: mirror failed: %s", physical, exc)
@@ -690,19 +695,42 @@ class RegistryClient:
                 raise reworded(exc, f"{exc}; mirrors also failed: {also}") from exc
             if source.endpoint.mirror:
                 log.debug("%s: served by mirror %s", ref, source.endpoint.location)
+            where = (physical.domain, physical.path)
+            with self._lock:
+                self._served_from.setdefault(ref.repository, where)
+                self._served_from.setdefault(physical.repository, where)
             return Located(physical, source.endpoint, raw, media_type, digest)
         raise AssertionError("pull sources always end with the primary location")
 
-    def manifest(self, ref: Reference, *, attempts: int | None = None) -> tuple[bytes, str, Digest]:
+    def manifest(self, ref: Reference) -> tuple[bytes, str, Digest]:
         """GET the manifest or index ``ref`` names: (body, media type, digest of the body).
 
         A reference with a digest is fetched by digest and verified (``DigestMismatch``);
         by tag, the body is checked against the registry's ``Docker-Content-Digest``.  The
         media type is one of :data:`MANIFEST_MEDIA_TYPES` when the registry is honest;
-        the caller decides what to do with others (schema1, artifacts).  ``attempts``
-        overrides ``options.retries`` for this request.  No mirror is asked: see
-        :meth:`locate`.
+        the caller decides what to do with others (schema1, artifacts).  The first
+        manifest of a repository is sought through registries.conf (:meth:`locate`);
+        later ones come from the endpoint that served it.
         """
+        served = self._served(ref)
+        if served is None:
+            found = self.locate(ref)
+            return found.raw, found.media_type, found.digest
+        return self._manifest_at(served)
+
+    def _served(self, ref: Reference) -> Reference | None:
+        """``ref`` at the endpoint that served its repository's first manifest, if any."""
+        with self._lock:
+            where = self._served_from.get(ref.repository)
+        if where is None:
+            return None
+        return replace(ref, domain=where[0], path=where[1])
+
+    def _manifest_at(
+        self, ref: Reference, *, attempts: int | None = None
+    ) -> tuple[bytes, str, Digest]:
+        """:meth:`manifest` from exactly ``ref``'s registry; ``attempts`` overrides
+        ``options.retries``."""
         target = self._target(ref)
         reference = str(ref.digest) if ref.digest is not None else (ref.tag or DEFAULT_TAG)
         what = f"{ref}: manifest"
@@ -745,7 +773,9 @@ class RegistryClient:
         size: int | None = None,
         max_size: int = MAX_JSON_BLOB,
     ) -> bytes:
-        """A small blob (a config) read whole and verified against ``digest`` (and ``size``)."""
+        """A small blob (a config) read whole and verified against ``digest`` (and ``size``),
+        from the endpoint that served the repository's manifest."""
+        repository_ref = self._served(repository_ref) or repository_ref
         target = self._target(repository_ref)
         what = f"{repository_ref.repository}: blob {digest}"
         if size is not None and size > max_size:
@@ -777,6 +807,7 @@ class RegistryClient:
         they are read.  The first request is made here, so a missing blob or refused
         credentials raise now rather than on the first read.
         """
+        repository_ref = self._served(repository_ref) or repository_ref
         stream = BlobStream(self, self._target(repository_ref), digest, size, progress)
         try:
             stream._connect()

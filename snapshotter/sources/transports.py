@@ -8,7 +8,7 @@
   ``docker.io/library/alpine:latest``): a registry, through ``registry.RegistryClient``
   (imported only then, so on-disk pulls never load httpx).  With a registries.conf a bare
   short name is resolved by its aliases and unqualified-search-registries instead
-  (``registries_conf``), and every reference goes through its mirrors and rewrites.
+  (``registries_conf``); the client takes each image through its mirrors and rewrites.
 
 A transport resolves a reference to one image (picking the manifest for a platform from an
 index) and hands out blob readers; it never unpacks anything.  Archives are read in place:
@@ -813,16 +813,12 @@ def _resolve_registry(
     client = RegistryClient(options or DEFAULT_OPTIONS)
     try:
         source = f"docker://{ref}"
-        # registries.conf may send us to a mirror or a rewritten location: everything
-        # else of this image is read from the endpoint that served its manifest.
-        located = client.locate(ref)
-        body, media_type, digest = located.raw, located.media_type, located.digest
-        served_from = located.reference
+        body, media_type, digest = client.manifest(ref)
         names = (ref.name(),) if ref.tag else ()
         if all_platforms and media_type in INDEX_TYPES:
 
             def fetch(desc: Descriptor) -> bytes:
-                child_ref = replace(served_from, tag=None, digest=desc.digest)
+                child_ref = replace(ref, tag=None, digest=desc.digest)
                 data, child_type, _ = client.manifest(child_ref)
                 if child_type not in MANIFEST_TYPES | INDEX_TYPES:
                     raise UnsupportedMedia(
@@ -831,7 +827,7 @@ def _resolve_registry(
                 return data
 
             def child(desc: Descriptor, data: bytes) -> ResolvedImage:
-                return _registry_image(client, ref, served_from, data, desc.digest, (), None)
+                return _registry_image(client, ref, data, desc.digest, (), None)
 
             index = _collect_index(source, body, digest, names, fetch, child)
             return replace(index, close=client.close)
@@ -843,12 +839,10 @@ def _resolve_registry(
             seen.add(digest)
             index_doc = Index.parse(body, f"{source}: index {digest}")
             desc = select_platform(index_doc, want, f"{source}: index {digest}")
-            body, media_type, digest = client.manifest(
-                replace(served_from, tag=None, digest=desc.digest)
-            )
+            body, media_type, digest = client.manifest(replace(ref, tag=None, digest=desc.digest))
         if media_type not in MANIFEST_TYPES:
             raise UnsupportedMedia(f"{source}: unsupported manifest media type {media_type!r}")
-        image = _registry_image(client, ref, served_from, body, digest, names, platform)
+        image = _registry_image(client, ref, body, digest, names, platform)
         return replace(image, close=client.close)
     except BaseException:
         client.close()
@@ -858,19 +852,16 @@ def _resolve_registry(
 def _registry_image(
     client: RegistryClient,
     ref: Reference,
-    served_from: Reference,
     body: bytes,
     digest: Digest,
     names: tuple[str, ...],
     platform: Platform | None,
 ) -> ResolvedImage:
     """One image manifest from a registry (``body``, verified by the client), its config
-    fetched; layers are opened by the caller, through the same client.  ``ref`` names the
-    image; its blobs are read from ``served_from``, the repository that served ``body``
-    (``ref`` itself, or a mirror or rewrite of it from registries.conf)."""
+    fetched; layers are opened by the caller, through the same client."""
 
     def layer_opener(layer: Descriptor) -> Opener:
-        return lambda: client.open_blob(served_from, layer.digest, layer.size)
+        return lambda: client.open_blob(ref, layer.digest, layer.size)
 
     return _image(
         f"docker://{ref}",
@@ -878,7 +869,7 @@ def _registry_image(
         digest,
         names,
         platform,
-        read_config=lambda config: client.blob(served_from, config.digest, size=config.size),
+        read_config=lambda config: client.blob(ref, config.digest, size=config.size),
         layer_opener=layer_opener,
     )
 
