@@ -14,6 +14,7 @@ Layering, in wings from the bottom up (a wing imports only the wings below it):
 """
 
 from .errors import (
+    Blocked,
     DigestMismatch,
     InUse,
     InvalidConfig,
@@ -30,6 +31,7 @@ from .oci.digest import Digest
 __version__ = "0.1.0"
 
 __all__ = [
+    "Blocked",
     "Digest",
     "DigestMismatch",
     "InUse",

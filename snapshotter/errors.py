@@ -37,7 +37,12 @@ class InUse(SnapshotterError):
 
 
 class InvalidConfig(SnapshotterError):
-    """A setting did not parse: a CI rule of ``wasted``, a ``.dive-ci`` file."""
+    """A setting did not parse: a CI rule of ``wasted``, a ``.dive-ci`` file, a
+    registries.conf."""
+
+
+class Blocked(SnapshotterError):
+    """registries.conf forbids pulling an image (``blocked = true``); never retried."""
 
 
 class StoreCorrupt(SnapshotterError):
@@ -51,3 +56,14 @@ class RegistryError(SnapshotterError):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+def reworded(exc: SnapshotterError, message: str) -> SnapshotterError:
+    """An error of ``exc``'s kind saying ``message`` (a ``RegistryError`` keeps its status
+    and code): to add what else was tried, such as mirrors, to the error that counts."""
+    if isinstance(exc, RegistryError):
+        return RegistryError(message, status=exc.status, code=exc.code)
+    try:
+        return type(exc)(message)
+    except TypeError:  # a subclass with another signature: keep it as it is
+        return exc

@@ -13,11 +13,12 @@ from ..oci.reference import Reference
 from ..store.store import Store
 from . import EXIT_OK
 from .format import human_size, print_json
-from .registry import registry_arguments, registry_options
+from .registry import ask_short_name, registry_arguments, registry_options
 
 if TYPE_CHECKING:
     from ..progress import Progress
     from ..sources.pull import PullResult
+    from ..sources.registry import RegistryOptions
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,7 +30,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "unpacked once into a snapshot; the image is then registered atomically. "
             "SOURCE uses skopeo's transports: oci:DIR[:TAG], oci-archive:FILE[:TAG], "
             "docker-archive:FILE[:NAME:TAG|:@N], docker://REF, or a bare REF resolved as "
-            "docker does (alpine = docker.io/library/alpine:latest)."
+            "docker does (alpine = docker.io/library/alpine:latest), or, once a "
+            "registries.conf exists, by its aliases and unqualified-search-registries. "
+            "Registry pulls go through the mirrors registries.conf gives."
         ),
     )
     p.add_argument("source", metavar="SOURCE")
@@ -63,10 +66,12 @@ def cmd_pull(store: Store, args: argparse.Namespace) -> int:
     name = Reference.parse(args.name).name() if args.name else None
     if args.all_platforms:
         return _pull_all_platforms(store, args, name)
+    options = registry_options(args)
+    source = ask_short_name(args.source, options)
     progress = for_stream(sys.stderr, quiet=args.quiet)
     try:
-        kwargs = _pull_kwargs(args, name, progress)
-        result = trio.run(lambda: pull(store, args.source, platform=platform, **kwargs))
+        kwargs = _pull_kwargs(args, name, progress, options)
+        result = trio.run(lambda: pull(store, source, platform=platform, **kwargs))
     finally:
         progress.close()
     merge_views(store, [result.digest])
@@ -98,14 +103,11 @@ def merge_views(store: Store, digests: list[str]) -> None:
                 open_tree(store, record)
 
 
-def _pull_kwargs(args: argparse.Namespace, name: str | None, progress: Progress) -> dict[str, Any]:
+def _pull_kwargs(
+    args: argparse.Namespace, name: str | None, progress: Progress, options: RegistryOptions
+) -> dict[str, Any]:
     """What every pull takes from the command line besides its source and platform."""
-    return {
-        "name": name,
-        "progress": progress,
-        "jobs": args.jobs,
-        "registry": registry_options(args),
-    }
+    return {"name": name, "progress": progress, "jobs": args.jobs, "registry": options}
 
 
 def _pull_json(result: PullResult) -> dict[str, object]:
@@ -129,10 +131,12 @@ def _pull_all_platforms(store: Store, args: argparse.Namespace, name: str | None
     from ..progress import for_stream
     from ..sources.pull import pull_all
 
+    options = registry_options(args)
+    source = ask_short_name(args.source, options)
     progress = for_stream(sys.stderr, quiet=args.quiet)
     try:
-        kwargs = _pull_kwargs(args, name, progress)
-        result = trio.run(lambda: pull_all(store, args.source, **kwargs))
+        kwargs = _pull_kwargs(args, name, progress, options)
+        result = trio.run(lambda: pull_all(store, source, **kwargs))
     finally:
         progress.close()
     merge_views(store, [image.digest for image in result.images])

@@ -27,7 +27,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "with credentials from the auth files or --creds."
         ),
     )
-    p.add_argument("reference", metavar="REF", help="e.g. registry.example:5000/app")
+    p.add_argument(
+        "reference",
+        metavar="REF",
+        help="e.g. registry.example:5000/app; a short name is resolved as 'pull' resolves it",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON list")
     registry_arguments(p)
     p.set_defaults(handler=cmd_tags)
@@ -89,9 +93,21 @@ def registry_arguments(p: argparse.ArgumentParser, *, creds: bool = True) -> Non
     )
     g.add_argument("--insecure", action="store_true", help="same as --tls-verify=false")
     g.add_argument("--cert-dir", type=Path, help="directory of CA certificates (*.crt)")
+    g.add_argument(
+        "--registries-conf",
+        type=Path,
+        metavar="FILE",
+        help="containers-registries.conf(5) to read instead of $CONTAINERS_REGISTRIES_CONF, "
+        "~/.config/containers/registries.conf or /etc/containers/registries.conf (the "
+        "registries.conf.d drop-ins are read too): [[registry]] prefix, location, insecure, "
+        "blocked and mirrors (pull-from-mirror), unqualified-search-registries, "
+        "short-name-mode and [aliases]",
+    )
 
 
 def registry_options(args: argparse.Namespace) -> RegistryOptions:
+    """The options of a network command, registries.conf read (no network yet)."""
+    from ..sources.registries_conf import conf_paths, load
     from ..sources.registry import RegistryOptions  # noqa: F811
 
     creds = None
@@ -106,15 +122,65 @@ def registry_options(args: argparse.Namespace) -> RegistryOptions:
         cert_dir=args.cert_dir,
         creds=creds,
         auth_file=args.authfile,
+        registries=load(conf_paths(getattr(args, "registries_conf", None))),
     )
 
 
+def ask_short_name(text: str, options: RegistryOptions) -> str:
+    """SOURCE, or ``docker://CHOICE`` when SOURCE is a short name registries.conf makes
+    ambiguous and both stdin and stdout are terminals: as podman does in the enforcing and
+    permissive modes, the user picks one of the unqualified-search registries (stderr and
+    stdin; nothing is recorded in short-name-aliases.conf)."""
+    from ..sources.registries_conf import is_short_name
+    from ..sources.transports import TRANSPORTS
+
+    conf = options.registries
+    if conf is None or text.partition(":")[0] in TRANSPORTS or not is_short_name(text):
+        return text
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return text
+    resolution = conf.resolve_short_name(text, terminal=True)
+    if not resolution.ask:
+        return text
+    choices = resolution.candidates
+    print(f"{text!r} is a short name; unqualified-search-registries in", file=sys.stderr)
+    print(f"{resolution.origin} give {len(choices)} images:", file=sys.stderr)
+    for n, ref in enumerate(choices, 1):
+        print(f"  {n}) {ref}", file=sys.stderr)
+    while True:
+        print(f"pull which one [1-{len(choices)}]? ", end="", file=sys.stderr, flush=True)
+        answer = sys.stdin.readline()
+        if not answer:  # end of input: nothing chosen
+            raise InvalidReference(f"short name {text!r}: no image was chosen")
+        answer = answer.strip()
+        if answer.isdigit() and 1 <= int(answer) <= len(choices):
+            return f"docker://{choices[int(answer) - 1]}"
+
+
 def cmd_tags(store: Store, args: argparse.Namespace) -> int:
+    from ..errors import SnapshotterError, reworded
     from ..sources.registry import RegistryClient
 
-    ref = Reference.parse(args.reference)
-    with RegistryClient(registry_options(args)) as client:
-        tags = client.tags(ref)
+    options = registry_options(args)
+    given = ask_short_name(args.reference, options)
+    text = given.removeprefix("docker://")
+    if options.registries is None or given.startswith("docker://"):
+        candidates: tuple[Reference, ...] = (Reference.parse(text),)
+    else:  # a short name means what it means to pull (registries.conf's aliases, search)
+        candidates = options.registries.resolve_short_name(text).candidates
+    failures: list[SnapshotterError] = []
+    with RegistryClient(options) as client:
+        for ref in candidates:
+            try:
+                tags = client.tags(ref)
+                break
+            except SnapshotterError as exc:
+                failures.append(exc)
+        else:
+            if len(failures) == 1:
+                raise failures[0]
+            also = "; ".join(str(f) for f in failures)
+            raise reworded(failures[-1], f"{text}: every candidate failed: {also}")
     if args.json:
         print_json(tags)
     else:

@@ -20,6 +20,11 @@ Rules this module keeps:
   resumes with a ``Range`` request from the last byte delivered.
 - ``docker.io`` is served by ``registry-1.docker.io``: :func:`registry_host` is the one
   place that knows.
+- registries.conf (``options.registries``): the first manifest asked of a repository is
+  sought at its mirrors, then at its (rewritten) primary location (:meth:`locate`); the
+  endpoint that served it then serves every later manifest and blob of that repository
+  asked of this client, so callers keep using the name they were given.  Every request
+  refuses a ``blocked`` prefix and honours ``insecure`` for the hosts it names.
 """
 
 from __future__ import annotations
@@ -47,7 +52,14 @@ from urllib.parse import urljoin
 
 import httpx
 
-from ..errors import DigestMismatch, InvalidReference, NotFound, RegistryError
+from ..errors import (
+    DigestMismatch,
+    InvalidReference,
+    NotFound,
+    RegistryError,
+    SnapshotterError,
+    reworded,
+)
 from ..oci.digest import Digest, ReaderBase, verify_bytes
 from ..oci.model import (
     MAX_JSON_BLOB,
@@ -57,12 +69,14 @@ from ..oci.model import (
     MT_OCI_MANIFEST,
 )
 from ..oci.reference import DEFAULT_DOMAIN, DEFAULT_TAG, LEGACY_DOMAINS, Reference
+from .registries_conf import Endpoint, RegistriesConf
 
 __all__ = [
     "DEFAULT_OPTIONS",
     "DOCKER_HUB_HOST",
     "MANIFEST_MEDIA_TYPES",
     "BlobStream",
+    "Located",
     "RegistryClient",
     "RegistryOptions",
     "auth_file_candidates",
@@ -136,6 +150,9 @@ class RegistryOptions:
     max_manifest: int = 4 << 20  # bytes; bigger manifests are refused unread
     retries: int = 5  # attempts per request, and per byte offset of a blob download
     backoff: float = 0.5  # seconds before the second attempt, doubling after
+    # containers-registries.conf(5), loaded by the caller (the CLI reads the files);
+    # None: there is none, and every reference is asked of its own registry.
+    registries: RegistriesConf | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
@@ -583,6 +600,17 @@ class _Target:
         return f"{self.domain}/{self.path}" if self.path else f"registry {self.domain}"
 
 
+@dataclass(frozen=True, slots=True)
+class Located:
+    """A manifest (or index) found through registries.conf: where, and what was served."""
+
+    reference: Reference  # the one that answered: the reference asked for, or a rewrite
+    endpoint: Endpoint  # a mirror or the primary location
+    raw: bytes
+    media_type: str
+    digest: Digest  # of ``raw``, verified
+
+
 class RegistryClient:
     """A distribution-spec client for pulling; thread-safe, close it when done.
 
@@ -596,6 +624,13 @@ class RegistryClient:
         self.options = options
         self._lock = threading.Lock()
         self._http: httpx.Client | None = None
+        self._http_unverified: httpx.Client | None = None  # for insecure hosts only
+        # Hosts registries.conf marks insecure (of a table or mirror this client used).
+        self._insecure_hosts: set[str] = set()
+        # Domains reached as a mirror or rewrite of another: --creds is not for them.
+        self._foreign_domains: set[str] = set()
+        # repository -> (domain, path) of the endpoint that served its first manifest
+        self._served_from: dict[str, tuple[str, str]] = {}
         self._schemes: dict[str, str] = {}  # host -> "https" | "http"
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}  # -> (token, expiry)
         self._basic_hosts: set[str] = set()  # hosts that asked for Basic auth
@@ -607,9 +642,10 @@ class RegistryClient:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            http, self._http = self._http, None
+            clients = [c for c in (self._http, self._http_unverified) if c is not None]
+            self._http = self._http_unverified = None
             self._tokens.clear()
-        if http is not None:
+        for http in clients:
             http.close()
 
     def __enter__(self) -> RegistryClient:
@@ -620,14 +656,81 @@ class RegistryClient:
 
     # -- public API --
 
+    def locate(self, ref: Reference) -> Located:
+        """The manifest or index ``ref`` names, from the first endpoint registries.conf
+        gives for it that serves it: its mirrors in order, then its primary location
+        (containers/image's pull sources).
+
+        A mirror is tried once; any failure (refused connection, 404, 5xx, bad
+        credentials, a wrong digest) moves on to the next.  The primary location gets
+        the usual retries; if it fails too, its error says what every mirror answered.
+        The endpoint that answers is remembered: this client asks it for every later
+        manifest and blob of ``ref``'s repository, as containers/image reads one image
+        from one endpoint.  Without registries.conf this asks ``ref``'s own registry.
+        """
+        conf = self.options.registries or RegistriesConf.empty()
+        sources = conf.pull_sources(ref)
+        failures: list[SnapshotterError] = []
+        for source in sources:
+            physical = source.reference
+            host = registry_host(physical.domain)
+            with self._lock:
+                if source.endpoint.insecure:
+                    self._insecure_hosts.add(host)
+                if physical.domain != ref.domain:
+                    self._foreign_domains.add(physical.domain)
+            primary = not source.endpoint.mirror
+            try:
+                raw, media_type, digest = self._manifest_at(
+                    physical, attempts=None if primary else 1
+                )
+            except SnapshotterError as exc:
+                if not primary:
+                    log.debug("%s: mirror failed: %s", physical, exc)
+                    failures.append(exc)
+                    continue
+                if not failures:
+                    raise
+                also = "; ".join(str(f) for f in failures)
+                raise reworded(exc, f"{exc}; mirrors also failed: {also}") from exc
+            if source.endpoint.mirror:
+                log.debug("%s: served by mirror %s", ref, source.endpoint.location)
+            where = (physical.domain, physical.path)
+            with self._lock:
+                self._served_from.setdefault(ref.repository, where)
+                self._served_from.setdefault(physical.repository, where)
+            return Located(physical, source.endpoint, raw, media_type, digest)
+        raise AssertionError("pull sources always end with the primary location")
+
     def manifest(self, ref: Reference) -> tuple[bytes, str, Digest]:
         """GET the manifest or index ``ref`` names: (body, media type, digest of the body).
 
         A reference with a digest is fetched by digest and verified (``DigestMismatch``);
         by tag, the body is checked against the registry's ``Docker-Content-Digest``.  The
         media type is one of :data:`MANIFEST_MEDIA_TYPES` when the registry is honest;
-        the caller decides what to do with others (schema1, artifacts).
+        the caller decides what to do with others (schema1, artifacts).  The first
+        manifest of a repository is sought through registries.conf (:meth:`locate`);
+        later ones come from the endpoint that served it.
         """
+        served = self._served(ref)
+        if served is None:
+            found = self.locate(ref)
+            return found.raw, found.media_type, found.digest
+        return self._manifest_at(served)
+
+    def _served(self, ref: Reference) -> Reference | None:
+        """``ref`` at the endpoint that served its repository's first manifest, if any."""
+        with self._lock:
+            where = self._served_from.get(ref.repository)
+        if where is None:
+            return None
+        return replace(ref, domain=where[0], path=where[1])
+
+    def _manifest_at(
+        self, ref: Reference, *, attempts: int | None = None
+    ) -> tuple[bytes, str, Digest]:
+        """:meth:`manifest` from exactly ``ref``'s registry; ``attempts`` overrides
+        ``options.retries``."""
         target = self._target(ref)
         reference = str(ref.digest) if ref.digest is not None else (ref.tag or DEFAULT_TAG)
         what = f"{ref}: manifest"
@@ -641,7 +744,7 @@ class RegistryClient:
                 self._check(resp, target, what)
                 return self._read_capped(resp, self.options.max_manifest, what), resp.headers
 
-        body, headers = self._retrying(what, attempt)
+        body, headers = self._retrying(what, attempt, attempts)
         media_type = _media_type(headers.get("content-type", ""), body)
         if ref.digest is not None:
             verify_bytes(body, ref.digest, None, f"{ref.repository}: manifest")
@@ -670,7 +773,9 @@ class RegistryClient:
         size: int | None = None,
         max_size: int = MAX_JSON_BLOB,
     ) -> bytes:
-        """A small blob (a config) read whole and verified against ``digest`` (and ``size``)."""
+        """A small blob (a config) read whole and verified against ``digest`` (and ``size``),
+        from the endpoint that served the repository's manifest."""
+        repository_ref = self._served(repository_ref) or repository_ref
         target = self._target(repository_ref)
         what = f"{repository_ref.repository}: blob {digest}"
         if size is not None and size > max_size:
@@ -702,6 +807,7 @@ class RegistryClient:
         they are read.  The first request is made here, so a missing blob or refused
         credentials raise now rather than on the first read.
         """
+        repository_ref = self._served(repository_ref) or repository_ref
         stream = BlobStream(self, self._target(repository_ref), digest, size, progress)
         try:
             stream._connect()
@@ -721,35 +827,68 @@ class RegistryClient:
     def catalog(self, registry: str, term: str = "", page_size: int | None = None) -> list[str]:
         """Repository paths a registry lists (``/v2/_catalog``), those containing ``term``."""
         domain = normalize_registry(registry)
-        target = _Target(domain, registry_host(domain), "", "registry:catalog:*")
+        target = self._registry_target(domain, "registry:catalog:*")
         names = self._paginate(target, "/v2/_catalog", "repositories", page_size)
         return [n for n in names if term in n]
 
     # -- requests --
 
     def _target(self, ref: Reference) -> _Target:
-        return _Target(
-            ref.domain, registry_host(ref.domain), ref.path, f"repository:{ref.path}:pull"
-        )
+        """Whom a request about ``ref`` is for (registries.conf applied: see _policy)."""
+        host = self._policy(str(ref), ref.domain, f"docker://{ref}")
+        return _Target(ref.domain, host, ref.path, f"repository:{ref.path}:pull")
 
-    def _client(self) -> httpx.Client:
+    def _registry_target(self, domain: str, scope: str) -> _Target:
+        """Whom a registry-wide request (catalog, login) is for."""
+        return _Target(domain, self._policy(domain, domain, f"registry {domain}"), "", scope)
+
+    def _policy(self, name: str, domain: str, what: str) -> str:
+        """The host serving ``domain``, once registries.conf's table for ``name`` (a
+        reference's full text, or a host) has been applied as containers/image's
+        FindRegistry does: ``blocked`` refuses, ``insecure`` allows the host plain HTTP
+        and unverified TLS from now on."""
+        host = registry_host(domain)
+        conf = self.options.registries
+        if conf is not None:
+            table = conf.check(name, what)
+            if table is not None and table.endpoint.insecure:
+                with self._lock:
+                    self._insecure_hosts.add(host)
+        return host
+
+    def _insecure(self, host: str) -> bool:
+        """Plain HTTP and unverified TLS allowed: --tls-verify=false, or registries.conf."""
+        if self.options.insecure:
+            return True
+        with self._lock:
+            return host in self._insecure_hosts
+
+    def _client(self, host: str | None = None) -> httpx.Client:
+        """The HTTP client for ``host``: one that skips TLS verification for insecure
+        hosts, the verifying one for every other (and for token realms)."""
+        unverified = host is not None and self._insecure(host)
         with self._lock:
             if self._closed:
                 raise RegistryError("registry client: used after close")
-            if self._http is None:
-                self._http = httpx.Client(
+            current = self._http_unverified if unverified else self._http
+            if current is None:
+                current = httpx.Client(
                     http1=True,
                     http2=False,
-                    verify=self._ssl_context(),
+                    verify=self._ssl_context(unverified),
                     timeout=httpx.Timeout(self.options.timeout),
                     follow_redirects=False,
                     headers={"User-Agent": _USER_AGENT},
                 )
-            return self._http
+                if unverified:
+                    self._http_unverified = current
+                else:
+                    self._http = current
+            return current
 
-    def _ssl_context(self) -> ssl.SSLContext:
+    def _ssl_context(self, unverified: bool = False) -> ssl.SSLContext:
         ctx = ssl.create_default_context()
-        if self.options.insecure:
+        if self.options.insecure or unverified:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         cert_dir = self.options.cert_dir
@@ -795,13 +934,14 @@ class RegistryClient:
         except (httpx.HTTPError, httpx.InvalidURL) as exc:  # bad encodings, bad urls
             raise RegistryError(f"{what}: {_describe(exc)}") from exc
 
-    def _retrying(self, what: str, attempt: Callable[[], T]) -> T:
+    def _retrying(self, what: str, attempt: Callable[[], T], attempts: int | None = None) -> T:
         delay = self.options.backoff
-        for n in range(1, self.options.retries + 1):
+        retries = self.options.retries if attempts is None else attempts
+        for n in range(1, retries + 1):
             try:
                 return attempt()
             except _Transient as exc:
-                if n >= self.options.retries:
+                if n >= retries:
                     raise RegistryError(
                         f"{what}: {exc.reason} (gave up after {n} attempts)", status=exc.status
                     ) from exc
@@ -822,11 +962,11 @@ class RegistryClient:
         return f"{scheme}://{host}"
 
     def _probe(self, host: str) -> str:
-        if not (self.options.insecure or is_loopback(host)):
+        if not (self._insecure(host) or is_loopback(host)):
             return "https"
         # containers/image for insecure (and docker for loopback) registries: https first,
         # then plain http.  A TLS registry answers plain http with 400.
-        client = self._client()
+        client = self._client(host)
         try:
             client.get(f"https://{host}/v2/")
             return "https"
@@ -853,14 +993,18 @@ class RegistryClient:
         return "http"
 
     def _plain_http_allowed(self, host: str) -> bool:
-        return self.options.insecure or is_loopback(host)
+        return self._insecure(host) or is_loopback(host)
 
     def _cred_lookup(self, target: _Target) -> _CredLookup:
         key = (target.domain, target.path)
         with self._lock:
             found = self._creds.get(key)
+            foreign = target.domain in self._foreign_domains
         if found is None:
-            found = _lookup_creds(self.options, target.domain, target.path)
+            # containers/image: credentials given for the image are not sent to a mirror
+            # (or rewritten location) on another registry; its auth files still are read.
+            options = replace(self.options, creds=None) if foreign else self.options
+            found = _lookup_creds(options, target.domain, target.path)
             with self._lock:
                 self._creds[key] = found
         return found
@@ -919,7 +1063,7 @@ class RegistryClient:
         self, target: _Target, url: str, headers: dict[str, str], auth: str | None
     ) -> httpx.Response:
         """One GET, following redirects; the registry's Authorization stays on its origin."""
-        client = self._client()
+        client = self._client(target.host)
         registry_origin = _origin(httpx.URL(self._base(target.host)))
         current = httpx.URL(url)
         for _ in range(_MAX_REDIRECTS + 1):
@@ -990,7 +1134,8 @@ class RegistryClient:
             )
         params = {k: v for k, v in (("service", service), ("scope", scope)) if v}
         log.debug("%s: token for %r from %s", target.what, scope, realm_url.host)
-        client = self._client()
+        # As containers/image: the registry's TLS setting is its token server's too.
+        client = self._client(target.host)
         if creds is not None and creds.identity_token is not None:
             # distribution's oauth.md: trade the refresh token for an access token
             request = client.build_request(
@@ -1132,7 +1277,7 @@ class RegistryClient:
 
     def _ping(self, domain: str) -> None:
         """GET /v2/ with auth: 200 means the credentials (if needed) were accepted."""
-        target = _Target(domain, registry_host(domain), "", "")
+        target = self._registry_target(domain, "")
         what = f"registry {domain}"
 
         def attempt() -> None:

@@ -6,7 +6,9 @@
   (``manifest.json`` + ``<id>/layer.tar``) and Docker 25+'s OCI-shaped one.
 - ``docker://REF``, or a bare ``REF`` resolved the way docker does (``alpine`` is
   ``docker.io/library/alpine:latest``): a registry, through ``registry.RegistryClient``
-  (imported only then, so on-disk pulls never load httpx).
+  (imported only then, so on-disk pulls never load httpx).  With a registries.conf a bare
+  short name is resolved by its aliases and unqualified-search-registries instead
+  (``registries_conf``); the client takes each image through its mirrors and rewrites.
 
 A transport resolves a reference to one image (picking the manifest for a platform from an
 index) and hands out blob readers; it never unpacks anything.  Archives are read in place:
@@ -27,7 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Protocol
 
-from ..errors import InvalidReference, NotFound, UnsupportedMedia
+from ..errors import (
+    InvalidReference,
+    NotFound,
+    SnapshotterError,
+    UnsupportedMedia,
+    reworded,
+)
 from ..oci.digest import Digest, Readable, verify_bytes
 from ..oci.model import (
     ANNOTATION_CONTAINERD_NAME,
@@ -731,7 +739,7 @@ def _open(
 ) -> ResolvedImage | ResolvedIndex:
     src = SourceRef.parse(text)
     if src.transport == "docker":
-        return _resolve_registry(Reference.parse(src.ref), platform, registry, all_platforms)
+        return _resolve_name(text, src.ref, platform, registry, all_platforms)
     path = Path(src.path)
     if src.transport == "oci":
         if not path.is_dir():
@@ -759,6 +767,36 @@ def _open(
 
 
 # -- registries ---------------------------------------------------------------------------
+
+
+def _resolve_name(
+    text: str,
+    name: str,
+    platform: Platform | None,
+    options: RegistryOptions | None,
+    all_platforms: bool,
+) -> ResolvedImage | ResolvedIndex:
+    """``docker://NAME`` is NAME as docker reads it (skopeo's and podman's rule); a bare
+    NAME is a short name that registries.conf may resolve to one or more candidates,
+    tried in order, as podman pulls them."""
+    conf = options.registries if options is not None else None
+    if text.startswith("docker://") or conf is None:
+        return _resolve_registry(Reference.parse(name), platform, options, all_platforms)
+    resolution = conf.resolve_short_name(name)
+    if resolution.rationale in ("qualified", "docker"):
+        return _resolve_registry(resolution.candidates[0], platform, options, all_platforms)
+    failures: list[SnapshotterError] = []
+    for ref in resolution.candidates:
+        try:
+            return _resolve_registry(ref, platform, options, all_platforms)
+        except SnapshotterError as exc:
+            failures.append(exc)
+    how = f"short name {name!r} resolved by {resolution.describe()}"
+    if len(failures) == 1:
+        raise reworded(failures[0], f"{failures[0]} ({how})") from failures[0]
+    raise reworded(
+        failures[-1], f"{how}: every candidate failed: " + "; ".join(str(f) for f in failures)
+    ) from failures[-1]
 
 
 def _resolve_registry(
