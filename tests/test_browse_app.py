@@ -464,3 +464,17 @@ def test_names_cannot_drive_the_terminal(tmp_path: Path) -> None:
         assert str(table.get_cell_at((0, 2))) == "RUN \\x1b[2J clear"
 
     run(BrowseApp(stored), test)
+
+
+def test_ctrl_c_and_q_quit(images: tuple[StoredImage, StoredImage]) -> None:
+    image, _ = images
+    for key, focus in (("ctrl+c", "#tree"), ("ctrl+c", "#layers"), ("q", "#tree")):
+
+        async def test(
+            app: BrowseApp, pilot: Pilot[None], key: str = key, focus: str = focus
+        ) -> None:
+            app.query_one(focus).focus()
+            await press(app, pilot, key)
+            assert not app.is_running
+
+        run(BrowseApp(image), test)

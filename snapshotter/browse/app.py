@@ -526,7 +526,7 @@ class BrowseApp(App[None]):
         Binding("q", "quit", "Quit"),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
         Binding("tab", "switch_pane", "Switch pane", priority=True),
-        Binding("ctrl+f,ctrl+slash", "filter", "Filter"),
+        Binding("ctrl+f,ctrl+slash,ctrl+underscore", "filter", "Filter"),
         Binding("ctrl+l", "mode('LAYER')", "Layer changes", show=False),
         Binding("c", "mode('COMPARE')", "Compare", show=False),
     ]
