@@ -179,7 +179,7 @@ def build_index(
         regions = tuple((int(o), int(n)) for o, n in sparse) if sparse is not None else ()
         extents[inode] = FileExtent(info.offset_data, regions)
         stored = sum(n for _, n in regions) if sparse is not None else info.size
-        return f"sha256:{h.hexdigest()}", _blocks(stored)
+        return f"sha256:{h.hexdigest()}", file_blocks(stored)
 
     scan = scan_layer(
         blob,
@@ -225,7 +225,7 @@ def build_index(
     )
 
 
-def _blocks(stored: int) -> int:
+def file_blocks(stored: int) -> int:
     """512-byte blocks of a file holding ``stored`` bytes, in 4 KiB file system blocks:
     what ``stat`` shows once it is written out (the index cannot ask a host)."""
     return (stored + 4095) // 4096 * 8

@@ -28,7 +28,7 @@ import os
 import queue
 import tarfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -730,6 +730,57 @@ def _read_entry(
     what: str,
     feeder: _Feeder,
 ) -> None:
+    entry = _apply_header(info, tree, what)
+    if entry is None or entry.kind is not EntryKind.FILE or info.islnk() or entry.size == 0:
+        return
+    inode = entry.inode
+    sparse: list[tuple[int, int]] | None = info.sparse  # type: ignore[assignment]
+    if sparse is None:
+        # Content follows its header directly: copy it straight from the stream.
+        feeder.seek(info.offset_data)
+        src: Readable = feeder
+    else:
+        extracted = tf.extractfile(info)
+        assert extracted is not None
+        src = extracted
+    written[inode] = content(inode, info, src)
+    feeder.check_within(info)
+
+
+def toc_from_headers(
+    headers: Iterable[tarfile.TarInfo],
+    diff_id: str,
+    what: str,
+    file_meta: Callable[[tarfile.TarInfo], tuple[str, int]],
+    max_entries: int = MAX_LAYER_ENTRIES,
+) -> tuple[Toc, dict[int, tarfile.TarInfo]]:
+    """A layer's toc from its tar headers alone (a TOC the layer carries, eStargz's), by
+    the rules ``scan_layer`` applies to a tar: the same confinement, whiteouts, opaque
+    markers, hardlinks and in-layer replacements.  ``file_meta(header)`` gives a regular
+    file's content digest and blocks.  Also returns, for each regular file with content
+    in the toc, the header it came from (by toc inode)."""
+    tree = _LayerTree(what)
+    files: dict[int, tarfile.TarInfo] = {}
+    for count, info in enumerate(headers, start=1):
+        if count > max_entries:
+            raise UnsafeArchive(f"{what}: more than {max_entries} entries")
+        entry = _apply_header(info, tree, what)
+        if entry is not None and entry.has_data and not info.islnk():
+            files[entry.inode] = info
+    entries: list[TocEntry] = []
+    for e in tree.finish():
+        if e.has_data:
+            digest, blocks = file_meta(files[e.inode])
+            e = replace(e, digest=digest, blocks=blocks)
+        entries.append(e)
+    live = {e.inode for e in entries if e.has_data}
+    return Toc(diff_id, tuple(entries)), {inode: files[inode] for inode in live}
+
+
+def _apply_header(info: tarfile.TarInfo, tree: _LayerTree, what: str) -> TocEntry | None:
+    """Apply one tar header to the layer's tree, by the layer rules (whiteouts, opaque
+    markers, hardlinks, replacements, confinement); the entry it made, if any (a
+    hardlink's is its source's copy: its content is the source's)."""
     path = clean_path(info.name, what)
     base = path.rpartition("/")[2]
     if base.startswith(WHITEOUT_PREFIX):
@@ -741,7 +792,7 @@ def _read_entry(
             # This layer already replaced the directory by a file or link, which hides
             # the whole lower subtree: the marker has nothing left to do.  (umoci repack
             # writes `d` and then `d/.wh.child` when a directory becomes a file.)
-            return
+            return None
         tree.ensure_dir(parent)
         if base == WHITEOUT_OPAQUE:
             tree.opaques.add(parent)
@@ -749,7 +800,7 @@ def _read_entry(
             pass  # other AUFS metadata (.wh..wh.plnk, .wh..wh.aufs): not content
         else:
             tree.whiteouts.add(_join(parent, hidden))
-        return
+        return None
 
     common = dict(
         mode=info.mode & 0o7777,
@@ -766,58 +817,46 @@ def _read_entry(
                 f"{what}: hardlink {info.name!r} points to {info.linkname!r}, "
                 "which is not a file earlier in this layer"
             )
-        tree.put(replace(source, path=path))
-        return
+        entry = replace(source, path=path)
+        tree.put(entry)
+        return entry
     if info.isdir():
-        tree.put(TocEntry(path, EntryKind.DIR, size=0, inode=tree.new_inode(), **common))  # type: ignore[arg-type]
-        return
+        entry = TocEntry(path, EntryKind.DIR, size=0, inode=tree.new_inode(), **common)  # type: ignore[arg-type]
+        tree.put(entry)
+        return entry
     if info.issym():
         # Whatever mode the header says (BSD tar writes the link's own bits), a symlink
         # extracted on Linux has 0777: the toc records what extraction makes.
-        tree.put(
-            TocEntry(
-                path,
-                EntryKind.SYMLINK,
-                size=0,
-                inode=tree.new_inode(),
-                link=info.linkname,
-                **{**common, "mode": SYMLINK_MODE},  # type: ignore[arg-type]
-            )
+        entry = TocEntry(
+            path,
+            EntryKind.SYMLINK,
+            size=0,
+            inode=tree.new_inode(),
+            link=info.linkname,
+            **{**common, "mode": SYMLINK_MODE},  # type: ignore[arg-type]
         )
-        return
+        tree.put(entry)
+        return entry
     if info.ischr() or info.isblk() or info.isfifo():
         kind = (
             EntryKind.CHAR if info.ischr() else EntryKind.BLOCK if info.isblk() else EntryKind.FIFO
         )
-        tree.put(
-            TocEntry(
-                path,
-                kind,
-                size=0,
-                inode=tree.new_inode(),
-                rdev_major=info.devmajor if kind is not EntryKind.FIFO else 0,
-                rdev_minor=info.devminor if kind is not EntryKind.FIFO else 0,
-                **common,  # type: ignore[arg-type]
-            )
+        entry = TocEntry(
+            path,
+            kind,
+            size=0,
+            inode=tree.new_inode(),
+            rdev_major=info.devmajor if kind is not EntryKind.FIFO else 0,
+            rdev_minor=info.devminor if kind is not EntryKind.FIFO else 0,
+            **common,  # type: ignore[arg-type]
         )
-        return
+        tree.put(entry)
+        return entry
     if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK) or info.type == b"V":
-        return  # a volume label, or a header tarfile already folded into the next member
+        return None  # a volume label, or a header tarfile already folded into the next member
     if info.type == b"M":
         raise UnsafeArchive(f"{what}: multi-volume member {info.name!r} is not supported")
     # Regular files; POSIX says unknown types are read as regular files too.
-    inode = tree.new_inode()
-    entry = TocEntry(path, EntryKind.FILE, size=info.size, inode=inode, **common)  # type: ignore[arg-type]
-    tree.put(entry)  # first, so a path under a symlink fails before content is written
-    if info.size > 0:
-        sparse: list[tuple[int, int]] | None = info.sparse  # type: ignore[assignment]
-        if sparse is None:
-            # Content follows its header directly: copy it straight from the stream.
-            feeder.seek(info.offset_data)
-            src: Readable = feeder
-        else:
-            extracted = tf.extractfile(info)
-            assert extracted is not None
-            src = extracted
-        written[inode] = content(inode, info, src)
-        feeder.check_within(info)
+    entry = TocEntry(path, EntryKind.FILE, size=info.size, inode=tree.new_inode(), **common)  # type: ignore[arg-type]
+    tree.put(entry)  # before any content, so a path under a symlink fails first
+    return entry
