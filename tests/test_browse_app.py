@@ -252,6 +252,10 @@ def test_enter_opens_text_paged_and_binary_as_hex(images: tuple[StoredImage, Sto
         assert pager.pages.binary and pager.virtual_size.height == -(-len(BINARY) // 16)
         assert pager.render_line(0).text.startswith("00000000: 0001 0203")
         assert "binary, hex dump" in str(app.screen.query_one("#content-title", Static).content)
+        await press(app, pilot, "end")  # the last row, without reading the file through
+        last = pager.render_line(pager.size.height - 1).text
+        assert last.startswith(f"{(len(BINARY) - 1) // 16 * 16:08x}: ") and "tail" in last
+        assert pager.pages.reads <= 2 and pager.pages.lines_known == 1
         await press(app, pilot, "escape")
 
     run(BrowseApp(image, layer=2), test)

@@ -406,8 +406,9 @@ class PagerView(ScrollView, can_focus=True):
     def action_to_end(self) -> None:
         """To the last line, as ``less``'s G: every line is found first (the file is
         read through, a block at a time, and not kept)."""
-        self.pages.find_lines(self.pages.size)
-        self._grow(self.pages.lines_known)
+        if not self.pages.binary:  # (a hex dump knows its rows)
+            self.pages.find_lines(self.pages.size)
+            self._grow(self.pages.lines_known)
         self.scroll_end(animate=False, immediate=True)
 
     def watch_scroll_y(self, old: float, new: float) -> None:
