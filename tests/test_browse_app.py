@@ -367,6 +367,15 @@ def test_small_terminal_without_colour(
         assert any("+ link → conf" in line for line in lines)
         # 80 columns: the owner and mode columns start hidden (ctrl+b shows them).
         assert "Permission" not in static_text(app, "#tree-header")
+        # What does not fit scrolls sideways (shift+→), the cursor's row included.
+        await press(app, pilot, "ctrl+b")
+        assert tree.virtual_size.width > tree.size.width
+        before = tree_lines(tree)
+        await press(app, pilot, "shift+right")
+        assert tree.scroll_offset.x == 8
+        assert tree_lines(tree)[0].startswith(before[0][8:].rstrip())
+        await press(app, pilot, "shift+left")
+        assert tree.scroll_offset.x == 0
 
     run(BrowseApp(image, layer=2), test, size=(80, 24))
 

@@ -104,6 +104,8 @@ class FileTree(ScrollView, can_focus=True):
         Binding("ctrl+space,ctrl+@", "collapse_all", "Collapse all"),
         Binding("right,l", "expand", show=False),
         Binding("left,h", "collapse", show=False),
+        Binding("shift+right", "scroll_sideways(8)", show=False),
+        Binding("shift+left", "scroll_sideways(-8)", show=False),
         Binding("enter", "open", "Contents"),
         Binding("b", "blame", "Blame"),
         Binding("e", "export", "Export"),
@@ -146,9 +148,20 @@ class FileTree(ScrollView, can_focus=True):
         return self.rows.rows[min(self.cursor, len(self.rows.rows) - 1)].item
 
     def _resized(self) -> None:
-        count = len(self.rows.rows) if self.rows is not None else 0
-        self.virtual_size = Size(self.size.width, count)
+        rows = self.rows.rows if self.rows is not None else []
+        self.virtual_size = Size(max(self.size.width, self._content_width(rows)), len(rows))
         self.refresh()
+
+    def _content_width(self, rows: list[Row]) -> int:
+        """About the widest row (``shift+→`` scrolls to see it): the columns, the tree
+        lines and the name, without drawing a row."""
+        widest = 0
+        for row in rows:
+            width = 4 * row.depth + len(row.item.name)
+            if row.item.stat.kind is EntryKind.SYMLINK:
+                width += 3 + row.item.stat.size  # " → " and the target
+            widest = max(widest, width)
+        return len(self.header()) - len("Filetree") + 8 + widest
 
     def show_attributes(self) -> bool:
         if self.attributes is None:
@@ -224,6 +237,9 @@ class FileTree(ScrollView, can_focus=True):
     def action_cursor(self, delta: int) -> None:
         self.move_to(self.cursor + delta)
 
+    def action_scroll_sideways(self, columns: int) -> None:
+        self.scroll_to(x=self.scroll_offset.x + columns, animate=False, immediate=True)
+
     def action_page(self, direction: int) -> None:
         self.move_to(self.cursor + direction * max(self.size.height - 1, 1))
 
@@ -297,7 +313,7 @@ class FileTree(ScrollView, can_focus=True):
         app = self.app
         if isinstance(app, BrowseApp):
             app.update_tree_header()
-        self.refresh()
+        self._resized()
 
     def action_open(self) -> None:
         app = self.app
