@@ -29,6 +29,7 @@ keys (dive's):
   c              the --compare image's differences again
   ctrl+f         filter the tree by a path regex (enter applies, escape clears)
   space          collapse or expand a directory; ctrl+space collapses all
+  shift+arrows   scroll the tree sideways (deep names)
   ctrl+a/r/m/u   (tree) show or hide added/removed/modified/unmodified paths
                  (ctrl+m arrives as enter in most terminals: M does the same)
   ctrl+b         show or hide the permission and owner columns
