@@ -505,6 +505,28 @@ class Store:
             self.journal_path.unlink()
             return moved
 
+    def commit_snapshots(
+        self, staged_snapshots: dict[str, Path], layer_map: dict[str, str]
+    ) -> None:
+        """Atomically add snapshots no image names yet (the layers a lazy view fetched
+        whole): each is moved into place unless the store has it, under the lock and the
+        journal as :meth:`commit` does.  Until an image or a live mount names them, the
+        next ``prune`` removes them."""
+        with self.locked() as state:
+            moves: list[tuple[Path, Path]] = []
+            for diff_id, staged in staged_snapshots.items():
+                target = self.snapshot_path(Digest.parse(diff_id))
+                if not target.exists():
+                    moves.append((staged, target))
+            added = [str(t.relative_to(self.root)) for _, t in moves]
+            _write_synced(self.journal_path, json.dumps({"added": added}).encode())
+            for staged, target in moves:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(staged, target)
+            state.layers.update(layer_map)
+            self._write_state(state)
+            self.journal_path.unlink()
+
     # -- lookups -------------------------------------------------------------------------
 
     def resolve(self, state: State, text: str) -> str:
