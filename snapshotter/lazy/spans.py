@@ -29,7 +29,7 @@ import hashlib
 import os
 import secrets
 import threading
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
@@ -197,10 +197,11 @@ class CachingSource:
         if first > last:
             return b""
         points = self.index.checkpoints
-        # spans [start, end) that meet [first, last]
-        lo = bisect_right(points, first, key=_end_key)
-        hi = bisect_left(points, last + 1, key=_start_key) - 1
-        if lo > hi or points[lo].start > first or points[hi].end <= last:
+        # The fewest spans [start, end) covering [first, last]: consecutive gzip spans
+        # share a byte, and a read of one span must not pull in its neighbours for it.
+        lo = bisect_right(points, first, key=_start_key) - 1
+        hi = bisect_right(points, last, lo=max(lo, 0), key=_end_key)
+        if lo < 0 or hi >= len(points):
             return self._passthrough(first, last)
         spans = self._spans(lo, hi)
         out = bytearray()
