@@ -669,21 +669,38 @@ class _StorageHandler(_Quiet):
     def do_GET(self) -> None:
         owner: StorageServer = self.owner
         owner.seen.append(Seen("GET", self.path, {k.lower(): v for k, v in self.headers.items()}))
-        data = owner.objects.get(urlsplit(self.path).path)
+        path = urlsplit(self.path).path
+        data = owner.objects.get(path)
+        if path in owner.expired:
+            self.reply(403, b"<Error><Code>AccessDenied</Code></Error>")
+            return
         if data is None:
             self.reply(404)
-        else:
-            self.reply(200, data, {"Content-Type": "application/octet-stream"})
+            return
+        m = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
+        if owner.ranges and m is not None:
+            a, b = int(m.group(1)), min(int(m.group(2)), len(data) - 1)
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"bytes {a}-{b}/{len(data)}",
+            }
+            self.reply(206, data[a : b + 1], headers)
+            return
+        self.reply(200, data, {"Content-Type": "application/octet-stream"})
 
 
 class StorageServer(_Background):
-    """Serves ``objects`` (path -> bytes) like a blob store behind a registry redirect."""
+    """Serves ``objects`` (path -> bytes) like a blob store behind a registry redirect;
+    with ``ranges``, closed ``Range`` requests get 206 as from a CDN; paths in ``expired``
+    answer 403, as a signed URL past its time does."""
 
     handler = _StorageHandler
 
-    def __init__(self) -> None:
+    def __init__(self, *, ranges: bool = False) -> None:
         self.objects: dict[str, bytes] = {}
         self.seen: list[Seen] = []
+        self.ranges = ranges
+        self.expired: set[str] = set()
         super().__init__()
 
 

@@ -210,31 +210,43 @@ def test_read_range_detects_a_wrong_content_range(env: Setup) -> None:
 
 
 def test_read_range_follows_and_caches_the_blob_location(env: Setup) -> None:
-    """A registry that redirects blobs (a CDN): the first range read is redirected and
-    its target remembered; later reads go straight there, without Authorization."""
+    """A registry that redirects blobs to a CDN: the first range read is redirected and
+    its target remembered; later reads go straight there, without Authorization; when
+    the signed URL expires (403) the registry is asked again, at once."""
     from registry_fixtures import StorageServer
 
     layer = env.layers[0]
-    storage = StorageServer()
+    storage = StorageServer(ranges=True)
     try:
-        storage.objects["/cdn/blob"] = layer.blob
-        env.proxy.faults.append(
-            Fault(
-                "redirect",
-                pattern=f"/blobs/{layer.digest}$",
-                location=f"http://{storage.host}/cdn/blob",
-            )
-        )
+        storage.objects["/cdn/1"] = storage.objects["/cdn/2"] = layer.blob
+        pattern = f"/blobs/{layer.digest}$"
+        for n in (1, 2):
+            location = f"http://{storage.host}/cdn/{n}"
+            env.proxy.faults.append(Fault("redirect", pattern=pattern, location=location))
         client, blob = _blob(env)
         with client:
-            # the storage server answers 200 whole: detected, the location kept anyway
-            with pytest.raises(RangeNotSupported):
-                blob.read_range(0, 9)
-            with pytest.raises(RangeNotSupported):
-                blob.read_range(10, 19)
-        assert len(env.blob_requests(layer)) == 1  # the second read went to the CDN only
-        assert [s.headers.get("range") for s in storage.seen] == ["bytes=0-9", "bytes=10-19"]
+            assert blob.read_range(0, 9) == layer.blob[:10]
+            assert blob.read_range(10, 19) == layer.blob[10:20]
+            assert len(env.blob_requests(layer)) == 1  # the second went to the CDN only
+            storage.expired.add("/cdn/1")
+            assert blob.read_range(20, 29) == layer.blob[20:30]
+        assert len(env.blob_requests(layer)) == 2
+        assert [(s.path, s.headers.get("range")) for s in storage.seen] == [
+            ("/cdn/1", "bytes=0-9"),
+            ("/cdn/1", "bytes=10-19"),
+            ("/cdn/1", "bytes=20-29"),
+            ("/cdn/2", "bytes=20-29"),
+        ]
         assert all("authorization" not in s.headers for s in storage.seen)
+        # a CDN that answers whole is caught as a registry is
+        storage.ranges = False
+        with RegistryClient(OPTIONS) as client2:
+            env.proxy.faults.append(
+                Fault("redirect", pattern=pattern, location=f"http://{storage.host}/cdn/2")
+            )
+            other = RegistryBlob(client2, blob.repository_ref, blob.digest, blob.size)
+            with pytest.raises(RangeNotSupported, match="answered 200"):
+                other.read_range(0, 9)
     finally:
         storage.stop()
 
