@@ -112,6 +112,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     try:
         registry.push(f"oci:{layout}:lazy", "lazy/app:1")
         registry.push(f"oci:{layout}:lazy", "lazy/plain:1")
+        registry.push(f"oci:{layout}:lazy", "lazy/forged:1")
         proxy = FaultProxy(registry.host)
         try:
             yield Setup(registry, proxy, manifest_digest, layers)
@@ -409,6 +410,63 @@ def test_published_index_serves_another_host(env: Setup, tmp_path: Path) -> None
     assert share < 25  # 19.6 %: one span of each layer, and two more of the gzip one
     ranges = [s.headers["range"] for s in env.proxy.seen if "range" in s.headers]
     assert ranges and all(CLOSED_RANGE.match(r) for r in ranges)
+
+
+class _Notes(QuietProgress):
+    def __init__(self) -> None:
+        super().__init__()
+        self.notes: list[str] = []
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+def test_a_published_index_of_another_layer_is_passed_over(env: Setup, tmp_path: Path) -> None:
+    """An artifact that says layer 1's index is layer 3's (a mistake, or a forgery): the
+    index names its own layer, so it is not used for layer 1, which is indexed anew."""
+    from snapshotter.lazy import remote
+
+    builder = _store(tmp_path, "builder")
+    remote.build_indexes(builder, env.ref("lazy/forged:1"), OPTIONS, QuietProgress())
+    first, third = env.layers[0], env.layers[2]
+    third_index = (builder.root / "indexes/sha256" / third.digest[7:]).read_bytes()
+    repo = Reference.parse(f"{env.proxy.host}/lazy/forged")
+    with RegistryClient(OPTIONS) as client:
+        config = client.push_blob(repo, b"{}")
+        forged = client.push_blob(repo, third_index)
+        layers = [
+            {
+                "mediaType": remote.INDEX_MEDIA_TYPE,
+                "digest": str(forged),
+                "size": len(third_index),
+                "annotations": {remote.LAYER_ANNOTATION: digest},
+            }
+            for digest in (first.digest, third.digest)
+        ]
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": remote.ARTIFACT_TYPE,
+            "config": {"mediaType": remote.MT_EMPTY, "digest": str(config), "size": 2},
+            "layers": layers,
+            "subject": {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": env.manifest_digest,
+                "size": 1,
+            },
+        }
+        body = json.dumps(manifest).encode()
+        artifact, _ = client.push_manifest(
+            repo, f"sha256:{Digest.of_bytes(body).hex}", body, manifest["mediaType"]
+        )
+        tag = "sha256-" + env.manifest_digest[7:]
+        remote._update_referrers_tag(client, repo, tag, artifact, len(body))
+    env.clear()
+    notes = _Notes()
+    lazy = open_lazy_remote(_store(tmp_path, "host"), env.ref("lazy/forged:1"), OPTIONS, notes)
+    assert lazy.layers[0].how.startswith("indexed (built: 1 pass")
+    assert lazy.layers[2].how == "indexed (referrer)"
+    assert any("passed over" in n and "another layer's" in n for n in notes.notes), notes.notes
 
 
 def test_index_cli_errors(env: Setup, tmp_path: Path) -> None:
