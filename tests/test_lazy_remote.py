@@ -465,7 +465,7 @@ def test_a_published_index_of_another_layer_is_passed_over(env: Setup, tmp_path:
     notes = _Notes()
     lazy = open_lazy_remote(_store(tmp_path, "host"), env.ref("lazy/forged:1"), OPTIONS, notes)
     assert lazy.layers[0].how.startswith("indexed (built: 1 pass")
-    assert lazy.layers[2].how == "indexed (referrer)"
+    assert lazy.layers[2].how == "indexed (referrer)", "\n".join(notes.notes)
     assert any("passed over" in n and "another layer's" in n for n in notes.notes), notes.notes
 
 

@@ -247,17 +247,23 @@ def _published(
         what = f"seek index artifact {desc.digest}"
         try:
             body, _, _ = client.manifest(replace(ref, tag=None, digest=desc.digest))
-            for layer_digest, blob_digest, size in _artifact_layers(body, manifest_digest, what):
-                layer = wanted.get(layer_digest)
-                if layer is None or layer_digest in found:
-                    continue
+            entries = _artifact_layers(body, manifest_digest, what)
+        except SnapshotterError as exc:
+            progress.note(f"{what}: passed over ({exc})")
+            continue
+        for layer_digest, blob_digest, size in entries:
+            layer = wanted.get(layer_digest)
+            if layer is None or layer_digest in found:
+                continue
+            try:
                 data = client.blob(ref, blob_digest, size=size, max_size=MAX_INDEX_BLOB)
                 index = SeekIndex.from_bytes(data, f"{what}: {blob_digest}")
                 if not _matches(index, layer):
-                    raise StoreCorrupt(f"{what}: the index of {layer_digest} is another layer's")
-                found[layer_digest] = index
-        except SnapshotterError as exc:
-            progress.note(f"{what}: passed over ({exc})")
+                    raise StoreCorrupt(f"the index it gives for {layer_digest} is another layer's")
+            except SnapshotterError as exc:
+                progress.note(f"{what}: passed over for layer {layer_digest} ({exc})")
+                continue
+            found[layer_digest] = index
     return found
 
 
