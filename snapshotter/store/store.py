@@ -508,16 +508,16 @@ class Store:
     def commit_snapshots(
         self, staged_snapshots: dict[str, Path], layer_map: dict[str, str]
     ) -> None:
-        """Atomically add snapshots no image names yet (the layers a lazy view fetched
-        whole): each is moved into place unless the store has it, under the lock and the
-        journal as :meth:`commit` does.  Until an image or a live mount names them, the
-        next ``prune`` removes them."""
+        """Move staged snapshots (diff_id -> staged dir) into place with no image naming
+        them: the layers a lazy mount fetched whole.  Until an image or a live mount
+        references them, ``prune`` removes them; a later ``pull`` of an image with one of
+        them reuses it.  The journal makes the moves all or nothing, as in ``commit``."""
         with self.locked() as state:
-            moves: list[tuple[Path, Path]] = []
-            for diff_id, staged in staged_snapshots.items():
-                target = self.snapshot_path(Digest.parse(diff_id))
-                if not target.exists():
-                    moves.append((staged, target))
+            moves = [
+                (staged, target)
+                for diff_id, staged in staged_snapshots.items()
+                if not (target := self.snapshot_path(Digest.parse(diff_id))).exists()
+            ]
             added = [str(t.relative_to(self.root)) for _, t in moves]
             _write_synced(self.journal_path, json.dumps({"added": added}).encode())
             for staged, target in moves:
