@@ -23,7 +23,14 @@ from pathlib import Path
 import pytest
 from builders import BuiltLayer, ImageBuilder, LayerBuilder, decompress, write_oci_layout
 from conftest import need_tool, run_in
-from registry_fixtures import Fault, FaultProxy, Registry, start_registry
+from registry_fixtures import (
+    Fault,
+    FaultProxy,
+    Registry,
+    isolate_user_auth,
+    start_registry,
+    start_token_registry,
+)
 
 from snapshotter.errors import DigestMismatch, RangeNotSupported, RegistryError
 from snapshotter.lazy import read_file
@@ -76,6 +83,7 @@ class Setup:
     proxy: FaultProxy
     manifest_digest: str
     layers: list[BuiltLayer]
+    layout: Path
 
     def ref(self, repo: str = "lazy/app:1") -> str:
         return f"docker://{self.proxy.host}/{repo}"
@@ -115,7 +123,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         registry.push(f"oci:{layout}:lazy", "lazy/forged:1")
         proxy = FaultProxy(registry.host)
         try:
-            yield Setup(registry, proxy, manifest_digest, layers)
+            yield Setup(registry, proxy, manifest_digest, layers, layout)
         finally:
             proxy.stop()
     finally:
@@ -484,3 +492,35 @@ def test_index_cli_errors(env: Setup, tmp_path: Path) -> None:
     assert missing.rc == 1
     assert missing.err.startswith("snapshotter: error: ") and missing.err.count("\n") == 1
     assert cli("index").rc == 2
+
+
+def test_token_auth_registry_build_push_and_read(
+    env: Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind docker's token auth: push asks for a pull,push token, range reads reuse the
+    pull token, and without credentials the push is refused in one line."""
+    isolate_user_auth(monkeypatch, tmp_path)
+    bob = ("bob", "bob-Token-pw-2")
+    setup = start_token_registry(tmp_path / "token", dict([bob]))
+    try:
+        setup.registry.push(f"oci:{env.layout}:lazy", "secure/lazy:1", creds=bob)
+        ref = f"docker://{setup.registry.host}/secure/lazy:1"
+        creds = ("--creds", ":".join(bob))
+        cli = run_in(tmp_path / "builder")
+        refused = cli("index", "build", ref)
+        assert refused.rc == 1 and "authentication required" in refused.err
+        assert cli("index", "build", ref, *creds).rc == 0
+        anonymous = cli("index", "push", ref)
+        assert anonymous.rc == 1 and anonymous.err.count("\n") == 1
+        assert "authentication required" in anonymous.err
+        before = len(setup.tokens.requests)
+        pushed = cli("index", "push", ref, *creds)
+        assert pushed.rc == 0, pushed.err
+        scopes = {s for r in setup.tokens.requests[before:] for s in r.scopes}
+        assert "repository:secure/lazy:pull,push" in scopes
+        options = RegistryOptions(creds=bob, retries=3, backoff=0.01)
+        lazy = open_lazy_remote(_store(tmp_path, "host"), ref, options, QuietProgress())
+        assert lazy.layers[0].how == "indexed (referrer)"
+        assert _read(lazy.layers[0], "data/small05") == b"small 5\n"
+    finally:
+        setup.stop()
