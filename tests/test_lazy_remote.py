@@ -477,6 +477,21 @@ def test_a_published_index_of_another_layer_is_passed_over(env: Setup, tmp_path:
     assert any("passed over" in n and "another layer's" in n for n in notes.notes), notes.notes
 
 
+def test_index_build_of_a_stored_image_reads_its_source_by_digest(
+    env: Setup, tmp_path: Path
+) -> None:
+    cli = run_in(tmp_path / "store")
+    pulled = cli("pull", "--quiet", "--json", env.ref("lazy/plain:1"))
+    assert pulled.rc == 0, pulled.err
+    image_id = json.loads(pulled.out)["id"][7:19]
+    env.clear()
+    built = cli("index", "build", image_id)
+    assert built.rc == 0, built.err
+    assert [line.split()[3] for line in built.out.splitlines()] == ["built", "not", "built"]
+    pinned = f"/v2/lazy/plain/manifests/{env.manifest_digest}"
+    assert [s.path for s in env.proxy.requests_to("/manifests/")] == [pinned]
+
+
 def test_index_cli_errors(env: Setup, tmp_path: Path) -> None:
     cli = run_in(tmp_path / "store")
     nothing = cli("index", "push", env.ref("lazy/plain:1"))

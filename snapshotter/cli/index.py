@@ -38,15 +38,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "build",
         help="build and cache the seek index of every layer",
         description=(
-            "Build the seek index of each layer of SOURCE that has none in the store's "
+            "Build the seek index of each layer of IMAGE that has none in the store's "
             "index cache and is worth one (10 MiB or more; not single-frame zstd): one "
-            "verified streaming pass over the blob, nothing unpacked. SOURCE is what "
-            "'pull' takes: docker://REF, a name, oci:DIR[:TAG], oci-archive:FILE[:TAG]. "
+            "verified streaming pass over the blob, nothing unpacked. IMAGE is an image "
+            "in the store (its blobs are read again from the source it was pulled from, "
+            "by digest), else what 'pull' takes: docker://REF, a name, oci:DIR[:TAG], "
+            "oci-archive:FILE[:TAG]. "
             "Prints one line per layer: the index's size and its share of the "
             "uncompressed layer."
         ),
     )
-    b.add_argument("source", metavar="SOURCE")
+    b.add_argument("source", metavar="IMAGE|SOURCE")
     b.add_argument("--platform", help="OS/ARCH[/VARIANT] to pick from an index")
     b.add_argument("--json", action="store_true", help="print one JSON document")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -86,11 +88,13 @@ def _line(report: LayerIndexReport, n: int) -> str:
 
 
 def cmd_build(store: Store, args: argparse.Namespace) -> int:
-    from ..lazy.remote import build_indexes
+    from ..lazy.remote import build_indexes, stored_source
     from ..progress import for_stream
 
     options = registry_options(args)
-    source = ask_short_name(args.source, options)
+    source = args.source
+    if stored_source(store, source, _platform(args)) is None:  # not an image in the store
+        source = ask_short_name(source, options)
     progress = for_stream(sys.stderr, quiet=args.quiet)
     try:
         reports = build_indexes(store, source, options, progress, platform=_platform(args))

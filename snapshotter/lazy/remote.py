@@ -327,15 +327,50 @@ def build_indexes(
     *,
     platform: Platform | None = None,
 ) -> list[LayerIndexReport]:
-    """Build and cache the seek index of every layer of ``source`` (any pull source:
-    ``docker://REF``, a name, ``oci:DIR[:TAG]``...) that has none cached and is worth one.
-    Each built layer costs one streaming pass over its blob; nothing is unpacked."""
+    """Build and cache the seek index of every layer of ``source`` that has none cached
+    and is worth one.  ``source`` is an image in the store (its layers' blobs are read
+    again from where it was pulled, pinned to its manifest digest), else any pull source
+    (``docker://REF``, a name, ``oci:DIR[:TAG]``...).  Each built layer costs one
+    streaming pass over its blob; nothing is unpacked."""
+    expected: str | None = None
+    stored = stored_source(store, source, platform)
+    if stored is not None:
+        source, platform, expected = stored
     image = open_source(source, platform, options)
     try:
+        if expected is not None and image.manifest_bytes is not None:
+            found = str(Digest.of_bytes(image.manifest_bytes))
+            if found != expected:
+                raise NotFound(
+                    f"image {expected}: its source {source} now holds {found}; "
+                    "name the source to index that image"
+                )
         return [_build_one(store, layer, len(image.layers), progress) for layer in image.layers]
     finally:
         if image.close is not None:
             image.close()
+
+
+def stored_source(
+    store: Store, text: str, platform: Platform | None
+) -> tuple[str, Platform | None, str] | None:
+    """(source, platform, manifest digest) of the stored image ``text`` names, or None
+    when ``text`` is a ``TRANSPORT:`` source or names no stored image."""
+    from ..sources.transports import TRANSPORTS
+
+    if text.partition(":")[0] in TRANSPORTS:
+        return None
+    try:
+        record, _ = store.resolve_image(store.read_state(), text, platform)
+    except NotFound:
+        return None
+    source = record.source
+    transport = source.partition(":")[0]
+    if transport not in TRANSPORTS or transport == "docker":
+        # a registry: the same manifest, by digest, whatever the tag says now
+        ref = Reference.parse(source.removeprefix("docker://"))
+        source = f"docker://{replace(ref, tag=None, digest=Digest.parse(record.digest))}"
+    return source, Platform.parse(record.platform) if record.platform else platform, record.digest
 
 
 def _build_one(store: Store, layer: LayerSource, n: int, progress: Progress) -> LayerIndexReport:
