@@ -58,6 +58,11 @@ class RegistryError(SnapshotterError):
         self.code = code
 
 
+class RangeNotSupported(RegistryError):
+    """An endpoint answered a ``Range`` request with the whole blob (200) or with other
+    bytes than those asked for: it cannot serve a lazy view; fetch the blob whole."""
+
+
 def reworded(exc: SnapshotterError, message: str) -> SnapshotterError:
     """An error of ``exc``'s kind saying ``message`` (a ``RegistryError`` keeps its status
     and code): to add what else was tried, such as mirrors, to the error that counts."""

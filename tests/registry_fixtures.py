@@ -510,8 +510,10 @@ class Fault:
 
     ``kind``: ``status`` (answer ``status`` with ``headers``), ``cut`` (send ``at`` bytes of
     the body, then close), ``reset`` (close without answering), ``ignore_range`` (forward
-    without ``Range``, so the registry answers 200), ``flip`` (flip the byte at ``at``),
-    ``redirect`` (answer 307 to ``location``).
+    without ``Range``, so the registry answers 200), ``shift_range`` (ask the registry for
+    the range ``at`` bytes later: a 206 whose Content-Range is not what was asked),
+    ``flip`` (flip the byte at ``at`` of the body), ``redirect`` (answer 307 to
+    ``location``).
     """
 
     kind: str
@@ -527,6 +529,8 @@ class Seen:
     method: str
     path: str
     headers: dict[str, str]
+    status: int = 0  # what the client was answered (0: nothing, a reset)
+    sent: int = 0  # body bytes sent to the client
 
 
 class _ProxyHandler(_Quiet):
@@ -535,24 +539,59 @@ class _ProxyHandler(_Quiet):
     def do_GET(self) -> None:
         self.owner.handle(self)
 
-    do_HEAD = do_GET
+    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
 
 
 class FaultProxy(_Background):
     """A forwarding proxy in front of ``upstream`` (``127.0.0.1:PORT``) that misbehaves
-    on cue: ``proxy.faults.append(Fault("cut", at=100_000))``."""
+    on cue: ``proxy.faults.append(Fault("cut", at=100_000))``.
+
+    It counts what it sends (``Seen.sent``, :meth:`bytes_to`), and can misbehave for good:
+    ``refuse_range`` answers every blob GET whole (200) whatever its ``Range``, as a
+    pull-through cache does before it has the blob; ``rate`` (bytes per second) paces all
+    bodies through one shared link, ``latency`` (seconds) delays every answer."""
 
     handler = _ProxyHandler
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *, rate: float | None = None, latency: float = 0.0) -> None:
         self.upstream = upstream
         self.faults: list[Fault] = []
         self.seen: list[Seen] = []
         self.lock = threading.Lock()
+        self.refuse_range = False
+        self.rate = rate
+        self.latency = latency
+        self._link_free = 0.0  # monotonic time the shared link is next idle
         super().__init__()
 
     def requests_to(self, pattern: str) -> list[Seen]:
         return [s for s in self.seen if re.search(pattern, s.path)]
+
+    def bytes_to(self, pattern: str) -> int:
+        """Body bytes sent for requests whose path matches ``pattern``."""
+        return sum(s.sent for s in self.requests_to(pattern))
+
+    def _pace(self, n: int) -> None:
+        if not self.rate:
+            return
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self._link_free)
+            self._link_free = start + n / self.rate
+            wait = self._link_free - now
+        time.sleep(wait)
+
+    def _write(self, h: _Quiet, seen: Seen, data: bytes) -> None:
+        step = 64 << 10
+        for i in range(0, len(data), step):
+            chunk = data[i : i + step]
+            self._pace(len(chunk))
+            try:
+                h.wfile.write(chunk)
+            except (BrokenPipeError, ConnectionResetError):  # the client had enough
+                h.close_connection = True
+                return
+            seen.sent += len(chunk)
 
     def _take(self, path: str) -> Fault | None:
         with self.lock:
@@ -562,12 +601,18 @@ class FaultProxy(_Background):
         return None
 
     def handle(self, h: _Quiet) -> None:
+        seen = Seen(h.command, h.path, {k.lower(): v for k, v in h.headers.items()})
         with self.lock:
-            self.seen.append(Seen(h.command, h.path, {k.lower(): v for k, v in h.headers.items()}))
+            self.seen.append(seen)
+        length = int(h.headers.get("Content-Length") or 0)
+        request_body = h.rfile.read(length) if length else None
+        if self.latency:
+            time.sleep(self.latency)
         fault = self._take(h.path)
         kind = fault.kind if fault else ""
         if fault is not None and kind == "status":
             error = json.dumps({"errors": [{"code": "UNAVAILABLE", "message": "try later"}]})
+            seen.status = fault.status
             h.reply(fault.status, error.encode(), fault.headers)
             return
         if kind == "reset":
@@ -575,14 +620,23 @@ class FaultProxy(_Background):
             h.connection.shutdown(socket.SHUT_RDWR)
             return
         if fault is not None and kind == "redirect":
+            seen.status = 307
             h.reply(307, b"", {"Location": fault.location})
             return
         headers = {k: v for k, v in h.headers.items() if k.lower() not in _HOP_BY_HOP}
-        if kind == "ignore_range":
+        if request_body is not None:
+            headers["Content-Length"] = str(len(request_body))
+        if kind == "ignore_range" or (self.refuse_range and "/blobs/sha256:" in h.path):
             headers = {k: v for k, v in headers.items() if k.lower() != "range"}
+        if fault is not None and kind == "shift_range":
+            m = re.fullmatch(r"bytes=(\d+)-(\d+)", h.headers.get("Range", ""))
+            if m is not None:
+                a, b = int(m.group(1)) + fault.at, int(m.group(2)) + fault.at
+                headers = {k: v for k, v in headers.items() if k.lower() != "range"}
+                headers["Range"] = f"bytes={a}-{b}"
         conn = http.client.HTTPConnection(self.upstream, timeout=30)
         try:
-            conn.request(h.command, h.path, headers=headers)
+            conn.request(h.command, h.path, body=request_body, headers=headers)
             resp = conn.getresponse()
             body = resp.read()
             status, upstream_headers = resp.status, resp.getheaders()
@@ -590,6 +644,7 @@ class FaultProxy(_Background):
             conn.close()
         if fault is not None and kind == "flip" and len(body) > fault.at:
             body = body[: fault.at] + bytes([body[fault.at] ^ 0xFF]) + body[fault.at + 1 :]
+        seen.status = status
         h.send_response(status)
         for k, v in upstream_headers:
             if k.lower() not in _HOP_BY_HOP and k.lower() not in ("date", "server"):
@@ -599,12 +654,12 @@ class FaultProxy(_Background):
         if h.command == "HEAD":
             return
         if fault is not None and kind == "cut":
-            h.wfile.write(body[: fault.at])
+            self._write(h, seen, body[: fault.at])
             h.wfile.flush()
             h.close_connection = True
             h.connection.shutdown(socket.SHUT_RDWR)
             return
-        h.wfile.write(body)
+        self._write(h, seen, body)
 
 
 # -- storage behind a redirect --------------------------------------------------------------
@@ -614,21 +669,38 @@ class _StorageHandler(_Quiet):
     def do_GET(self) -> None:
         owner: StorageServer = self.owner
         owner.seen.append(Seen("GET", self.path, {k.lower(): v for k, v in self.headers.items()}))
-        data = owner.objects.get(urlsplit(self.path).path)
+        path = urlsplit(self.path).path
+        data = owner.objects.get(path)
+        if path in owner.expired:
+            self.reply(403, b"<Error><Code>AccessDenied</Code></Error>")
+            return
         if data is None:
             self.reply(404)
-        else:
-            self.reply(200, data, {"Content-Type": "application/octet-stream"})
+            return
+        m = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
+        if owner.ranges and m is not None:
+            a, b = int(m.group(1)), min(int(m.group(2)), len(data) - 1)
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"bytes {a}-{b}/{len(data)}",
+            }
+            self.reply(206, data[a : b + 1], headers)
+            return
+        self.reply(200, data, {"Content-Type": "application/octet-stream"})
 
 
 class StorageServer(_Background):
-    """Serves ``objects`` (path -> bytes) like a blob store behind a registry redirect."""
+    """Serves ``objects`` (path -> bytes) like a blob store behind a registry redirect;
+    with ``ranges``, closed ``Range`` requests get 206 as from a CDN; paths in ``expired``
+    answer 403, as a signed URL past its time does."""
 
     handler = _StorageHandler
 
-    def __init__(self) -> None:
+    def __init__(self, *, ranges: bool = False) -> None:
         self.objects: dict[str, bytes] = {}
         self.seen: list[Seen] = []
+        self.ranges = ranges
+        self.expired: set[str] = set()
         super().__init__()
 
 

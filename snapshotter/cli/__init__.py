@@ -8,6 +8,7 @@ and binds each to its handler (``handler(store, args) -> int``):
 - ``inspect``: history, inspect (docker's; ``docker://REF`` without pulling).
 - ``mount``: mount, umount.
 - ``registry``: tags, search, login, logout (and the registry options pull shares).
+- ``index``: index build, index push (seek indexes for lazy mounts).
 - ``files``: ls, cat, blame.
 - ``diff``: diff (what a layer changed; two images' merged views, config, history).
 - ``export``: export (the merged view as one tar).
@@ -59,6 +60,7 @@ FAMILIES = (
     "export",
     "browse",
     "registry",
+    "index",
     "mount",
 )
 COMMANDS = {
@@ -71,6 +73,7 @@ COMMANDS = {
     "export": "export",
     "browse": "browse",
     **dict.fromkeys(("tags", "search", "login", "logout"), "registry"),
+    "index": "index",
     **dict.fromkeys(("mount", "umount"), "mount"),
 }
 

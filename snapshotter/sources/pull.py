@@ -357,6 +357,27 @@ def _unpack_one(
     return _Unpacked(result.layer_digest, result.blob_size, result.toc.size, dest)
 
 
+def fetch_whole(store: Store, layers: Sequence[LayerSource], progress: Progress) -> None:
+    """Unpack ``layers`` into the store as pull does (verified, staged, committed at once)
+    without registering an image: the layers of a lazy view that are not worth a seek
+    index.  Layers whose snapshot the store has are skipped.  Synchronous, one layer after
+    the other (a lazy view has few such layers, and they are small)."""
+    store.ensure()
+    stop = threading.Event()
+    with store.staging() as staging:
+        done: dict[Digest, _Unpacked] = {}
+        for layer in layers:
+            if layer.diff_id in done:
+                continue
+            label = f"layer {layer.index + 1} {layer.diff_id.short()}"
+            done[layer.diff_id] = _unpack_one(
+                store, layer, staging.path, progress.task(label, layer.size), stop
+            )
+        staged = {str(d): u.path for d, u in done.items() if u.path is not None}
+        if staged:
+            store.commit_snapshots(staged, {str(u.layer_digest): str(d) for d, u in done.items()})
+
+
 def _hash_blob(layer: LayerSource) -> tuple[Digest, int]:
     h = hashlib.sha256()
     size = 0
@@ -367,4 +388,4 @@ def _hash_blob(layer: LayerSource) -> tuple[Digest, int]:
     return Digest("sha256", h.hexdigest()), size
 
 
-__all__ = ["PullAllResult", "PullResult", "pull", "pull_all", "SnapshotterError"]
+__all__ = ["PullAllResult", "PullResult", "fetch_whole", "pull", "pull_all", "SnapshotterError"]

@@ -56,6 +56,7 @@ from ..errors import (
     DigestMismatch,
     InvalidReference,
     NotFound,
+    RangeNotSupported,
     RegistryError,
     SnapshotterError,
     reworded,
@@ -67,6 +68,7 @@ from ..oci.model import (
     MT_DOCKER_MANIFEST,
     MT_OCI_INDEX,
     MT_OCI_MANIFEST,
+    Descriptor,
 )
 from ..oci.reference import DEFAULT_DOMAIN, DEFAULT_TAG, LEGACY_DOMAINS, Reference
 from .registries_conf import Endpoint, RegistriesConf
@@ -77,6 +79,7 @@ __all__ = [
     "MANIFEST_MEDIA_TYPES",
     "BlobStream",
     "Located",
+    "RegistryBlob",
     "RegistryClient",
     "RegistryOptions",
     "auth_file_candidates",
@@ -107,6 +110,10 @@ _MAX_RETRY_AFTER = 60.0  # a Retry-After longer than this is cut to it
 _MAX_PAGES = 10_000
 _MAX_ERROR_BODY = 64 << 10
 _MAX_TOKEN_BODY = 1 << 20
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+# How long a blob's redirect target is asked directly for ranges: signed CDN URLs live
+# minutes to hours; a refused one is re-resolved at once anyway.
+LOCATION_TTL = 300.0
 _CODE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 _DOMAIN = re.compile(
     r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
@@ -612,7 +619,8 @@ class Located:
 
 
 class RegistryClient:
-    """A distribution-spec client for pulling; thread-safe, close it when done.
+    """A distribution-spec client for pulling (and for pushing the artifacts that go beside
+    an image: seek indexes); thread-safe, close it when done.
 
     Each registry is probed once for its scheme (https; plain http only for loopback
     registries or with ``insecure``).  Tokens are cached per (registry, scope) until they
@@ -635,6 +643,9 @@ class RegistryClient:
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}  # -> (token, expiry)
         self._basic_hosts: set[str] = set()  # hosts that asked for Basic auth
         self._creds: dict[tuple[str, str], _CredLookup] = {}
+        # (host, repository path, blob digest) -> (where its GET was redirected, when):
+        # range reads go straight there until it refuses them or ages out.
+        self._locations: dict[tuple[str, str, str], tuple[httpx.URL, float]] = {}
         self._closed = False
 
     # -- lifetime --
@@ -816,6 +827,216 @@ class RegistryClient:
             raise
         return stream
 
+    def read_range(self, repository_ref: Reference, digest: Digest, first: int, last: int) -> bytes:
+        """Bytes ``first..last`` (both included) of a blob, with one closed
+        ``Range: bytes=first-last`` request (never open-ended, whatever ``Accept-Ranges``
+        says: most registries omit it), fewer only where the blob ends.
+
+        The blob's redirect target (a CDN or storage URL) is remembered and asked directly
+        until it answers 401/403/404/410 or a redirect, or ``LOCATION_TTL`` passes; then
+        the registry is asked again.  ``Authorization`` goes to the registry's origin only.
+        Cut connections, 429 and 5xx are retried with backoff, ``options.retries`` times
+        and within ``options.timeout * 2`` seconds in all, then ``RegistryError``.  A 200
+        (the whole blob) or a 206 with other bytes than asked for raises
+        ``RangeNotSupported``: that endpoint cannot serve a lazy view.  The bytes are not
+        verified here: the caller checks them against a seek index's span digests.
+        """
+        if first < 0 or last < first:
+            raise ValueError(f"range {first}-{last}: not a closed range")
+        repository_ref = self._served(repository_ref) or repository_ref
+        target = self._target(repository_ref)
+        what = f"{repository_ref.repository}: blob {digest} bytes {first}-{last}"
+        url = f"/v2/{repository_ref.path}/blobs/{digest}"
+        key = (target.host, target.path, str(digest))
+        headers = {"Range": f"bytes={first}-{last}", "Accept-Encoding": "identity"}
+
+        def attempt() -> bytes:
+            location = self._location(key)
+            with self._net(what):
+                if location is not None:
+                    client = self._client(location.host)
+                    request = client.build_request("GET", location, headers=headers)
+                    resp = client.send(request, stream=True)
+                    with closing(resp):
+                        status = resp.status_code
+                        if status in (401, 403, 404, 410) or status in _REDIRECT_STATUSES:
+                            log.debug("%s: location answered %d; asking again", what, status)
+                            with self._lock:
+                                self._locations.pop(key, None)
+                        elif status in _RETRY_STATUSES:
+                            raise _Transient(f"the blob location answered {status}", status)
+                        else:
+                            return self._range_body(resp, target, what, first, last)
+                with self._open(target, url, headers, what) as resp:
+                    if _origin(resp.url) != _origin(httpx.URL(self._base(target.host))):
+                        with self._lock:
+                            self._locations[key] = (resp.url, time.monotonic())
+                    return self._range_body(resp, target, what, first, last)
+
+        deadline = time.monotonic() + 2 * self.options.timeout
+        return self._retrying(what, attempt, deadline=deadline)
+
+    def _location(self, key: tuple[str, str, str]) -> httpx.URL | None:
+        with self._lock:
+            found = self._locations.get(key)
+            if found is None:
+                return None
+            if time.monotonic() - found[1] > LOCATION_TTL:
+                del self._locations[key]
+                return None
+            return found[0]
+
+    def _range_body(
+        self, resp: httpx.Response, target: _Target, what: str, first: int, last: int
+    ) -> bytes:
+        """The body of an answer to ``Range: bytes=first-last``, checked to be those bytes."""
+        status = resp.status_code
+        if status == 200:
+            raise RangeNotSupported(
+                f"{what}: the registry ignores Range (it answered 200, the whole blob)",
+                status=200,
+            )
+        if status == 416:
+            raise RegistryError(f"{what}: past the end of the blob (416)", status=416)
+        if status != 206:
+            self._check(resp, target, what)
+            raise RegistryError(f"{what}: unexpected status {status}", status=status)
+        m = _CONTENT_RANGE.match(resp.headers.get("content-range", ""))
+        if m is None:
+            raise RangeNotSupported(f"{what}: a 206 answer without a byte Content-Range")
+        a, b = int(m.group(1)), int(m.group(2))
+        total = int(m.group(3)) if m.group(3) != "*" else None
+        end = last if total is None else min(last, total - 1)
+        if a != first or b != end:
+            raise RangeNotSupported(
+                f"{what}: the registry answered with bytes {a}-{b}, not {first}-{end}",
+                status=206,
+            )
+        want = b - a + 1
+        buf = bytearray()
+        for chunk in resp.iter_raw():
+            buf += chunk
+            if len(buf) > want:
+                raise RangeNotSupported(f"{what}: more than the {want} bytes of its Content-Range")
+        if len(buf) < want:
+            raise _Transient(f"the body ended after {len(buf)} of {want} bytes")
+        return bytes(buf)
+
+    def referrers(
+        self, repository_ref: Reference, subject: Digest, artifact_type: str
+    ) -> list[Descriptor]:
+        """The manifests that name ``subject`` as their subject and have ``artifact_type``
+        (distribution-spec 1.1, "Listing Referrers"): ``GET /v2/NAME/referrers/DIGEST``,
+        else, where the registry has no such API (404), the image index its referrers tag
+        ``sha256-<hex>`` names (the spec's tag schema).  A tag that names a manifest
+        rather than an index counts as one referrer.  [] when there are none."""
+        repository_ref = self._served(repository_ref) or repository_ref
+        target = self._target(repository_ref)
+        what = f"{repository_ref.repository}: referrers of {subject}"
+        url = f"/v2/{repository_ref.path}/referrers/{subject}?artifactType={artifact_type}"
+
+        def attempt() -> tuple[int, bytes, str]:
+            with self._net(what), self._open(target, url, {"Accept": MT_OCI_INDEX}, what) as resp:
+                if resp.status_code == 404:
+                    return 404, b"", ""
+                self._check(resp, target, what)
+                return (
+                    resp.status_code,
+                    self._read_capped(resp, MAX_JSON_BLOB, what),
+                    resp.headers.get("content-type", ""),
+                )
+
+        status, body, _ = self._retrying(what, attempt)
+        if status == 404:
+            tag = f"{subject.algorithm}-{subject.hex}"
+            try:
+                body, media_type, digest = self._manifest_at(
+                    replace(repository_ref, tag=tag, digest=None)
+                )
+            except NotFound:
+                return []
+            if media_type != MT_OCI_INDEX:
+                # one referrer tagged directly (not the spec's index, but unambiguous)
+                if _artifact_type(body) != artifact_type:
+                    return []
+                return [Descriptor(media_type, digest, len(body))]
+        return _referrer_descriptors(body, artifact_type, what)
+
+    # -- pushing (artifacts beside an image: seek indexes) --
+
+    def _push_target(self, ref: Reference) -> _Target:
+        host = self._policy(str(ref), ref.domain, f"docker://{ref}")
+        return _Target(ref.domain, host, ref.path, f"repository:{ref.path}:pull,push")
+
+    def push_blob(self, repository_ref: Reference, data: bytes) -> Digest:
+        """Upload ``data`` as a blob of ``repository_ref``'s repository unless it is there
+        (``HEAD``), monolithically: ``POST`` an upload, ``PUT`` it with ``?digest=``
+        (distribution-spec "Pushing a blob monolithically").  Returns its digest."""
+        digest = Digest.of_bytes(data)
+        target = self._push_target(repository_ref)
+        what = f"{repository_ref.repository}: push blob {digest}"
+        blob_url = f"/v2/{repository_ref.path}/blobs/{digest}"
+
+        def exists() -> bool:
+            with self._net(what), self._open(target, blob_url, {}, what, method="HEAD") as resp:
+                if resp.status_code == 404:
+                    return False
+                self._check(resp, target, what)
+                return True
+
+        if self._retrying(what, exists):
+            return digest
+
+        def upload() -> None:
+            start = f"/v2/{repository_ref.path}/blobs/uploads/"
+            with (
+                self._net(what),
+                self._open(target, start, {"Content-Length": "0"}, what, method="POST") as resp,
+            ):
+                self._check(resp, target, what)
+                location = resp.headers.get("location")
+                if resp.status_code != 202 or not location:
+                    raise RegistryError(
+                        f"{what}: the upload was not started ({resp.status_code}, no Location)",
+                        status=resp.status_code,
+                    )
+                where = resp.url.join(location)
+            if _origin(where) != _origin(httpx.URL(self._base(target.host))):
+                raise RegistryError(f"{what}: the upload location is on another host")
+            sep = "&" if where.query else "?"
+            put_url = f"{where}{sep}digest={digest}"
+            headers = {"Content-Type": "application/octet-stream"}
+            with (
+                self._net(what),
+                self._open(target, put_url, headers, what, method="PUT", content=data) as resp,
+            ):
+                self._check(resp, target, what)
+
+        self._retrying(what, upload)
+        return digest
+
+    def push_manifest(
+        self, repository_ref: Reference, reference: str, body: bytes, media_type: str
+    ) -> tuple[Digest, bool]:
+        """``PUT`` a manifest (or index) under ``reference`` (a tag or its digest).
+        Returns its digest and whether the registry says it recorded the manifest's
+        ``subject`` (the ``OCI-Subject`` header of a registry with the referrers API)."""
+        digest = Digest.of_bytes(body)
+        target = self._push_target(repository_ref)
+        what = f"{repository_ref.repository}: push manifest {reference}"
+        url = f"/v2/{repository_ref.path}/manifests/{reference}"
+        headers = {"Content-Type": media_type}
+
+        def attempt() -> bool:
+            with (
+                self._net(what),
+                self._open(target, url, headers, what, method="PUT", content=body) as resp,
+            ):
+                self._check(resp, target, what)
+                return bool(resp.headers.get("oci-subject"))
+
+        return digest, self._retrying(what, attempt)
+
     def tags(self, ref: Reference, page_size: int | None = None) -> list[str]:
         """All tags of ``ref``'s repository, following ``Link: <…>; rel="next"`` pages.
 
@@ -934,18 +1155,33 @@ class RegistryClient:
         except (httpx.HTTPError, httpx.InvalidURL) as exc:  # bad encodings, bad urls
             raise RegistryError(f"{what}: {_describe(exc)}") from exc
 
-    def _retrying(self, what: str, attempt: Callable[[], T], attempts: int | None = None) -> T:
+    def _retrying(
+        self,
+        what: str,
+        attempt: Callable[[], T],
+        attempts: int | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> T:
+        """``attempt()`` until it succeeds or fails for good: transient failures are tried
+        again after a backoff, at most ``attempts`` (``options.retries``) times in all and,
+        with a ``deadline`` (``time.monotonic()``), never starting a wait that ends past it."""
         delay = self.options.backoff
         retries = self.options.retries if attempts is None else attempts
         for n in range(1, retries + 1):
             try:
                 return attempt()
             except _Transient as exc:
+                wait = exc.retry_after if exc.retry_after is not None else delay
+                if deadline is not None and time.monotonic() + wait > deadline:
+                    raise RegistryError(
+                        f"{what}: {exc.reason} (gave up after {n} attempts, out of time)",
+                        status=exc.status,
+                    ) from exc
                 if n >= retries:
                     raise RegistryError(
                         f"{what}: {exc.reason} (gave up after {n} attempts)", status=exc.status
                     ) from exc
-                wait = exc.retry_after if exc.retry_after is not None else delay
                 log.debug("%s: %s; attempt %d in %.2fs", what, exc.reason, n + 1, wait)
                 time.sleep(wait)
                 delay = min(delay * 2, _MAX_BACKOFF)
@@ -1026,9 +1262,17 @@ class RegistryClient:
 
     @contextmanager
     def _open(
-        self, target: _Target, url: str, headers: dict[str, str], what: str
+        self,
+        target: _Target,
+        url: str,
+        headers: dict[str, str],
+        what: str,
+        *,
+        method: str = "GET",
+        content: bytes | None = None,
     ) -> Iterator[httpx.Response]:
-        """GET ``url`` (a path on the registry, or a URL) with auth; the response streams.
+        """GET (or ``method``) ``url`` (a path on the registry, or a URL) with auth; the
+        response streams.
 
         The first request goes anonymous unless a token or Basic credentials are known; a
         ``401`` is answered once with what ``WWW-Authenticate`` asks for.  Retryable
@@ -1037,14 +1281,14 @@ class RegistryClient:
         base = self._base(target.host)
         full = urljoin(base + "/", url)
         auth = self._cached_auth(target)
-        resp = self._send(target, full, headers, auth)
+        resp = self._send(target, full, headers, auth, method, content)
         if resp.status_code == 401:
             challenges = parse_challenges(resp.headers.get_list("www-authenticate"))
             resp.close()
             auth = self._authenticate(target, challenges, what)
             if auth is None:
                 raise self._auth_error(target, 401, None, what)
-            resp = self._send(target, full, headers, auth)
+            resp = self._send(target, full, headers, auth, method, content)
             if resp.status_code == 401:
                 resp.close()
                 raise self._auth_error(target, 401, None, what)
@@ -1060,9 +1304,16 @@ class RegistryClient:
             resp.close()
 
     def _send(
-        self, target: _Target, url: str, headers: dict[str, str], auth: str | None
+        self,
+        target: _Target,
+        url: str,
+        headers: dict[str, str],
+        auth: str | None,
+        method: str = "GET",
+        content: bytes | None = None,
     ) -> httpx.Response:
-        """One GET, following redirects; the registry's Authorization stays on its origin."""
+        """One request, following redirects (of GET and HEAD only); the registry's
+        Authorization stays on its origin."""
         client = self._client(target.host)
         registry_origin = _origin(httpx.URL(self._base(target.host)))
         current = httpx.URL(url)
@@ -1070,10 +1321,14 @@ class RegistryClient:
             send_headers = dict(headers)
             if auth is not None and _origin(current) == registry_origin:
                 send_headers["Authorization"] = auth
-            request = client.build_request("GET", current, headers=send_headers)
+            request = client.build_request(method, current, headers=send_headers, content=content)
             resp = client.send(request, stream=True)
             location = resp.headers.get("location")
-            if resp.status_code not in _REDIRECT_STATUSES or not location:
+            if (
+                resp.status_code not in _REDIRECT_STATUSES
+                or not location
+                or method not in ("GET", "HEAD")
+            ):
                 return resp
             resp.close()
             nxt = current.join(location)
@@ -1329,6 +1584,43 @@ def _error_info(resp: httpx.Response) -> tuple[str | None, str]:
     return code, message if isinstance(message, str) else ""
 
 
+def _artifact_type(manifest: bytes) -> str:
+    """An OCI 1.1 manifest's artifact type: its ``artifactType``, else its config's media
+    type (image-spec manifest.md); "" for what is not a JSON object."""
+    try:
+        doc = json.loads(manifest)
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    if not isinstance(doc, dict):
+        return ""
+    declared = doc.get("artifactType")
+    if isinstance(declared, str) and declared:
+        return declared
+    config = doc.get("config")
+    media_type = config.get("mediaType") if isinstance(config, dict) else None
+    return media_type if isinstance(media_type, str) else ""
+
+
+def _referrer_descriptors(body: bytes, artifact_type: str, what: str) -> list[Descriptor]:
+    """The descriptors of a referrers index (API answer or tag) with ``artifact_type``."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise RegistryError(f"{what}: the registry answered with invalid json") from None
+    manifests = doc.get("manifests") if isinstance(doc, dict) else None
+    if not isinstance(manifests, list):
+        raise RegistryError(f"{what}: not an image index")
+    out: list[Descriptor] = []
+    for i, item in enumerate(manifests):
+        if not isinstance(item, dict) or item.get("artifactType") != artifact_type:
+            continue
+        try:
+            out.append(Descriptor.from_json(item, f"{what}: manifests[{i}]", MT_OCI_MANIFEST))
+        except InvalidReference as exc:
+            raise RegistryError(str(exc)) from exc
+    return out
+
+
 # -- streaming blobs --------------------------------------------------------------------
 
 
@@ -1505,6 +1797,28 @@ class BlobStream(ReaderBase):
         wait = min(self._client.options.backoff * 2 ** (self._failures - 1), _MAX_BACKOFF)
         log.debug("%s: %s at byte %d; resuming in %.2fs", self._what, reason, self._received, wait)
         time.sleep(wait)
+
+
+@dataclass(slots=True)
+class RegistryBlob:
+    """A layer blob in a registry as a ``lazy.layers.RangeSource``: ``read_range`` is
+    :meth:`RegistryClient.read_range`; the client outlives it (its owner closes it).
+    ``requests`` and ``fetched`` count what was asked of the network."""
+
+    client: RegistryClient
+    repository_ref: Reference
+    digest: Digest
+    size: int
+    requests: int = 0
+    fetched: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def read_range(self, first: int, last: int) -> bytes:
+        data = self.client.read_range(self.repository_ref, self.digest, first, last)
+        with self._lock:
+            self.requests += 1
+            self.fetched += len(data)
+        return data
 
 
 # -- login / logout ---------------------------------------------------------------------

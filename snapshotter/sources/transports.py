@@ -726,6 +726,20 @@ def open_source(
     return image
 
 
+def open_registry_image(
+    text: str, platform: Platform | None, client: RegistryClient
+) -> tuple[Reference, ResolvedImage]:
+    """Resolve ``docker://REF`` or a bare name (as :func:`open_source` does, through
+    registries.conf) to one image, asking ``client``, which the caller keeps and closes.
+    Returns the reference that was resolved (a short name's candidate that answered)."""
+    src = SourceRef.parse(text)
+    if src.transport != "docker":
+        raise InvalidReference(f"source {text!r}: not a registry image (docker://REF)")
+    image = _resolve_name(text, src.ref, platform, client.options, False, client)
+    assert isinstance(image, ResolvedImage)
+    return Reference.parse(image.source.removeprefix("docker://")), image
+
+
 def open_source_all(
     text: str, registry: RegistryOptions | None = None
 ) -> ResolvedImage | ResolvedIndex:
@@ -775,20 +789,21 @@ def _resolve_name(
     platform: Platform | None,
     options: RegistryOptions | None,
     all_platforms: bool,
+    client: RegistryClient | None = None,
 ) -> ResolvedImage | ResolvedIndex:
     """``docker://NAME`` is NAME as docker reads it (skopeo's and podman's rule); a bare
     NAME is a short name that registries.conf may resolve to one or more candidates,
     tried in order, as podman pulls them."""
     conf = options.registries if options is not None else None
     if text.startswith("docker://") or conf is None:
-        return _resolve_registry(Reference.parse(name), platform, options, all_platforms)
+        return _resolve_registry(Reference.parse(name), platform, options, all_platforms, client)
     resolution = conf.resolve_short_name(name)
     if resolution.rationale in ("qualified", "docker"):
-        return _resolve_registry(resolution.candidates[0], platform, options, all_platforms)
+        return _resolve_registry(resolution.candidates[0], platform, options, all_platforms, client)
     failures: list[SnapshotterError] = []
     for ref in resolution.candidates:
         try:
-            return _resolve_registry(ref, platform, options, all_platforms)
+            return _resolve_registry(ref, platform, options, all_platforms, client)
         except SnapshotterError as exc:
             failures.append(exc)
     how = f"short name {name!r} resolved by {resolution.describe()}"
@@ -804,13 +819,16 @@ def _resolve_registry(
     platform: Platform | None,
     options: RegistryOptions | None,
     all_platforms: bool = False,
+    given: RegistryClient | None = None,
 ) -> ResolvedImage | ResolvedIndex:
-    """Resolve a registry reference; the result's ``close`` ends its client's connections."""
+    """Resolve a registry reference; the result's ``close`` ends its client's connections
+    (unless the client was ``given``: its owner closes it)."""
     from dataclasses import replace
 
     from .registry import DEFAULT_OPTIONS, RegistryClient
 
-    client = RegistryClient(options or DEFAULT_OPTIONS)
+    client = given or RegistryClient(options or DEFAULT_OPTIONS)
+    close = client.close if given is None else None
     try:
         source = f"docker://{ref}"
         body, media_type, digest = client.manifest(ref)
@@ -830,7 +848,7 @@ def _resolve_registry(
                 return _registry_image(client, ref, data, desc.digest, (), None)
 
             index = _collect_index(source, body, digest, names, fetch, child)
-            return replace(index, close=client.close)
+            return replace(index, close=close)
         want = platform or Platform.host()
         seen: set[Digest] = set()
         while media_type in INDEX_TYPES:
@@ -843,9 +861,10 @@ def _resolve_registry(
         if media_type not in MANIFEST_TYPES:
             raise UnsupportedMedia(f"{source}: unsupported manifest media type {media_type!r}")
         image = _registry_image(client, ref, body, digest, names, platform)
-        return replace(image, close=client.close)
+        return replace(image, close=close)
     except BaseException:
-        client.close()
+        if close is not None:
+            close()
         raise
 
 

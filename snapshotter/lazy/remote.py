@@ -1,0 +1,542 @@
+"""Lazy images from registries: each layer's seek index found, fetched or built, and its
+bytes read by closed ranges through the span cache.
+
+``open_lazy_remote`` gives a :class:`~.layers.LazyImage` for ``docker://REF`` (or a bare
+name, resolved as ``pull`` resolves it, through registries.conf).  The manifest and config
+are fetched and verified as a pull does (the host's platform picked from an index); then,
+per layer, the seek index comes from, in this order:
+
+1. the store's index cache (``lazy.cache``), keyed by the layer digest;
+2. an index **published beside the image**: an OCI 1.1 artifact whose ``subject`` is the
+   image manifest, found with the referrers API, else the spec's ``sha256-<hex>`` tag
+   (distribution 2.8 has no referrers API); each index blob is verified by its digest and
+   must name the layer's digest, diff_id, size and media type;
+3. one streaming pass over the blob (``build_index``: digest and diff_id verified), once a
+   one-byte closed ``Range`` probe showed the registry serves ranges;
+
+else (small layers, single-frame zstd, an endpoint that ignores ``Range``) the layer is
+fetched whole into the store with pull's own unpacking (``sources.pull.fetch_whole``).
+A layer whose snapshot the store already has is used as it is.  Each layer's ``how`` says
+which.  ``build_indexes`` and ``push_indexes`` are ``snapshotter index build|push``.
+
+Trust: a published index is as trustworthy as the repository's pushers (anyone who may
+push may attach one), like the tag itself; every span read through it is checked against
+the digests it holds, and its toc is what the view shows.  Digest-pinned users who do not
+trust the pushers can build the index themselves (``index build``) and keep it cached.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from ..errors import NotFound, RangeNotSupported, SnapshotterError, StoreCorrupt
+from ..oci.digest import Digest
+from ..oci.model import MT_OCI_INDEX, MT_OCI_MANIFEST, Platform
+from ..oci.reference import Reference
+from ..progress import Progress
+from ..sources.registry import RegistryBlob, RegistryClient, RegistryOptions
+from ..sources.transports import LayerSource, ResolvedImage, open_registry_image, open_source
+from ..store.store import Store
+from .cache import index_path, load_index, save_index
+from .layers import LazyImage, LazyLayer
+from .seek_index import SeekIndex, Unindexed, build_index, not_worth_indexing
+from .spans import CachingSource, SpanCache
+
+log = logging.getLogger(__name__)
+
+# The published artifact (image-spec 1.1 "artifacts guidance"): an image manifest with an
+# artifactType, the empty config, one layer per seek index, the image manifest as subject.
+ARTIFACT_TYPE = "application/vnd.snapshotter.seek-index.v1"
+INDEX_MEDIA_TYPE = "application/vnd.snapshotter.seek-index.v1"
+LAYER_ANNOTATION = "vnd.snapshotter.seek-index.layer.digest"
+DIFF_ID_ANNOTATION = "vnd.snapshotter.seek-index.layer.diff_id"
+MT_EMPTY = "application/vnd.oci.empty.v1+json"
+EMPTY_CONFIG = b"{}"
+MAX_INDEX_BLOB = 256 << 20  # an index is ≤ 1 % of its tar: this is a 25 GB layer's
+
+
+def _whole(reason: str) -> str:
+    return "fetched whole: " + reason.removesuffix(": fetched whole")
+
+
+def _size_text(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+
+
+def _matches(index: SeekIndex, layer: LayerSource) -> bool:
+    return (
+        layer.digest is not None
+        and index.layer_digest == layer.digest
+        and index.diff_id == layer.diff_id
+        and index.media_type == layer.media_type
+        and (layer.size is None or index.blob_size == layer.size)
+    )
+
+
+def cached_index(store: Store, layer: LayerSource) -> SeekIndex | None:
+    """The store's cached index of ``layer`` if it is this layer's (digest, diff_id, media
+    type and size all agree)."""
+    if layer.digest is None:
+        return None
+    index = load_index(store, layer.digest)
+    return index if index is not None and _matches(index, layer) else None
+
+
+# -- open -----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Plan:
+    layer: LayerSource
+    index: SeekIndex | None
+    how: str
+
+
+def open_lazy_remote(
+    store: Store,
+    ref_text: str,
+    options: RegistryOptions,
+    progress: Progress,
+    *,
+    platform: Platform | None = None,
+    spans: SpanCache | None = None,
+) -> LazyImage:
+    """The lazy view's layers of ``ref_text`` (``docker://REF`` or a name ``pull`` takes).
+
+    The registry client stays open as long as the returned layers' sources are used (it
+    closes with them, at garbage collection); on failure it is closed here.  ``spans`` is
+    the span cache the sources read through (default: the store's, 2 GiB).
+    """
+    client = RegistryClient(options)
+    try:
+        return _open(client, store, ref_text, progress, platform, spans)
+    except BaseException:
+        client.close()
+        raise
+
+
+def _open(
+    client: RegistryClient,
+    store: Store,
+    ref_text: str,
+    progress: Progress,
+    platform: Platform | None,
+    spans: SpanCache | None,
+) -> LazyImage:
+    ref, image = open_registry_image(ref_text, platform, client)
+    assert image.manifest_bytes is not None  # registries always have one
+    manifest_digest = Digest.of_bytes(image.manifest_bytes)
+    published: dict[Digest, SeekIndex] | None = None
+    plans: list[_Plan] = []
+    whole: list[LayerSource] = []
+    n = len(image.layers)
+    for layer in image.layers:
+        assert layer.digest is not None and layer.size is not None  # from a manifest
+        label = f"layer {layer.index + 1}/{n} {layer.digest.short()}"
+        if store.has_snapshot(layer.diff_id):
+            plans.append(_Plan(layer, None, "in the store already"))
+            continue
+        reason = not_worth_indexing(layer.media_type, layer.size)
+        if reason:
+            plans.append(_Plan(layer, None, _whole(reason)))
+            whole.append(layer)
+            continue
+        index = cached_index(store, layer)
+        if index is not None:
+            plans.append(_Plan(layer, index, "indexed (cache)"))
+            continue
+        if published is None:
+            published = _published(client, ref, manifest_digest, image, progress)
+        index = published.get(layer.digest)
+        if index is not None:
+            save_index(store, layer.digest, index)
+            plans.append(_Plan(layer, index, "indexed (referrer)"))
+            continue
+        blob = RegistryBlob(client, ref, layer.digest, layer.size)
+        try:
+            blob.read_range(0, 1)  # resolves (and caches) the CDN location too
+        except RangeNotSupported as exc:
+            log.debug("%s: %s", label, exc)
+            plans.append(_Plan(layer, None, _whole("the registry ignores Range")))
+            whole.append(layer)
+            continue
+        progress.note(f"{label}: no seek index; building it (one pass over the blob)")
+        built = _build(layer, progress.task(label, layer.size), label)
+        if isinstance(built, Unindexed):
+            plans.append(_Plan(layer, None, _whole(built.reason)))
+            whole.append(layer)
+            continue
+        save_index(store, layer.digest, built)
+        plans.append(_Plan(layer, built, f"indexed (built: 1 pass, {_size_text(layer.size)})"))
+    if whole:
+        from ..sources.pull import fetch_whole
+
+        fetch_whole(store, whole, progress)
+    cache = spans if spans is not None else SpanCache.of_store(store)
+    layers = []
+    for plan in plans:
+        layer = plan.layer
+        assert layer.digest is not None and layer.size is not None
+        source = None
+        if plan.index is not None:
+            source = CachingSource(
+                plan.index, RegistryBlob(client, ref, layer.digest, layer.size), cache
+            )
+        layers.append(
+            LazyLayer(
+                number=layer.index + 1,
+                digest=str(layer.digest),
+                diff_id=str(layer.diff_id),
+                media_type=layer.media_type,
+                size=layer.size,
+                index=plan.index,
+                source=source,
+                how=plan.how,
+            )
+        )
+    return LazyImage(
+        label=ref_text,
+        manifest_digest=str(manifest_digest),
+        config=image.config_bytes,
+        layers=tuple(layers),
+    )
+
+
+def _build(layer: LayerSource, advance: Callable[[int], None], what: str) -> SeekIndex | Unindexed:
+    """One verified streaming pass over the layer's blob (its opener)."""
+    assert layer.digest is not None
+    with layer.open() as blob:
+
+        def read(k: int) -> bytes:
+            data = blob.read(k)
+            advance(len(data))
+            return data
+
+        return build_index(
+            read,
+            layer.digest,
+            layer.diff_id,
+            layer.media_type,
+            blob_size=layer.size,
+            what=what,
+        )
+
+
+def _published(
+    client: RegistryClient,
+    ref: Reference,
+    manifest_digest: Digest,
+    image: ResolvedImage,
+    progress: Progress,
+) -> dict[Digest, SeekIndex]:
+    """The seek indexes published for the image (by layer digest), each checked against
+    its layer; a lookup that fails, or an index that does not fit, is passed over."""
+    wanted = {layer.digest: layer for layer in image.layers if layer.digest is not None}
+    found: dict[Digest, SeekIndex] = {}
+    try:
+        referrers = client.referrers(ref, manifest_digest, ARTIFACT_TYPE)
+    except SnapshotterError as exc:
+        progress.note(f"published seek indexes: lookup failed ({exc}); building them")
+        return found
+    for desc in referrers:
+        if len(found) == len(wanted):
+            break
+        what = f"seek index artifact {desc.digest}"
+        try:
+            body, _, _ = client.manifest(replace(ref, tag=None, digest=desc.digest))
+            entries = _artifact_layers(body, manifest_digest, what)
+        except SnapshotterError as exc:
+            progress.note(f"{what}: passed over ({exc})")
+            continue
+        for layer_digest, blob_digest, size in entries:
+            layer = wanted.get(layer_digest)
+            if layer is None or layer_digest in found:
+                continue
+            try:
+                data = client.blob(ref, blob_digest, size=size, max_size=MAX_INDEX_BLOB)
+                index = SeekIndex.from_bytes(data, f"{what}: {blob_digest}")
+                if not _matches(index, layer):
+                    raise StoreCorrupt(f"the index it gives for {layer_digest} is another layer's")
+            except SnapshotterError as exc:
+                progress.note(f"{what}: passed over for layer {layer_digest} ({exc})")
+                continue
+            found[layer_digest] = index
+    return found
+
+
+def _artifact_layers(body: bytes, subject: Digest, what: str) -> list[tuple[Digest, Digest, int]]:
+    """(layer digest, index blob digest, size) of each index a published artifact holds."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise StoreCorrupt(f"{what}: not json") from None
+    if not isinstance(doc, dict) or doc.get("artifactType") != ARTIFACT_TYPE:
+        raise StoreCorrupt(f"{what}: not a seek index artifact")
+    named = doc.get("subject")
+    if not isinstance(named, dict) or named.get("digest") != str(subject):
+        raise StoreCorrupt(f"{what}: its subject is another manifest")
+    out = []
+    layers = doc.get("layers")
+    for item in layers if isinstance(layers, list) else []:
+        if not isinstance(item, dict) or item.get("mediaType") != INDEX_MEDIA_TYPE:
+            continue
+        annotations = item.get("annotations")
+        if not isinstance(annotations, dict):
+            continue
+        size = item.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            continue
+        out.append(
+            (
+                Digest.parse(annotations.get(LAYER_ANNOTATION), what),
+                Digest.parse(item.get("digest"), what),
+                size,
+            )
+        )
+    return out
+
+
+# -- index build ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LayerIndexReport:
+    """What ``index build`` did for one layer."""
+
+    number: int  # 1 = base
+    digest: str  # the blob's, "" when the source does not give it
+    diff_id: str
+    status: str  # "built", "cached" or "not indexed"
+    reason: str  # why not indexed ("" otherwise)
+    index_size: int  # bytes of the serialized index (0 when not indexed)
+    tar_size: int  # uncompressed bytes of the layer (0 when not indexed)
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.index_size / self.tar_size if self.tar_size else 0.0
+
+
+def build_indexes(
+    store: Store,
+    source: str,
+    options: RegistryOptions,
+    progress: Progress,
+    *,
+    platform: Platform | None = None,
+) -> list[LayerIndexReport]:
+    """Build and cache the seek index of every layer of ``source`` that has none cached
+    and is worth one.  ``source`` is an image in the store (its layers' blobs are read
+    again from where it was pulled, pinned to its manifest digest), else any pull source
+    (``docker://REF``, a name, ``oci:DIR[:TAG]``...).  Each built layer costs one
+    streaming pass over its blob; nothing is unpacked."""
+    expected: str | None = None
+    stored = stored_source(store, source, platform)
+    if stored is not None:
+        source, platform, expected = stored
+    image = open_source(source, platform, options)
+    try:
+        if expected is not None and image.manifest_bytes is not None:
+            found = str(Digest.of_bytes(image.manifest_bytes))
+            if found != expected:
+                raise NotFound(
+                    f"image {expected}: its source {source} now holds {found}; "
+                    "name the source to index that image"
+                )
+        return [_build_one(store, layer, len(image.layers), progress) for layer in image.layers]
+    finally:
+        if image.close is not None:
+            image.close()
+
+
+def stored_source(
+    store: Store, text: str, platform: Platform | None
+) -> tuple[str, Platform | None, str] | None:
+    """(source, platform, manifest digest) of the stored image ``text`` names, or None
+    when ``text`` is a ``TRANSPORT:`` source or names no stored image."""
+    from ..sources.transports import TRANSPORTS
+
+    if text.partition(":")[0] in TRANSPORTS:
+        return None
+    try:
+        record, _ = store.resolve_image(store.read_state(), text, platform)
+    except NotFound:
+        return None
+    source = record.source
+    transport = source.partition(":")[0]
+    if transport not in TRANSPORTS or transport == "docker":
+        # a registry: the same manifest, by digest, whatever the tag says now
+        ref = Reference.parse(source.removeprefix("docker://"))
+        source = f"docker://{replace(ref, tag=None, digest=Digest.parse(record.digest))}"
+    return source, Platform.parse(record.platform) if record.platform else platform, record.digest
+
+
+def _build_one(store: Store, layer: LayerSource, n: int, progress: Progress) -> LayerIndexReport:
+    number = layer.index + 1
+    digest = str(layer.digest) if layer.digest is not None else ""
+
+    def report(
+        status: str, reason: str = "", index: SeekIndex | None = None, size: int = 0
+    ) -> LayerIndexReport:
+        return LayerIndexReport(
+            number,
+            digest,
+            str(layer.diff_id),
+            status,
+            reason,
+            size,
+            index.tar_size if index is not None else 0,
+        )
+
+    if layer.digest is None:
+        return report("not indexed", "the source does not give the blob's digest")
+    index = cached_index(store, layer)
+    if index is not None:
+        return report("cached", index=index, size=index_path(store, layer.digest).stat().st_size)
+    if layer.size is not None:
+        reason = not_worth_indexing(layer.media_type, layer.size)
+        if reason:
+            return report("not indexed", reason.removesuffix(": fetched whole"))
+    label = f"layer {number}/{n} {layer.digest.short()}"
+    built = _build(layer, progress.task(label, layer.size), label)
+    if isinstance(built, Unindexed):
+        return report("not indexed", built.reason.removesuffix(": fetched whole"))
+    save_index(store, layer.digest, built)
+    return report("built", index=built, size=index_path(store, layer.digest).stat().st_size)
+
+
+# -- index push -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PushReport:
+    """What ``index push`` published."""
+
+    reference: str  # the repository pushed to
+    subject: str  # the image manifest's digest
+    artifact: str  # the artifact manifest's digest
+    layers: tuple[str, ...]  # layer digests whose index it holds
+    missing: tuple[str, ...]  # layer digests with no cached index (not published)
+    referrers_api: bool  # the registry recorded the subject itself
+    tag: str  # the referrers tag updated ("" when the registry has the referrers API)
+
+
+def push_indexes(
+    store: Store,
+    ref_text: str,
+    options: RegistryOptions,
+    *,
+    platform: Platform | None = None,
+) -> PushReport:
+    """Publish the cached seek indexes of ``ref_text``'s layers as one OCI 1.1 artifact
+    whose subject is the image manifest, and, where the registry has no referrers API,
+    list it in the referrers tag ``sha256-<hex>`` (the spec's fallback: an image index
+    of the subject's referrers, kept with what it listed before)."""
+    with RegistryClient(options) as client:
+        ref, image = open_registry_image(ref_text, platform, client)
+        assert image.manifest_bytes is not None
+        subject = Digest.of_bytes(image.manifest_bytes)
+        entries: list[tuple[LayerSource, bytes]] = []
+        missing: list[str] = []
+        for layer in image.layers:
+            index = cached_index(store, layer)
+            if index is None:
+                missing.append(str(layer.digest))
+                continue
+            assert layer.digest is not None
+            entries.append((layer, index_path(store, layer.digest).read_bytes()))
+        if not entries:
+            raise NotFound(
+                f"{ref}: no seek index cached for any of its {len(image.layers)} layers; "
+                f"run 'snapshotter index build docker://{ref}' first"
+            )
+        target = replace(ref, tag=None, digest=None)
+        config_digest = client.push_blob(target, EMPTY_CONFIG)
+        layers_json = []
+        for layer, data in entries:
+            blob_digest = client.push_blob(target, data)
+            layers_json.append(
+                {
+                    "mediaType": INDEX_MEDIA_TYPE,
+                    "digest": str(blob_digest),
+                    "size": len(data),
+                    "annotations": {
+                        LAYER_ANNOTATION: str(layer.digest),
+                        DIFF_ID_ANNOTATION: str(layer.diff_id),
+                    },
+                }
+            )
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": MT_OCI_MANIFEST,
+            "artifactType": ARTIFACT_TYPE,
+            "config": {"mediaType": MT_EMPTY, "digest": str(config_digest), "size": 2},
+            "layers": layers_json,
+            "subject": {
+                "mediaType": image.manifest_media_type,
+                "digest": str(subject),
+                "size": len(image.manifest_bytes),
+            },
+        }
+        body = json.dumps(manifest, indent=2).encode()
+        artifact = Digest.of_bytes(body)
+        _, recorded = client.push_manifest(target, str(artifact), body, MT_OCI_MANIFEST)
+        tag = ""
+        if not recorded:
+            tag = f"{subject.algorithm}-{subject.hex}"
+            _update_referrers_tag(client, target, tag, artifact, len(body))
+        return PushReport(
+            reference=target.repository,
+            subject=str(subject),
+            artifact=str(artifact),
+            layers=tuple(str(layer.digest) for layer, _ in entries),
+            missing=tuple(missing),
+            referrers_api=recorded,
+            tag=tag,
+        )
+
+
+def _update_referrers_tag(
+    client: RegistryClient, target: Reference, tag: str, artifact: Digest, size: int
+) -> None:
+    """Add the artifact to the referrers tag's index (distribution-spec "Pushing Manifests
+    with Subject", the tag schema), dropping earlier seek-index artifacts it replaces."""
+    manifests: list[object] = []
+    try:
+        body, media_type, _ = client.manifest(replace(target, tag=tag))
+    except NotFound:
+        body, media_type = b"", ""
+    if media_type == MT_OCI_INDEX:
+        doc = json.loads(body)
+        listed = doc.get("manifests") if isinstance(doc, dict) else None
+        if isinstance(listed, list):
+            manifests = [
+                m
+                for m in listed
+                if not (isinstance(m, dict) and m.get("artifactType") == ARTIFACT_TYPE)
+            ]
+    manifests.append(
+        {
+            "mediaType": MT_OCI_MANIFEST,
+            "digest": str(artifact),
+            "size": size,
+            "artifactType": ARTIFACT_TYPE,
+        }
+    )
+    index = {"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": manifests}
+    client.push_manifest(target, tag, json.dumps(index, indent=2).encode(), MT_OCI_INDEX)
+
+
+__all__ = [
+    "ARTIFACT_TYPE",
+    "INDEX_MEDIA_TYPE",
+    "LAYER_ANNOTATION",
+    "LayerIndexReport",
+    "PushReport",
+    "build_indexes",
+    "cached_index",
+    "open_lazy_remote",
+    "push_indexes",
+]

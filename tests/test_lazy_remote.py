@@ -1,0 +1,541 @@
+"""Lazy images from a registry (issue 13): range reads, the span cache, published indexes.
+
+One image is built here (a 13 MB gzip layer and a 12 MB zstd layer of partly
+incompressible files, and a small layer), pushed with skopeo to Debian's docker-registry on
+127.0.0.1 under two names, and read through the fault proxy of registry_fixtures, which
+logs every request with the bytes it sent and can cut, tamper, shift or refuse ranges.
+Each test starts from empty stores: a store is a "host".
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import re
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from builders import BuiltLayer, ImageBuilder, LayerBuilder, decompress, write_oci_layout
+from conftest import need_tool, run_in
+from registry_fixtures import (
+    Fault,
+    FaultProxy,
+    Registry,
+    isolate_user_auth,
+    start_registry,
+    start_token_registry,
+)
+
+from snapshotter.errors import DigestMismatch, RangeNotSupported, RegistryError
+from snapshotter.lazy import read_file
+from snapshotter.lazy.cache import load_index
+from snapshotter.lazy.layers import LazyImage, LazyLayer
+from snapshotter.lazy.remote import open_lazy_remote
+from snapshotter.lazy.spans import CachingSource, SpanCache
+from snapshotter.oci.digest import Digest
+from snapshotter.oci.reference import Reference
+from snapshotter.progress import QuietProgress
+from snapshotter.sources.registry import RegistryBlob, RegistryClient, RegistryOptions
+from snapshotter.store.store import Store
+
+OPTIONS = RegistryOptions(retries=3, backoff=0.01)
+CLOSED_RANGE = re.compile(r"^bytes=\d+-\d+$")
+
+
+def _text(rnd: random.Random, n: int) -> bytes:
+    """A quarter noise, the rest zeros, by 2 KiB: gzip and zstd make a quarter of it,
+    quickly."""
+    return b"".join(rnd.randbytes(512) + bytes(1536) for _ in range(n // 2048))
+
+
+def _image() -> ImageBuilder:
+    """Layer 1 (gzip, ~28 MB, 100 MiB of tar: 25 spans): small files in etc/ first, as in
+    real images, then 4 MiB files with small files between them, and 2 MiB of noise;
+    layer 2: small; layer 3 (zstd in 8 frames, ~13 MB): noise and text."""
+    rnd = random.Random(7)
+    big = LayerBuilder().dir("etc").file("etc/os-release", b"ID=lazy\n")
+    for i in range(12):
+        big.file(f"etc/conf{i:02}.txt", f"setting {i}\n".encode() * 20)
+    for i in range(24):
+        big.file(f"data/text{i:02}.txt", _text(rnd, 4 << 20))
+        big.file(f"data/small{i:02}", f"small {i}\n".encode())
+    big.file("data/noise.bin", rnd.randbytes(2 << 20))
+    small = LayerBuilder().file("small/hello", b"hello\n").whiteout("etc/conf00.txt")
+    zstd = LayerBuilder()
+    for i in range(10):
+        zstd.file(f"z/blob{i:02}.bin", rnd.randbytes(1 << 20))
+        zstd.file(f"z/note{i:02}", f"zstd note {i}\n".encode())
+    zstd.file("z/text.txt", _text(rnd, 8 << 20))
+    return ImageBuilder(
+        [big, small, zstd], layer_compressions=["gzip", "gzip", "zstd"], zstd_frames=8
+    )
+
+
+@dataclass
+class Setup:
+    registry: Registry
+    proxy: FaultProxy
+    manifest_digest: str
+    layers: list[BuiltLayer]
+    layout: Path
+
+    def ref(self, repo: str = "lazy/app:1") -> str:
+        return f"docker://{self.proxy.host}/{repo}"
+
+    def blob_requests(self, layer: BuiltLayer) -> list[str]:
+        return [
+            s.headers.get("range", "") for s in self.proxy.requests_to(f"/blobs/{layer.digest}$")
+        ]
+
+    def clear(self) -> None:
+        with self.proxy.lock:
+            self.proxy.faults.clear()
+            self.proxy.seen.clear()
+        self.proxy.refuse_range = False
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    need_tool("docker-registry")
+    need_tool("skopeo")
+    layout = write_oci_layout(tmp_path_factory.mktemp("layout") / "oci", {"lazy": _image()})
+
+    def blob(digest: str) -> bytes:
+        return (layout / "blobs/sha256" / digest.removeprefix("sha256:")).read_bytes()
+
+    manifest_digest = json.loads((layout / "index.json").read_bytes())["manifests"][0]["digest"]
+    manifest = json.loads(blob(manifest_digest))
+    diff_ids = json.loads(blob(manifest["config"]["digest"]))["rootfs"]["diff_ids"]
+    layers = [
+        BuiltLayer(d["mediaType"], blob(d["digest"]), d["digest"], diff_id, d["size"])
+        for d, diff_id in zip(manifest["layers"], diff_ids, strict=True)
+    ]
+    registry = start_registry(tmp_path_factory.mktemp("registry"))
+    try:
+        registry.push(f"oci:{layout}:lazy", "lazy/app:1")
+        registry.push(f"oci:{layout}:lazy", "lazy/plain:1")
+        registry.push(f"oci:{layout}:lazy", "lazy/forged:1")
+        proxy = FaultProxy(registry.host)
+        try:
+            yield Setup(registry, proxy, manifest_digest, layers, layout)
+        finally:
+            proxy.stop()
+    finally:
+        registry.stop()
+
+
+@pytest.fixture
+def env(setup: Setup) -> Setup:
+    setup.clear()
+    return setup
+
+
+def _store(tmp_path: Path, name: str) -> Store:
+    store = Store(tmp_path / name)
+    store.ensure()
+    return store
+
+
+def _files(layer: BuiltLayer) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(decompress(layer.blob))) as tar:
+        return {
+            m.name: tar.extractfile(m).read()  # type: ignore[union-attr]
+            for m in tar.getmembers()
+            if m.isreg()
+        }
+
+
+def _read(layer: LazyLayer, path: str) -> bytes:
+    assert layer.index is not None and layer.source is not None
+    entry = layer.index.toc.find(path)
+    assert entry is not None, path
+    return read_file(layer.index, entry, layer.source.read_range)
+
+
+def _open(env: Setup, store: Store, repo: str = "lazy/app:1") -> LazyImage:
+    return open_lazy_remote(store, env.ref(repo), OPTIONS, QuietProgress())
+
+
+def _blob(env: Setup, number: int = 0) -> tuple[RegistryClient, RegistryBlob]:
+    client = RegistryClient(OPTIONS)
+    layer = env.layers[number]
+    ref = Reference.parse(f"{env.proxy.host}/lazy/app")
+    return client, RegistryBlob(client, ref, Digest.parse(layer.digest), layer.size)
+
+
+# -- range reads ----------------------------------------------------------------------------
+
+
+def test_read_range_sends_one_closed_range(env: Setup) -> None:
+    client, blob = _blob(env)
+    with client:
+        assert blob.read_range(100, 199) == env.layers[0].blob[100:200]
+        # past the end: the blob's last bytes, no more
+        size = env.layers[0].size
+        assert blob.read_range(size - 10, size + 10) == env.layers[0].blob[-10:]
+    assert env.blob_requests(env.layers[0]) == ["bytes=100-199", f"bytes={size - 10}-{size + 10}"]
+
+
+def test_read_range_retries_a_cut_connection(env: Setup) -> None:
+    layer = env.layers[0]
+    env.proxy.faults.append(Fault("cut", pattern=f"/blobs/{layer.digest}$", at=1000))
+    client, blob = _blob(env)
+    with client:
+        assert blob.read_range(0, 99_999) == layer.blob[:100_000]
+    assert env.blob_requests(layer) == ["bytes=0-99999"] * 2
+
+
+def test_read_range_gives_up_in_bounded_time(env: Setup) -> None:
+    layer = env.layers[0]
+    for _ in range(5):
+        env.proxy.faults.append(Fault("cut", pattern=f"/blobs/{layer.digest}$", at=10))
+    client, blob = _blob(env)
+    started = time.monotonic()
+    with client, pytest.raises(RegistryError, match="gave up after 3 attempts"):
+        blob.read_range(0, 99_999)
+    assert time.monotonic() - started < 5
+    assert len(env.blob_requests(layer)) == 3
+
+
+def test_read_range_detects_a_registry_ignoring_range(env: Setup) -> None:
+    env.proxy.refuse_range = True
+    client, blob = _blob(env)
+    with client, pytest.raises(RangeNotSupported, match="ignores Range"):
+        blob.read_range(0, 1)
+
+
+def test_read_range_detects_a_wrong_content_range(env: Setup) -> None:
+    layer = env.layers[0]
+    env.proxy.faults.append(Fault("shift_range", pattern=f"/blobs/{layer.digest}$", at=1))
+    client, blob = _blob(env)
+    with client, pytest.raises(RangeNotSupported, match="bytes 101-200, not 100-199"):
+        blob.read_range(100, 199)
+
+
+def test_read_range_follows_and_caches_the_blob_location(env: Setup) -> None:
+    """A registry that redirects blobs to a CDN: the first range read is redirected and
+    its target remembered; later reads go straight there, without Authorization; when
+    the signed URL expires (403) the registry is asked again, at once."""
+    from registry_fixtures import StorageServer
+
+    layer = env.layers[0]
+    storage = StorageServer(ranges=True)
+    try:
+        storage.objects["/cdn/1"] = storage.objects["/cdn/2"] = layer.blob
+        pattern = f"/blobs/{layer.digest}$"
+        for n in (1, 2):
+            location = f"http://{storage.host}/cdn/{n}"
+            env.proxy.faults.append(Fault("redirect", pattern=pattern, location=location))
+        client, blob = _blob(env)
+        with client:
+            assert blob.read_range(0, 9) == layer.blob[:10]
+            assert blob.read_range(10, 19) == layer.blob[10:20]
+            assert len(env.blob_requests(layer)) == 1  # the second went to the CDN only
+            storage.expired.add("/cdn/1")
+            assert blob.read_range(20, 29) == layer.blob[20:30]
+        assert len(env.blob_requests(layer)) == 2
+        assert [(s.path, s.headers.get("range")) for s in storage.seen] == [
+            ("/cdn/1", "bytes=0-9"),
+            ("/cdn/1", "bytes=10-19"),
+            ("/cdn/1", "bytes=20-29"),
+            ("/cdn/2", "bytes=20-29"),
+        ]
+        assert all("authorization" not in s.headers for s in storage.seen)
+        # a CDN that answers whole is caught as a registry is
+        storage.ranges = False
+        with RegistryClient(OPTIONS) as client2:
+            env.proxy.faults.append(
+                Fault("redirect", pattern=pattern, location=f"http://{storage.host}/cdn/2")
+            )
+            other = RegistryBlob(client2, blob.repository_ref, blob.digest, blob.size)
+            with pytest.raises(RangeNotSupported, match="answered 200"):
+                other.read_range(0, 9)
+    finally:
+        storage.stop()
+
+
+# -- the span cache -------------------------------------------------------------------------
+
+
+def test_span_cache_bound_and_lru_eviction(tmp_path: Path) -> None:
+    import hashlib
+
+    cache = SpanCache(tmp_path / "spans", max_bytes=350)
+    spans = [bytes([i]) * 100 for i in range(5)]
+    names = [hashlib.sha256(s).hexdigest() for s in spans]
+    for i in range(3):
+        cache.put(names[i], spans[i])
+        os.utime(cache.path(names[i]), (1000 + i, 1000 + i))  # written in this order
+    assert cache.get(names[0]) == spans[0]  # a hit: 0 is now the most recently used
+    cache.put(names[3], spans[3])
+    # 400 bytes > 350: the least recently used (1) went, down to 90 % of the bound
+    assert cache.size() == 300
+    assert cache.get(names[1]) is None
+    assert [cache.get(names[k]) for k in (0, 2, 3)] == [spans[0], spans[2], spans[3]]
+    for k, when in ((0, 3000), (2, 4000), (3, 2000)):
+        os.utime(cache.path(names[k]), (when, when))
+    cache.put(names[4], spans[4])
+    assert cache.get(names[3]) is None
+    assert [cache.get(names[k]) for k in (0, 2, 4)] == [spans[0], spans[2], spans[4]]
+    assert cache.evicted == 2
+    # a damaged file is never served, and is dropped
+    cache.path(names[2]).write_bytes(b"x" * 100)
+    assert cache.get(names[2]) is None
+    assert not cache.path(names[2]).exists()
+    assert cache.get(names[0]) == spans[0]
+
+
+def test_tampered_span_is_refused_and_never_cached(env: Setup, tmp_path: Path) -> None:
+    store = _store(tmp_path, "host")
+    lazy = _open(env, store)
+    first = lazy.layers[0]
+    assert isinstance(first.source, CachingSource)
+    env.clear()
+    env.proxy.faults.append(Fault("flip", pattern=f"/blobs/{first.digest}$", at=5000))
+    with pytest.raises(DigestMismatch, match="hash to sha256:"):
+        _read(first, "etc/conf05.txt")
+    assert first.source.cache.size() == 0
+    assert _read(first, "etc/conf05.txt") == b"setting 5\n" * 20  # a later read tries again
+    assert first.source.cache.size() > 0
+
+
+def test_second_read_of_a_file_makes_no_request(env: Setup, tmp_path: Path) -> None:
+    store = _store(tmp_path, "host")
+    lazy = _open(env, store)
+    env.clear()
+    zstd = lazy.layers[2]
+    assert _read(zstd, "z/note07") == b"zstd note 7\n"
+    assert 1 <= len(env.blob_requests(env.layers[2])) <= 2
+    env.clear()
+    assert _read(zstd, "z/note07") == b"zstd note 7\n"
+    assert env.proxy.seen == []
+
+
+# -- where indexes come from ------------------------------------------------------------------
+
+
+def test_without_a_published_index_it_is_built_once_then_cached(env: Setup, tmp_path: Path) -> None:
+    store = _store(tmp_path, "host")
+    lazy = _open(env, store, "lazy/plain:1")
+    hows = [layer.how for layer in lazy.layers]
+    assert hows[0] == f"indexed (built: 1 pass, {env.layers[0].size / 1e6:.1f} MB)"
+    assert hows[1].startswith("fetched whole: smaller than 10 MiB")
+    assert hows[2] == f"indexed (built: 1 pass, {env.layers[2].size / 1e6:.1f} MB)"
+    assert lazy.layers[1].index is None and store.has_snapshot(Digest.parse(env.layers[1].diff_id))
+    assert all(CLOSED_RANGE.match(r) for r in env.blob_requests(env.layers[0]) if r)
+    env.clear()
+    again = _open(env, store, "lazy/plain:1")
+    assert [layer.how for layer in again.layers] == [
+        "indexed (cache)",
+        "in the store already",
+        "indexed (cache)",
+    ]
+    # manifest and config only: no lookup of published indexes, no layer blob
+    assert env.blob_requests(env.layers[0]) == env.blob_requests(env.layers[2]) == []
+    assert not any("/referrers/" in s.path for s in env.proxy.seen)
+
+
+def test_a_registry_ignoring_range_gets_layers_fetched_whole(env: Setup, tmp_path: Path) -> None:
+    env.proxy.refuse_range = True
+    store = _store(tmp_path, "host")
+    lazy = _open(env, store, "lazy/plain:1")
+    assert [layer.how for layer in lazy.layers] == [
+        "fetched whole: the registry ignores Range",
+        lazy.layers[1].how,
+        "fetched whole: the registry ignores Range",
+    ]
+    assert all(layer.index is None and layer.source is None for layer in lazy.layers)
+    for built in env.layers:
+        assert store.has_snapshot(Digest.parse(built.diff_id))
+    assert load_index(store, env.layers[0].digest) is None
+
+
+def test_published_index_serves_another_host(env: Setup, tmp_path: Path) -> None:
+    builder = tmp_path / "builder"
+    cli = run_in(builder)
+    built = cli("index", "build", env.ref())
+    assert built.rc == 0, built.err
+    lines = built.out.splitlines()
+    assert len(lines) == 3
+    short = env.layers[0].digest[7:19]
+    assert re.fullmatch(
+        rf"layer 1/3 {short}  built   index \S+ = 0\.\d\d% of \S+ uncompressed", lines[0]
+    ), lines[0]
+    assert lines[1].startswith(
+        f"layer 2/3 {env.layers[1].digest[7:19]}  not indexed: smaller than 10 MiB"
+    )
+    assert " built " in lines[2]
+    again = cli("index", "build", env.ref())
+    assert [line.split()[3] for line in again.out.splitlines()] == ["cached", "not", "cached"]
+    pushed = cli("index", "push", env.ref(), "--json")
+    assert pushed.rc == 0, pushed.err
+    report = json.loads(pushed.out)
+    assert report["subject"] == env.manifest_digest
+    assert report["referrers_api"] is False  # distribution 2.8
+    assert report["tag"] == "sha256-" + env.manifest_digest[7:]
+    assert report["layers"] == [env.layers[0].digest, env.layers[2].digest]
+    assert "published 2 seek indexes" in pushed.err
+
+    # another host: a fresh store
+    env.clear()
+    store = _store(tmp_path, "another-host")
+    lazy = _open(env, store)
+    assert [layer.how for layer in lazy.layers] == [
+        "indexed (referrer)",
+        lazy.layers[1].how,
+        "indexed (referrer)",
+    ]
+    # the whole toc with 0 bytes of the indexed blobs: manifest, config, lookup, indexes
+    assert env.blob_requests(env.layers[0]) == env.blob_requests(env.layers[2]) == []
+    paths = [s.path for s in env.proxy.seen]
+    assert any("/referrers/" in p for p in paths)
+    assert any(p.endswith("/manifests/" + report["tag"]) for p in paths)
+    expected = _files(env.layers[0])
+    index = lazy.layers[0].index
+    assert index is not None
+    assert {e.path for e in index.toc if e.kind.name == "FILE"} == set(expected)
+
+    # one small file: at most 2 range requests
+    env.clear()
+    assert _read(lazy.layers[0], "etc/conf06.txt") == expected["etc/conf06.txt"]
+    assert 1 <= len(env.blob_requests(env.layers[0])) <= 2
+    # and a handful more: a small part of the blobs
+    zfiles = _files(env.layers[2])
+    for path in ("etc/os-release", "etc/conf11.txt", "data/small03", "data/small17"):
+        assert _read(lazy.layers[0], path) == expected[path]
+    for path in ("z/note00", "z/note01"):
+        assert _read(lazy.layers[2], path) == zfiles[path]
+    fetched = sum(env.proxy.bytes_to(f"/blobs/{env.layers[k].digest}$") for k in (0, 2))
+    total = env.layers[0].size + env.layers[2].size
+    share = 100 * fetched / total
+    print(f"\nread 7 files: {fetched} of {total} blob bytes fetched ({share:.1f} %)")
+    assert share < 25  # 19.6 %: one span of each layer, and two more of the gzip one
+    ranges = [s.headers["range"] for s in env.proxy.seen if "range" in s.headers]
+    assert ranges and all(CLOSED_RANGE.match(r) for r in ranges)
+
+
+class _Notes(QuietProgress):
+    def __init__(self) -> None:
+        super().__init__()
+        self.notes: list[str] = []
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+def test_a_published_index_of_another_layer_is_passed_over(env: Setup, tmp_path: Path) -> None:
+    """An artifact that says layer 1's index is layer 3's (a mistake, or a forgery): the
+    index names its own layer, so it is not used for layer 1, which is indexed anew."""
+    from snapshotter.lazy import remote
+
+    builder = _store(tmp_path, "builder")
+    remote.build_indexes(builder, env.ref("lazy/forged:1"), OPTIONS, QuietProgress())
+    first, third = env.layers[0], env.layers[2]
+    third_index = (builder.root / "indexes/sha256" / third.digest[7:]).read_bytes()
+    repo = Reference.parse(f"{env.proxy.host}/lazy/forged")
+    with RegistryClient(OPTIONS) as client:
+        config = client.push_blob(repo, b"{}")
+        forged = client.push_blob(repo, third_index)
+        layers = [
+            {
+                "mediaType": remote.INDEX_MEDIA_TYPE,
+                "digest": str(forged),
+                "size": len(third_index),
+                "annotations": {remote.LAYER_ANNOTATION: digest},
+            }
+            for digest in (first.digest, third.digest)
+        ]
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": remote.ARTIFACT_TYPE,
+            "config": {"mediaType": remote.MT_EMPTY, "digest": str(config), "size": 2},
+            "layers": layers,
+            "subject": {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": env.manifest_digest,
+                "size": 1,
+            },
+        }
+        body = json.dumps(manifest).encode()
+        artifact, _ = client.push_manifest(
+            repo, f"sha256:{Digest.of_bytes(body).hex}", body, manifest["mediaType"]
+        )
+        tag = "sha256-" + env.manifest_digest[7:]
+        remote._update_referrers_tag(client, repo, tag, artifact, len(body))
+    env.clear()
+    notes = _Notes()
+    lazy = open_lazy_remote(_store(tmp_path, "host"), env.ref("lazy/forged:1"), OPTIONS, notes)
+    assert lazy.layers[0].how.startswith("indexed (built: 1 pass")
+    assert lazy.layers[2].how == "indexed (referrer)", "\n".join(notes.notes)
+    assert any("passed over" in n and "another layer's" in n for n in notes.notes), notes.notes
+
+
+def test_index_build_of_a_stored_image_reads_its_source_by_digest(
+    env: Setup, tmp_path: Path
+) -> None:
+    cli = run_in(tmp_path / "store")
+    pulled = cli("pull", "--quiet", "--json", env.ref("lazy/plain:1"))
+    assert pulled.rc == 0, pulled.err
+    image_id = json.loads(pulled.out)["id"][7:19]
+    env.clear()
+    built = cli("index", "build", image_id)
+    assert built.rc == 0, built.err
+    assert [line.split()[3] for line in built.out.splitlines()] == ["built", "not", "built"]
+    pinned = f"/v2/lazy/plain/manifests/{env.manifest_digest}"
+    assert [s.path for s in env.proxy.requests_to("/manifests/")] == [pinned]
+
+
+def test_index_cli_errors(env: Setup, tmp_path: Path) -> None:
+    cli = run_in(tmp_path / "store")
+    nothing = cli("index", "push", env.ref("lazy/plain:1"))
+    assert nothing.rc == 1
+    assert nothing.err.count("\n") == 1
+    assert (
+        "no seek index cached for any of its 3 layers; run 'snapshotter index build" in nothing.err
+    )
+    not_registry = cli("index", "push", "oci:/nowhere:x")
+    assert not_registry.rc == 1
+    assert "expected docker://REF" in not_registry.err
+    missing = cli("index", "build", env.ref("lazy/none:1"))
+    assert missing.rc == 1
+    assert missing.err.startswith("snapshotter: error: ") and missing.err.count("\n") == 1
+    assert cli("index").rc == 2
+
+
+def test_token_auth_registry_build_push_and_read(
+    env: Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind docker's token auth: push asks for a pull,push token, range reads reuse the
+    pull token, and without credentials the push is refused in one line."""
+    isolate_user_auth(monkeypatch, tmp_path)
+    bob = ("bob", "bob-Token-pw-2")
+    setup = start_token_registry(tmp_path / "token", dict([bob]))
+    try:
+        setup.registry.push(f"oci:{env.layout}:lazy", "secure/lazy:1", creds=bob)
+        ref = f"docker://{setup.registry.host}/secure/lazy:1"
+        creds = ("--creds", ":".join(bob))
+        cli = run_in(tmp_path / "builder")
+        refused = cli("index", "build", ref)
+        assert refused.rc == 1 and "authentication required" in refused.err
+        assert cli("index", "build", ref, *creds).rc == 0
+        anonymous = cli("index", "push", ref)
+        assert anonymous.rc == 1 and anonymous.err.count("\n") == 1
+        assert "authentication required" in anonymous.err
+        before = len(setup.tokens.requests)
+        pushed = cli("index", "push", ref, *creds)
+        assert pushed.rc == 0, pushed.err
+        scopes = {s for r in setup.tokens.requests[before:] for s in r.scopes}
+        assert "repository:secure/lazy:pull,push" in scopes
+        options = RegistryOptions(creds=bob, retries=3, backoff=0.01)
+        lazy = open_lazy_remote(_store(tmp_path, "host"), ref, options, QuietProgress())
+        assert lazy.layers[0].how == "indexed (referrer)"
+        assert _read(lazy.layers[0], "data/small05") == b"small 5\n"
+    finally:
+        setup.stop()
