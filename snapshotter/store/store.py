@@ -505,6 +505,28 @@ class Store:
             self.journal_path.unlink()
             return moved
 
+    def commit_snapshots(
+        self, staged_snapshots: dict[str, Path], layer_map: dict[str, str]
+    ) -> None:
+        """Move staged snapshots (diff_id -> staged dir) into place with no image naming
+        them: the layers a lazy mount fetched whole.  Until an image or a live mount
+        references them, ``prune`` removes them; a later ``pull`` of an image with one of
+        them reuses it.  The journal makes the moves all or nothing, as in ``commit``."""
+        with self.locked() as state:
+            moves = [
+                (staged, target)
+                for diff_id, staged in staged_snapshots.items()
+                if not (target := self.snapshot_path(Digest.parse(diff_id))).exists()
+            ]
+            added = [str(t.relative_to(self.root)) for _, t in moves]
+            _write_synced(self.journal_path, json.dumps({"added": added}).encode())
+            for staged, target in moves:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(staged, target)
+            state.layers.update(layer_map)
+            self._write_state(state)
+            self.journal_path.unlink()
+
     # -- lookups -------------------------------------------------------------------------
 
     def resolve(self, state: State, text: str) -> str:
