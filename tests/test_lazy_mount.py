@@ -305,6 +305,10 @@ def metadata(root: Path) -> dict[str, tuple[int, int, int, str, tuple[tuple[str,
 def test_listing_the_whole_tree_reads_no_blob_bytes(spread_mount) -> None:
     mp, _, log = spread_mount
     before = len(ranges(log))
+    # Lookups by name first (a listing hands the kernel its entries' attributes: READDIRPLUS)
+    for path in [*SMALL, "usr/bin/tool", "usr/lib/f7", "usr/lib/f8"]:
+        assert os.lstat(mp / path).st_size > 0
+    assert not os.path.lexists(mp / "etc/nothing")
     entries = metadata(mp)
     assert len(entries) > 60 and entries["usr/bin/tool"][:2] == (0o100755, 3 << 20)
     os.statvfs(mp)
