@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
-from conftest import Run, run_in
+from conftest import Run, assert_daemon_pyfuse3, run_in
 from test_fusefs import cleanup, daemons, need_fuse, oracle_layers, walk
 
 from snapshotter.lazy.layers import LazyImage
@@ -76,6 +76,7 @@ def lazy_mounted(root: Path, image: LazyImage, mp: Path) -> Iterator[int]:
         mount_lazy(Store(root), image, mp)
         pids = daemons(root, mp)
         assert len(pids) == 1, pids
+        assert_daemon_pyfuse3(pids[0])
         yield pids[0]
     finally:
         cleanup(run_in(root), root, mp, pids)
@@ -88,6 +89,9 @@ def cli_mounted(run: Run, root: Path, mp: Path, *args: str) -> Iterator[str]:
         result = run("mount", *args, str(mp))
         assert result.rc == 0, result.err
         assert result.out == ""
+        pids = daemons(root, mp)
+        assert len(pids) == 1, pids
+        assert_daemon_pyfuse3(pids[0])
         yield result.err
     finally:
         cleanup(run, root, mp, [])

@@ -21,7 +21,12 @@ from pathlib import Path
 from conftest import REPO, unavailable
 
 STOCK = Path(sys.prefix) / "pyfuse3-stock"
-FUSE_TESTS = ["tests/test_fusefs.py", "tests/test_fusefs_cache.py", "tests/test_mount_life.py"]
+FUSE_TESTS = [
+    "tests/test_fusefs.py",
+    "tests/test_fusefs_cache.py",
+    "tests/test_mount_life.py",
+    "tests/test_lazy_mount.py",
+]
 # Its time goes to pulling 100k entries; listings take the same path in smaller tests.
 LEFT_OUT = "not test_a_directory_of_100k_entries"
 
