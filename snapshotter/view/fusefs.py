@@ -44,16 +44,18 @@ import os
 import signal
 import stat
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pyfuse3
 
 from ..errors import SnapshotterError
-from ..lazy.reader import LayerReader
 from ..store.toc import EntryKind
 from .merge import Node, Stat
 from .prefetch import Streams, Warmer
 from .tree import ImageView, data_name
+
+if TYPE_CHECKING:  # a view of a pulled image never imports lazy/
+    from ..lazy.reader import LayerReader
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
