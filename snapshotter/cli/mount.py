@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ..errors import InvalidReference, SnapshotterError
 from ..oci.model import Platform
 from ..store.store import Store
+from ..text import human_size
 from . import EXIT_OK
 from .common import platform_argument
+from .registry import registry_arguments, registry_options
+
+if TYPE_CHECKING:
+    from ..lazy.layers import LazyImage
+    from ..progress import Progress
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,10 +31,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "device, xattr and mtime as the layers said. The view is read-only, and mounted "
             "nosuid,nodev: images are untrusted. Returns once the view is ready; the daemon "
             "serving it runs in the background until 'snapshotter umount', fusermount3 -u, "
-            "or SIGTERM/SIGINT/SIGHUP."
+            "or SIGTERM/SIGINT/SIGHUP. With --lazy, IMAGE is a source that is not pulled: "
+            "oci:DIR[:TAG] or docker://REF; each layer is mounted through its seek index "
+            "(from the store's cache, or built in one pass over the blob), so a file's bytes "
+            "are read only when it is read, or fetched whole into the store when it is "
+            "small; one line per layer on stderr says which."
         ),
     )
-    p.add_argument("image", metavar="IMAGE", help="name, NAME@DIGEST, digest or id prefix")
+    p.add_argument(
+        "image",
+        metavar="IMAGE",
+        help="name, NAME@DIGEST, digest or id prefix; with --lazy, oci:DIR[:TAG] or docker://REF",
+    )
     p.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
     p.add_argument(
         "--layer",
@@ -34,6 +51,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="mount the image as it stood after its first N layers (0 = empty)",
     )
     platform_argument(p)
+    p.add_argument(
+        "--lazy",
+        action="store_true",
+        help="mount the source IMAGE (oci:DIR[:TAG] or docker://REF) without pulling it: "
+        "files are read from the layer blobs when they are read",
+    )
     p.add_argument(
         "--foreground",
         action="store_true",
@@ -53,6 +76,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="log every FUSE request: to stderr with --foreground, else to the daemon's "
         "log ROOT/mounts/daemon-PID.log, which is then kept after the unmount",
     )
+    registry_arguments(p)
     p.set_defaults(handler=cmd_mount)
 
     p = sub.add_parser(
@@ -79,6 +103,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_mount(store: Store, args: argparse.Namespace) -> int:
     from ..view.mount import mount
 
+    if args.lazy:
+        return _mount_lazy(store, args)
     state = store.read_state()
     platform = Platform.parse(args.platform) if args.platform else None
     record, _ = store.resolve_image(state, args.image, platform)
@@ -93,6 +119,69 @@ def cmd_mount(store: Store, args: argparse.Namespace) -> int:
         debug=args.debug,
     )
     return EXIT_OK
+
+
+def _mount_lazy(store: Store, args: argparse.Namespace) -> int:
+    from ..progress import for_stream
+    from ..view.mount import check_mountpoint, mount_lazy
+
+    text = args.image
+    if args.layer is not None:
+        raise InvalidReference("mount --lazy: --layer is not supported with --lazy")
+    transport = text.partition(":")[0]
+    if transport not in ("oci", "docker") or (transport == "docker" and "://" not in text):
+        raise InvalidReference(
+            f"mount --lazy {text!r}: expected oci:DIR[:TAG] or docker://REF "
+            "(an image already in the store mounts without --lazy)"
+        )
+    check_mountpoint(args.mountpoint)  # before any indexing or fetching
+    platform = Platform.parse(args.platform) if args.platform else None
+    progress = for_stream(sys.stderr)
+    try:
+        image = _open_lazy(store, text, platform, args, progress)
+    finally:
+        progress.close()
+    for layer in image.layers:
+        digest = layer.digest.partition(":")
+        print(
+            f"layer {layer.number} {digest[0]}:{digest[2][:12]}… {human_size(layer.size)}: "
+            f"{layer.how}",
+            file=sys.stderr,
+        )
+    mount_lazy(
+        store,
+        image,
+        args.mountpoint,
+        foreground=args.foreground,
+        allow_other=args.allow_other,
+        debug=args.debug,
+    )
+    return EXIT_OK
+
+
+def _open_lazy(
+    store: Store,
+    text: str,
+    platform: Platform | None,
+    args: argparse.Namespace,
+    progress: Progress,
+) -> LazyImage:
+    if text.startswith("oci:"):
+        from ..lazy.local import open_lazy_layout
+
+        return open_lazy_layout(store, text, progress, platform=platform)
+    options = registry_options(args)
+    try:  # lazy.remote reads registries by Range: imported only for docker:// sources
+        remote = importlib.import_module("..lazy.remote", __package__)
+    except ModuleNotFoundError as exc:
+        if exc.name != "snapshotter.lazy.remote":
+            raise
+        raise SnapshotterError(
+            f"mount --lazy {text}: lazy mounts from registries are not in this build yet "
+            "(no snapshotter.lazy.remote); pull the image and mount it, or use oci:DIR"
+        ) from None
+    image: LazyImage = remote.open_lazy_remote(store, text, options, progress)
+    return image
 
 
 def cmd_umount(store: Store, args: argparse.Namespace) -> int:

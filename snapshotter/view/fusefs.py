@@ -25,6 +25,14 @@ and answered in the calling thread, trio never imported) and in one more process
 would have to agree on), names that do not exist and symlink targets stay in the
 kernel's caches, and the first read of a file has a child process warm the files after
 it (view/prefetch.py).
+
+A lazy view (``tree.open_lazy_tree``) reads the files of its indexed layers through their
+``lazy.reader.LayerReader`` instead of data files; everything else is the same, and
+lookup, getattr, readdir, readlink and the xattr handlers never touch a reader (the tree
+holds all they answer).  A read the reader fails (its source, a span that is not the one
+indexed) answers EIO for that request only, and a later read tries again.  A lazy view
+warms nothing (prefetch is off); its worker processes share the blob sources (which must
+survive a fork: ``lazy.local.LocalBlob`` does) and keep one span cache each.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ import os
 import signal
 import stat
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pyfuse3
 
@@ -45,6 +53,9 @@ from ..store.toc import EntryKind
 from .merge import Node, Stat
 from .prefetch import Streams, Warmer
 from .tree import ImageView, data_name
+
+if TYPE_CHECKING:  # a view of a pulled image never imports lazy/
+    from ..lazy.reader import LayerReader
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -138,7 +149,9 @@ class ImageFS(pyfuse3.Operations):
         self._files: dict[int, int] = {}
         self._next_fh = 1
         self._data_dirs: dict[int, int] = {}  # layer -> O_PATH fd of its data_dir
-        self.prefetch = prefetch
+        # fh -> a lazy layer's file, opened through open (stock pyfuse3 only).
+        self._lazy_files: dict[int, tuple[LayerReader, Stat]] = {}
+        self.prefetch = prefetch and not view.lazy
         # Called once, on the first lookup, getattr, readdir or read: after INIT was
         # answered, and before any file of the view can have been opened.
         self.after_init: Callable[[], object] | None = None
@@ -270,7 +283,11 @@ class ImageFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR if node.kind is EntryKind.DIR else errno.EINVAL)
         fh = self._next_fh
         self._next_fh += 1
-        self._files[fh] = self._first_open(node)
+        reader = self.view.reader(node.layer)
+        if reader is not None:
+            self._lazy_files[fh] = (reader, node)
+        else:
+            self._files[fh] = self._first_open(node)
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=True)
 
     def _first_open(self, node: Stat) -> int:
@@ -306,11 +323,17 @@ class ImageFS(pyfuse3.Operations):
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         fd = self._files.get(fh)
         if fd is None:
+            opened = self._lazy_files.get(fh)
+            if opened is not None:
+                return read_lazy(*opened, off, size)
             if not self.no_open:
                 raise pyfuse3.FUSEError(errno.EBADF)
             node = self._stat(fh)
             if node.kind is not EntryKind.FILE:
                 raise pyfuse3.FUSEError(errno.EINVAL)
+            reader = self.view.reader(node.layer)
+            if reader is not None:
+                return read_lazy(reader, node, off, size)
             if len(self._files) >= MAX_OPEN_DATA_FILES:
                 self._close(next(iter(self._files)))
             fd = self._files[fh] = self._first_open(node)
@@ -328,6 +351,7 @@ class ImageFS(pyfuse3.Operations):
         return data
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        self._lazy_files.pop(fh, None)
         self._close(fh)
 
     def _close(self, fh: int) -> None:
@@ -362,6 +386,15 @@ class ImageFS(pyfuse3.Operations):
         s.f_ffree = s.f_favail = 0
         s.f_namemax = 255
         return s
+
+
+def read_lazy(reader: LayerReader, node: Stat, off: int, size: int) -> bytes:
+    """A READ of a lazy layer's file; EIO (and a log line) when the reader fails."""
+    try:
+        return reader.read(node.data, node.size, off, size)
+    except (SnapshotterError, OSError, ValueError) as exc:
+        log.error("inode %d: read of %d bytes at %d: %s", node.inode, size, off, exc)
+        raise pyfuse3.FUSEError(errno.EIO) from exc
 
 
 def mount_options(fsname: str, *, allow_other: bool, debug: bool) -> set[str]:

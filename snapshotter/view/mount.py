@@ -6,6 +6,14 @@ the daemon says the view is ready, or with the daemon's one-line error.  While i
 the daemon holds an exclusive flock on its record ``mounts/<id>.json``, which is how
 ``rmi`` and ``prune`` know the image and its snapshots are in use; a killed daemon's lock
 is released by the kernel, so its record goes stale by itself.
+
+``mount_lazy`` does the same for a lazy image (``lazy.layers.LazyImage``), which the
+caller readied first (``lazy.local.open_lazy_layout``, ``lazy.remote.open_lazy_remote``):
+every seek index is in hand (and cached in the store) and every layer read whole is a
+snapshot in the store.  The daemon is a fork of the caller, so it inherits the image, its
+indexes and blob sources as they are; nothing is read again.  Its record names the
+manifest digest and every diff_id, so ``prune`` leaves the snapshots of the layers it
+fetched whole alone while it lives.
 """
 
 from __future__ import annotations
@@ -26,10 +34,15 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InUse, NotFound, SnapshotterError
 from ..store.store import ImageRecord, Store, now_iso
+from ..store.toc import TOC_NAME
 from .tree import ImageView, open_tree
+
+if TYPE_CHECKING:
+    from ..lazy.layers import LazyImage
 
 READY = b"ok\n"
 
@@ -87,6 +100,14 @@ def _unescape(field: bytes) -> bytes:
     return bytes(out)
 
 
+def check_mountpoint(mountpoint: Path) -> Path:
+    """The absolute mountpoint, if a view can be mounted there (and FUSE is at hand);
+    ``InUse``/``NotFound``/``SnapshotterError`` otherwise.  ``mount`` checks again."""
+    mp = _check_mountpoint(mountpoint)
+    _check_fuse()
+    return mp
+
+
 def _check_mountpoint(mountpoint: Path) -> Path:
     mp = Path(os.path.abspath(mountpoint))
     if mounted_at(mp):
@@ -113,6 +134,10 @@ def fsname_for(store: Store, record: ImageRecord, label: str, layers: int | None
     name = names[0] if names else record.digest
     if layers is not None:
         name += f"@layer{layers}"
+    return _fsname(name)
+
+
+def _fsname(name: str) -> str:
     # mount options are comma-separated: keep the name to characters that cannot break them
     return "snapshotter:" + "".join(c if c.isalnum() or c in "._-:/@" else "_" for c in name)
 
@@ -130,16 +155,48 @@ def mount(
 ) -> None:
     """Mount ``record`` at ``mountpoint``; return once the view is ready (or, in the
     foreground, once it has been unmounted again)."""
-    mp = _check_mountpoint(mountpoint)
-    _check_fuse()
+    mp = check_mountpoint(mountpoint)
     view = open_tree(store, record, layers)
+    fsname = fsname_for(store, record, label, layers)
+    _start(store, record.digest, view, mp, fsname, foreground, allow_other, debug)
+
+
+def mount_lazy(
+    store: Store,
+    image: LazyImage,
+    mountpoint: Path,
+    *,
+    foreground: bool = False,
+    allow_other: bool = False,
+    debug: bool = False,
+) -> None:
+    """Mount the readied lazy ``image`` at ``mountpoint``, as ``mount`` mounts an image of
+    the store; its label names it in /proc/mounts (``snapshotter:lazy:LABEL``)."""
+    from .tree import open_lazy_tree
+
+    mp = check_mountpoint(mountpoint)
+    view = open_lazy_tree(store, image)
+    fsname = _fsname(f"lazy:{image.label}")
+    _start(store, image.manifest_digest, view, mp, fsname, foreground, allow_other, debug)
+
+
+def _start(
+    store: Store,
+    digest: str,
+    view: ImageView,
+    mp: Path,
+    fsname: str,
+    foreground: bool,
+    allow_other: bool,
+    debug: bool,
+) -> None:
+    """Serve ``view``: here (``foreground``), or in a daemon forked for it, returning once
+    it says the view is ready."""
     from . import fusefs
 
-    options = fusefs.mount_options(
-        fsname_for(store, record, label, layers), allow_other=allow_other, debug=debug
-    )
+    options = fusefs.mount_options(fsname, allow_other=allow_other, debug=debug)
     if foreground:
-        _daemon(store, record, view, mp, options, on_ready=None)
+        _daemon(store, digest, view, mp, options, on_ready=None)
         return
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -158,7 +215,7 @@ def mount(
         try:
             os.setsid()
             log = _detach(store)
-            _daemon(store, record, view, mp, options, on_ready=ready)
+            _daemon(store, digest, view, mp, options, on_ready=ready)
             code = 0
         except BaseException as exc:
             if serving:  # a daemon that failed while serving leaves its traceback
@@ -212,7 +269,7 @@ def _detach(store: Store) -> Path:
 
 def _daemon(
     store: Store,
-    record: ImageRecord,
+    digest: str,
     view: ImageView,
     mp: Path,
     options: set[str],
@@ -226,14 +283,23 @@ def _daemon(
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         doc = {
-            "image": record.digest,
+            "image": digest,
             "diff_ids": list(view.diff_ids),
             "chain_id": view.chain_id,
             "mountpoint": str(mp),
             "pid": os.getpid(),
             "started": now_iso(),
         }
+        if view.lazy:
+            doc["lazy"] = True
         os.write(lock_fd, json.dumps(doc).encode())
+        # From here on prune keeps the view's snapshots; one it removed before is an error.
+        for layer, snapshot in enumerate(view.snapshots):
+            if view.reader(layer) is None and not (snapshot / TOC_NAME).is_file():
+                raise NotFound(
+                    f"snapshot {view.diff_ids[layer]} was removed while mounting "
+                    "(a concurrent prune?); mount again"
+                )
         try:
             fs = fusefs.start(view, str(mp), options)
         except RuntimeError as exc:

@@ -2,7 +2,9 @@
 
 ``open_tree`` gives the merged tree of an image (or of its first N layers), built once per
 layer chain and cached under ``merged/<chain_id>``, so a second mount or listing only reads
-one file.
+one file.  ``open_lazy_tree`` gives the tree of a lazy image (``lazy.layers.LazyImage``):
+indexed layers contribute their seek index's toc and are read through a ``LayerReader``,
+layers fetched whole their snapshot's toc and files.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidReference, StoreCorrupt
 from ..oci.digest import Digest
@@ -18,6 +21,10 @@ from ..oci.model import chain_ids
 from ..store.store import ImageRecord, Store
 from ..store.toc import TOC_NAME, Toc
 from .merge import MergedTree, merge
+
+if TYPE_CHECKING:
+    from ..lazy.layers import LazyImage
+    from ..lazy.reader import LayerReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,9 +35,19 @@ class ImageView:
     snapshots: tuple[Path, ...]  # base first
     diff_ids: tuple[str, ...]
     chain_id: str
+    # Lazy views: per layer, the reader of an indexed layer's files, or None for a layer
+    # whose snapshot is in the store.  Empty for a view of a pulled image.
+    readers: tuple[LayerReader | None, ...] = ()
 
     def data_dir(self, layer: int) -> Path:
         return self.snapshots[layer] / "data"
+
+    def reader(self, layer: int) -> LayerReader | None:
+        return self.readers[layer] if self.readers else None
+
+    @property
+    def lazy(self) -> bool:
+        return any(r is not None for r in self.readers)
 
     def data_path(self, layer: int, data: int) -> Path:
         return self.data_dir(layer) / data_name(data)
@@ -66,6 +83,39 @@ def open_tree(store: Store, record: ImageRecord, layers: int | None = None) -> I
             cache.parent.mkdir(parents=True, exist_ok=True)
             tree.write(cache)
     return ImageView(tree, snapshots, tuple(diff_ids), chain)
+
+
+def open_lazy_tree(store: Store, image: LazyImage, cache_bytes: int | None = None) -> ImageView:
+    """The merged view of a lazy image: its indexed layers' tocs from their seek indexes,
+    the others' from their snapshots (which must be in the store).  The tree is not cached
+    on disk (an index's toc differs from the snapshot's in ``blocks``, computed, not
+    measured); merging tocs takes a fraction of a second per 10k entries."""
+    from ..lazy.reader import CACHE_BYTES, LayerReader, SpanCache
+
+    spans = SpanCache(CACHE_BYTES if cache_bytes is None else cache_bytes)
+    tocs: list[Toc] = []
+    snapshots: list[Path] = []
+    readers: list[LayerReader | None] = []
+    for layer in image.layers:
+        diff_id = Digest.parse(layer.diff_id)
+        snapshot = store.snapshot_path(diff_id)
+        snapshots.append(snapshot)
+        if layer.index is not None:
+            if layer.source is None:
+                raise ValueError(f"layer {layer.number}: indexed, but with no source of bytes")
+            tocs.append(layer.index.toc)
+            readers.append(LayerReader(layer.index, layer.source, spans))
+            continue
+        if not (snapshot / TOC_NAME).is_file():
+            raise StoreCorrupt(
+                f"{image.label}: layer {layer.number} ({diff_id}) is neither indexed nor "
+                "in the store"
+            )
+        tocs.append(Toc.read(snapshot / TOC_NAME))
+        readers.append(None)
+    parsed = [Digest.parse(layer.diff_id) for layer in image.layers]
+    chain = str(chain_ids(parsed)[-1]) if parsed else "empty"
+    return ImageView(merge(tocs), tuple(snapshots), tuple(map(str, parsed)), chain, tuple(readers))
 
 
 def merged_cache_names(store: Store) -> list[str]:

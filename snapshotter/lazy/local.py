@@ -1,0 +1,211 @@
+"""Lazy images from an OCI image layout on this machine (``oci:DIR[:TAG]``).
+
+``open_lazy_layout`` resolves the layout as ``pull`` does (``sources.transports``: the
+manifest and config verified against their digests, the platform picked from an index),
+then readies each layer for a lazy view, base first:
+
+- its snapshot is already in the store (a pull, or an earlier lazy mount, unpacked it):
+  nothing to do; the view reads the snapshot's files;
+- not worth indexing (``seek_index.not_worth_indexing``: under 10 MiB): unpacked into the
+  store the normal way (``sources.pull``'s unpack of one layer, then
+  ``Store.commit_snapshots``);
+- a seek index cached in the store (``lazy.cache``) for that blob and diff_id: used;
+- else one verified pass over the blob builds it (``build_index``) and it is cached; a
+  layer the pass finds not worth it (single-frame zstd) is then unpacked instead.
+
+An indexed layer's bytes come from its blob file through ``LocalBlob``.  Every layer the
+view will read whole is in the store before this returns, and staged snapshots are
+committed together, so a failure leaves the store as it was (but for cached indexes,
+each complete in itself).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..errors import InvalidReference, NotFound, SnapshotterError
+from ..oci.digest import Digest
+from ..oci.model import Platform
+from ..progress import Progress, QuietProgress
+from ..sources.pull import _unpack_one
+from ..sources.transports import LayerSource, SourceRef, open_source
+from ..store.store import Store
+from ..text import human_size
+from .cache import load_index, save_index
+from .layers import LazyImage, LazyLayer
+from .seek_index import MIN_LAYER_SIZE, SeekIndex, Unindexed, build_index, not_worth_indexing
+
+
+class LocalBlob:
+    """A ``RangeSource`` over a blob file: ``pread`` of the closed range asked for.
+
+    The descriptor is opened once and shared by every thread and by the processes a mount
+    daemon forks (``pread`` keeps no file offset), so it is safe wherever the view runs."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        self._size = os.fstat(self._fd).st_size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read_range(self, first: int, last: int) -> bytes:
+        if not 0 <= first <= last:
+            raise ValueError(f"range {first}-{last}: not a closed range of a blob")
+        want = last + 1 - first
+        pieces: list[bytes] = []
+        at = first
+        try:
+            while want > 0:
+                chunk = os.pread(self._fd, want, at)
+                if not chunk:
+                    break  # the blob ends
+                pieces.append(chunk)
+                at += len(chunk)
+                want -= len(chunk)
+        except OSError as exc:
+            raise SnapshotterError(
+                f"{self.path}: bytes {first}-{last}: {exc.strerror or exc}"
+            ) from exc
+        return b"".join(pieces)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def open_lazy_layout(
+    store: Store,
+    text: str,
+    progress: Progress | None = None,
+    *,
+    platform: Platform | None = None,
+    min_layer_size: int = MIN_LAYER_SIZE,
+) -> LazyImage:
+    """The lazy image of ``oci:DIR[:TAG]``, every layer readied (see the module doc).
+    ``min_layer_size`` is the smallest blob worth a seek index (tests index tiny ones)."""
+    src = SourceRef.parse(text)
+    if src.transport != "oci":
+        raise InvalidReference(
+            f"source {text!r}: a lazy mount reads oci:DIR[:TAG] or docker://REF, not {src}"
+        )
+    progress = progress or QuietProgress()
+    image = open_source(text, platform)
+    assert image.manifest_bytes is not None  # an OCI layout always has its manifest
+    manifest_digest = Digest.of_bytes(image.manifest_bytes)
+    layout = Path(src.path)
+    n = len(image.layers)
+    ready: list[LazyLayer | None] = [None] * n
+    whole: list[tuple[LayerSource, str]] = []
+    store.ensure()
+    for layer in image.layers:
+        assert layer.digest is not None and layer.size is not None  # from a manifest
+        number = layer.index + 1
+        if store.has_snapshot(layer.diff_id):
+            ready[layer.index] = _whole(layer, "in the store already (unpacked)")
+            continue
+        reason = not_worth_indexing(layer.media_type, layer.size, min_layer_size)
+        if reason:
+            whole.append((layer, f"fetched whole: {reason.removesuffix(': fetched whole')}"))
+            continue
+        path = layout / "blobs" / layer.digest.algorithm / layer.digest.hex
+        try:
+            blob = LocalBlob(path)
+        except OSError as exc:
+            raise NotFound(f"{text}: layer {number} blob {path}: {exc.strerror}") from exc
+        index = load_index(store, layer.digest)
+        how = "indexed (cache)"
+        if index is None or index.diff_id != layer.diff_id or index.blob_size != layer.size:
+            began = time.monotonic()
+            built = _build(blob, layer, progress.task(f"index layer {number}/{n}", layer.size))
+            if isinstance(built, Unindexed):
+                blob.close()
+                whole.append((layer, f"fetched whole: {built.reason}"))
+                continue
+            index = built
+            save_index(store, layer.digest, index)
+            how = (
+                f"indexed (built: 1 pass, {human_size(layer.size)} "
+                f"in {time.monotonic() - began:.1f}s)"
+            )
+        ready[layer.index] = LazyLayer(
+            number=number,
+            digest=str(layer.digest),
+            diff_id=str(layer.diff_id),
+            media_type=layer.media_type,
+            size=layer.size,
+            index=index,
+            source=blob,
+            how=how,
+        )
+    fetch_whole(store, [layer for layer, _ in whole], progress)
+    for layer, how in whole:
+        ready[layer.index] = _whole(layer, how)
+    layers = tuple(r for r in ready if r is not None)
+    assert len(layers) == n
+    return LazyImage(text, str(manifest_digest), image.config_bytes, layers)
+
+
+def _whole(layer: LayerSource, how: str) -> LazyLayer:
+    return LazyLayer(
+        number=layer.index + 1,
+        digest=str(layer.digest),
+        diff_id=str(layer.diff_id),
+        media_type=layer.media_type,
+        size=layer.size or 0,
+        index=None,
+        source=None,
+        how=how,
+    )
+
+
+def _build(
+    blob: LocalBlob, layer: LayerSource, advance: Callable[[int], None]
+) -> SeekIndex | Unindexed:
+    assert layer.digest is not None
+    at = 0
+
+    def read(k: int) -> bytes:
+        nonlocal at
+        chunk = blob.read_range(at, min(at + k, blob.size) - 1) if at < blob.size else b""
+        at += len(chunk)
+        advance(len(chunk))
+        return chunk
+
+    return build_index(
+        read,
+        layer.digest,
+        layer.diff_id,
+        layer.media_type,
+        blob_size=layer.size,
+        what=f"layer {layer.index + 1} {layer.digest}",
+        min_layer_size=0,  # the caller decided the layer is worth it
+    )
+
+
+def fetch_whole(store: Store, layers: Sequence[LayerSource], progress: Progress) -> None:
+    """Unpack ``layers`` into the store as ``pull`` unpacks a layer (verified, staged under
+    ``tmp/``), then commit their snapshots together (``Store.commit_snapshots``): all of
+    them are in the store afterwards, or none."""
+    if not layers:
+        return
+    n = len(layers)
+    with store.staging() as staging:
+        staged: dict[str, Path] = {}
+        layer_map: dict[str, str] = {}
+        for layer in layers:
+            label = f"layer {layer.index + 1}/{n} {layer.diff_id.short()}"
+            done = _unpack_one(
+                store, layer, staging.path, progress.task(label, layer.size), threading.Event()
+            )
+            if done.path is not None:
+                staged[str(layer.diff_id)] = done.path
+            layer_map[str(done.layer_digest)] = str(layer.diff_id)
+        store.commit_snapshots(staged, layer_map)
