@@ -17,6 +17,7 @@ import re
 import tarfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from registry_fixtures import (
     start_registry,
     start_token_registry,
 )
+from test_fusefs import need_fuse
+from test_lazy_mount import assert_same_view, cli_mounted
 
 from snapshotter.errors import DigestMismatch, RangeNotSupported, RegistryError
 from snapshotter.lazy import read_file
@@ -539,3 +542,65 @@ def test_token_auth_registry_build_push_and_read(
         assert _read(lazy.layers[0], "data/small05") == b"small 5\n"
     finally:
         setup.stop()
+
+
+# -- the whole road: mount --lazy docker:// ---------------------------------------------------
+
+
+def test_mount_lazy_from_the_registry_equals_the_eager_mount(env: Setup, tmp_path: Path) -> None:
+    """`snapshotter mount --lazy docker://...` on a host that has nothing: the daemon and
+    its worker processes (forks of the process that opened the registry) read through
+    their own connections; 8 threads reading every file at once get the eager bytes."""
+    need_fuse()
+    # Straight to the registry, not through the proxy: it keeps connections alive, so an
+    # inherited connection would be shared.
+    direct = f"docker://{env.registry.host}/lazy/app:1"
+    eager_root, lazy_root = tmp_path / "eager", tmp_path / "lazy"
+    eager_mp, lazy_mp = tmp_path / "mp-eager", tmp_path / "mp-lazy"
+    eager_mp.mkdir()
+    lazy_mp.mkdir()
+    eager_run, lazy_run = run_in(eager_root), run_in(lazy_root)
+    assert eager_run("pull", "-q", env.ref(), "--name", "app:1").rc == 0
+    env.clear()
+    with (
+        cli_mounted(eager_run, eager_root, eager_mp, "app:1"),
+        cli_mounted(lazy_run, lazy_root, lazy_mp, "--lazy", direct) as err,
+    ):
+        hows = [line.partition(": ")[2] for line in err.strip().splitlines()]
+        assert hows[0].startswith("indexed (built") and hows[2].startswith("indexed (built")
+        assert hows[1].startswith("fetched whole: smaller than 10 MiB")
+        env.clear()
+        files = sorted(
+            p.relative_to(lazy_mp) for p in lazy_mp.rglob("*") if p.is_file() and not p.is_symlink()
+        )
+        assert len(files) > 50
+        with ThreadPoolExecutor(8) as pool:
+            lazy_bytes = list(pool.map(lambda p: (lazy_mp / p).read_bytes(), files))
+        for path, data in zip(files, lazy_bytes, strict=True):
+            assert data == (eager_mp / path).read_bytes(), path
+        assert assert_same_view(lazy_mp, eager_mp) > 50
+
+
+def test_a_forked_process_opens_its_own_connections(env: Setup) -> None:
+    """A lazy view's daemon and workers are forks of the process that opened the image:
+    each must talk to the registry over connections of its own, never the parent's."""
+    client, blob = _blob(env)
+    with client:
+        assert blob.read_range(0, 9) == env.layers[0].blob[:10]
+        parent_http = client._client(env.proxy.host)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report whether it got its own client, and that it works
+            try:
+                own = client._client(env.proxy.host) is not parent_http
+                works = blob.read_range(10, 19) == env.layers[0].blob[10:20]
+                os.write(write_end, b"%d%d" % (own, works))
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        answer = os.read(read_end, 2)
+        os.close(read_end)
+        os.waitpid(pid, 0)
+        assert answer == b"11"
+        assert client._client(env.proxy.host) is parent_http  # the parent keeps its own
+        assert blob.read_range(20, 29) == env.layers[0].blob[20:30]

@@ -180,7 +180,7 @@ def _open_lazy(
             f"mount --lazy {text}: lazy mounts from registries are not in this build yet "
             "(no snapshotter.lazy.remote); pull the image and mount it, or use oci:DIR"
         ) from None
-    image: LazyImage = remote.open_lazy_remote(store, text, options, progress)
+    image: LazyImage = remote.open_lazy_remote(store, text, options, progress, platform=platform)
     return image
 
 

@@ -647,6 +647,10 @@ class RegistryClient:
         # range reads go straight there until it refuses them or ages out.
         self._locations: dict[tuple[str, str, str], tuple[httpx.URL, float]] = {}
         self._closed = False
+        # The process whose connections the clients hold: a lazy view's daemon and its
+        # worker processes are forks of the process that opened the image, and two
+        # processes writing requests into one inherited connection would mix them.
+        self._pid = os.getpid()
 
     # -- lifetime --
 
@@ -1091,6 +1095,12 @@ class RegistryClient:
         with self._lock:
             if self._closed:
                 raise RegistryError("registry client: used after close")
+            if self._pid != os.getpid():
+                # A fork: the connections are the parent's (or a sibling's).  Leave them
+                # unclosed (closing would end a TLS session another process uses) and
+                # open this process's own.
+                self._http = self._http_unverified = None
+                self._pid = os.getpid()
             current = self._http_unverified if unverified else self._http
             if current is None:
                 current = httpx.Client(
