@@ -223,20 +223,20 @@ def test_every_file_reads_back_chunk_by_verified_chunk() -> None:
     want = {"etc/hosts": b"127.0.0.1 localhost\n", "etc/cap": b"x", "var/big": BIG}
     for path, data in want.items():
         entry = by_path[path]
-        assert reader.read(entry.inode, 0, entry.size) == data
+        assert reader.read(entry.inode, entry.size, 0, entry.size) == data
     big = by_path["var/big"]
     assert len(index.chunks[big.inode]) == 5
     # A read inside one chunk fetches that chunk's member only, once.
     source.requests.clear()
     reader = Reader(index, source)
-    assert reader.read(big.inode, 300_000, 4096) == BIG[300_000:304_096]
-    assert reader.read(big.inode, 300_000 + 4096, 4096) == BIG[304_096:308_192]
+    assert reader.read(big.inode, big.size, 300_000, 4096) == BIG[300_000:304_096]
+    assert reader.read(big.inode, big.size, 300_000 + 4096, 4096) == BIG[304_096:308_192]
     assert len(source.requests) == 1
     first, last = source.requests[0]
     assert last - first + 1 < 270_000  # one compressed chunk of 256 KiB, not the blob
     # Across a chunk boundary: both chunks.
-    assert reader.read(big.inode, 262_100, 200) == BIG[262_100:262_300]
-    assert reader.read(big.inode, len(BIG) - 2, 100) == b"il"
+    assert reader.read(big.inode, big.size, 262_100, 200) == BIG[262_100:262_300]
+    assert reader.read(big.inode, big.size, len(BIG) - 2, 100) == b"il"
 
 
 def test_a_tampered_chunk_is_refused_and_not_kept() -> None:
@@ -254,10 +254,12 @@ def test_a_tampered_chunk_is_refused_and_not_kept() -> None:
     source.data[piece.offset : piece.end] = bad + b"\0" * (piece.end - piece.offset - len(bad))
     reader = Reader(index, source)
     with pytest.raises(DigestMismatch, match="chunk at"):
-        reader.read(big.inode, piece.chunk_offset, 10)
-    assert reader.read(big.inode, 0, 10) == BIG[:10]  # other chunks still read
+        reader.read(big.inode, big.size, piece.chunk_offset, 10)
+    assert reader.read(big.inode, big.size, 0, 10) == BIG[:10]  # other chunks still read
     source.data[:] = saved
-    assert reader.read(big.inode, piece.chunk_offset, 10) == BIG[piece.chunk_offset :][:10]
+    assert (
+        reader.read(big.inode, big.size, piece.chunk_offset, 10) == BIG[piece.chunk_offset :][:10]
+    )
 
 
 def test_the_toc_must_match_the_manifests_digest() -> None:
@@ -317,7 +319,7 @@ def test_the_estargz_fixture(fixtures_dir: Path, tmp_path: Path) -> None:
     assert len(source.requests) == 1 and index.toc_offset == 4152
     assert index.toc.entries == pulled_toc(blob, diff_id).entries
     (readme,) = [e for e in index.toc.entries if e.path == "README.md"]
-    text = Reader(index, source).read(readme.inode, 0, readme.size)
+    text = Reader(index, source).read(readme.inode, readme.size, 0, readme.size)
     assert text.startswith(b"# dive\n") and len(text) == 11189 and sha(text) == readme.digest
 
 

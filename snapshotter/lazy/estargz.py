@@ -142,6 +142,19 @@ def read_index(
     return EStargzIndex(toc, toc_offset, chunks, fetched)
 
 
+def layer_index(
+    annotations: Mapping[str, str], source: RangeSource, diff_id: str, what: str
+) -> EStargzIndex | None:
+    """The index of a layer whose descriptor names an eStargz TOC digest, read from its
+    TOC; None for any other layer (or one whose blob has no eStargz footer after all: it
+    is then indexed or fetched like any gzip layer)."""
+    toc_digest = annotations.get(TOC_DIGEST_ANNOTATION)
+    if toc_digest is None:
+        return None
+    found = read_index(source, diff_id, toc_digest, what)
+    return found if isinstance(found, EStargzIndex) else None
+
+
 def _toc_json(member: bytes, what: str) -> bytes:
     """The JSON of the TOC member: one tar entry named stargz.index.json, gzipped."""
     try:
@@ -286,10 +299,12 @@ class Reader:
         self._lock = threading.Lock()
         self.fetches = 0  # Range requests made, for tests and reports
 
-    def read(self, inode: int, offset: int, size: int, what: str = "eStargz layer") -> bytes:
-        """Bytes ``offset``..``offset + size`` of the file with toc inode ``inode``."""
+    def read(self, inode: int, size: int, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` of the file with toc inode ``inode`` (``size``
+        bytes long), as ``pread`` gives them (``lazy.layers.ContentReader``)."""
+        what = "eStargz layer"
         out = bytearray()
-        end = offset + size
+        end = min(size, offset + length)
         for piece in self.index.chunks.get(inode, ()):
             lo, hi = piece.chunk_offset, piece.chunk_offset + piece.size
             if hi <= offset or lo >= end:
@@ -332,5 +347,6 @@ __all__ = [
     "EStargzIndex",
     "Reader",
     "footer_toc_offset",
+    "layer_index",
     "read_index",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from .estargz import EStargzIndex
 from .seek_index import SeekIndex
 
 
@@ -20,6 +21,16 @@ class RangeSource(Protocol):
         ...
 
 
+class ContentReader(Protocol):
+    """Reads a lazy layer's files for a view (``reader.LayerReader`` through a seek
+    index, ``estargz.Reader`` through an eStargz TOC)."""
+
+    def read(self, inode: int, size: int, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` of the file with toc inode ``inode`` (``size``
+        bytes long); raises a SnapshotterError when the bytes cannot be had or checked."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class LazyLayer:
     number: int  # 1 = base
@@ -28,7 +39,8 @@ class LazyLayer:
     media_type: str
     size: int  # blob bytes
     # None: the layer was fetched whole into the store (its snapshot exists)
-    index: SeekIndex | None
+    # (an eStargz layer's index is its own TOC, read in one request)
+    index: SeekIndex | EStargzIndex | None
     source: RangeSource | None  # where indexed bytes come from (None when index is None)
     # One line for `mount --lazy` to print per layer, e.g.
     # "indexed (cache)", "indexed (referrer)", "indexed (built: 1 pass, 120 MB)",

@@ -35,6 +35,7 @@ from ..sources.pull import _unpack_one
 from ..sources.transports import LayerSource, SourceRef, open_source
 from ..store.store import Store
 from ..text import human_size
+from . import estargz
 from .cache import load_index, save_index
 from .layers import LazyImage, LazyLayer
 from .seek_index import MIN_LAYER_SIZE, SeekIndex, Unindexed, build_index, not_worth_indexing
@@ -111,6 +112,10 @@ def open_lazy_layout(
         if store.has_snapshot(layer.diff_id):
             ready[layer.index] = _whole(layer, "in the store already (unpacked)")
             continue
+        toc_index = _estargz(layout, layer, number)
+        if toc_index is not None:
+            ready[layer.index] = toc_index
+            continue
         reason = not_worth_indexing(layer.media_type, layer.size, min_layer_size)
         if reason:
             whole.append((layer, f"fetched whole: {reason.removesuffix(': fetched whole')}"))
@@ -151,6 +156,34 @@ def open_lazy_layout(
     layers = tuple(r for r in ready if r is not None)
     assert len(layers) == n
     return LazyImage(text, str(manifest_digest), image.config_bytes, layers)
+
+
+def _estargz(layout: Path, layer: LayerSource, number: int) -> LazyLayer | None:
+    """An eStargz layer, indexed by its own TOC (whatever its size: one read of its
+    tail); None for any other layer."""
+    if estargz.TOC_DIGEST_ANNOTATION not in layer.annotations:
+        return None
+    assert layer.digest is not None and layer.size is not None
+    path = layout / "blobs" / layer.digest.algorithm / layer.digest.hex
+    try:
+        blob = LocalBlob(path)
+    except OSError as exc:
+        raise NotFound(f"layer {number} blob {path}: {exc.strerror}") from exc
+    what = f"layer {number} {layer.digest}"
+    index = estargz.layer_index(layer.annotations, blob, str(layer.diff_id), what)
+    if index is None:
+        blob.close()
+        return None
+    return LazyLayer(
+        number=number,
+        digest=str(layer.digest),
+        diff_id=str(layer.diff_id),
+        media_type=layer.media_type,
+        size=layer.size,
+        index=index,
+        source=blob,
+        how=f"indexed (eStargz TOC: {human_size(index.toc_bytes)} read)",
+    )
 
 
 def _whole(layer: LayerSource, how: str) -> LazyLayer:

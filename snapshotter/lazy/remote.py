@@ -40,7 +40,9 @@ from ..progress import Progress
 from ..sources.registry import RegistryBlob, RegistryClient, RegistryOptions
 from ..sources.transports import LayerSource, ResolvedImage, open_registry_image, open_source
 from ..store.store import Store
+from ..text import human_size
 from .cache import index_path, load_index, save_index
+from .estargz import TOC_DIGEST_ANNOTATION, EStargzIndex, layer_index
 from .layers import LazyImage, LazyLayer
 from .seek_index import SeekIndex, Unindexed, build_index, not_worth_indexing
 from .spans import CachingSource, SpanCache
@@ -60,10 +62,6 @@ MAX_INDEX_BLOB = 256 << 20  # an index is ≤ 1 % of its tar: this is a 25 GB la
 
 def _whole(reason: str) -> str:
     return "fetched whole: " + reason.removesuffix(": fetched whole")
-
-
-def _size_text(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
 
 
 def _matches(index: SeekIndex, layer: LayerSource) -> bool:
@@ -91,7 +89,7 @@ def cached_index(store: Store, layer: LayerSource) -> SeekIndex | None:
 @dataclass(slots=True)
 class _Plan:
     layer: LayerSource
-    index: SeekIndex | None
+    index: SeekIndex | EStargzIndex | None
     how: str
 
 
@@ -139,6 +137,17 @@ def _open(
         if store.has_snapshot(layer.diff_id):
             plans.append(_Plan(layer, None, "in the store already"))
             continue
+        if TOC_DIGEST_ANNOTATION in layer.annotations:
+            blob = RegistryBlob(client, ref, layer.digest, layer.size)
+            try:
+                toc_index = layer_index(layer.annotations, blob, str(layer.diff_id), label)
+            except RangeNotSupported as exc:
+                log.debug("%s: %s", label, exc)
+                toc_index = None
+            if toc_index is not None:
+                read = human_size(toc_index.toc_bytes)
+                plans.append(_Plan(layer, toc_index, f"indexed (eStargz TOC: {read} read)"))
+                continue
         reason = not_worth_indexing(layer.media_type, layer.size)
         if reason:
             plans.append(_Plan(layer, None, _whole(reason)))
@@ -170,7 +179,7 @@ def _open(
             whole.append(layer)
             continue
         save_index(store, layer.digest, built)
-        plans.append(_Plan(layer, built, f"indexed (built: 1 pass, {_size_text(layer.size)})"))
+        plans.append(_Plan(layer, built, f"indexed (built: 1 pass, {human_size(layer.size)})"))
     if whole:
         from ..sources.pull import fetch_whole
 
@@ -180,11 +189,12 @@ def _open(
     for plan in plans:
         layer = plan.layer
         assert layer.digest is not None and layer.size is not None
-        source = None
-        if plan.index is not None:
-            source = CachingSource(
-                plan.index, RegistryBlob(client, ref, layer.digest, layer.size), cache
-            )
+        source: RegistryBlob | CachingSource | None = None
+        blob = RegistryBlob(client, ref, layer.digest, layer.size)
+        if isinstance(plan.index, EStargzIndex):
+            source = blob  # (its chunks are checked against the TOC as they are read)
+        elif plan.index is not None:
+            source = CachingSource(plan.index, blob, cache)
         layers.append(
             LazyLayer(
                 number=layer.index + 1,

@@ -24,7 +24,7 @@ import os
 import re
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Protocol
@@ -123,6 +123,8 @@ class LayerSource:
     size: int | None
     diff_id: Digest
     open: Opener = field(repr=False, compare=False)
+    # The manifest's annotations of the layer (an eStargz TOC's digest, for one)
+    annotations: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,7 +522,16 @@ def _image(
         compression = layer_compression(layer, f"{source}: layer {i + 1}")
         opener = layer_opener(layer)
         layers.append(
-            LayerSource(i, layer.media_type, compression, layer.digest, layer.size, diff_id, opener)
+            LayerSource(
+                i,
+                layer.media_type,
+                compression,
+                layer.digest,
+                layer.size,
+                diff_id,
+                opener,
+                layer.annotations,
+            )
         )
     return ResolvedImage(
         source=source,

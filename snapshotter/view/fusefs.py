@@ -55,7 +55,7 @@ from .prefetch import Streams, Warmer
 from .tree import ImageView, data_name
 
 if TYPE_CHECKING:  # a view of a pulled image never imports lazy/
-    from ..lazy.reader import LayerReader
+    from ..lazy.layers import ContentReader
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -150,7 +150,7 @@ class ImageFS(pyfuse3.Operations):
         self._next_fh = 1
         self._data_dirs: dict[int, int] = {}  # layer -> O_PATH fd of its data_dir
         # fh -> a lazy layer's file, opened through open (stock pyfuse3 only).
-        self._lazy_files: dict[int, tuple[LayerReader, Stat]] = {}
+        self._lazy_files: dict[int, tuple[ContentReader, Stat]] = {}
         self.prefetch = prefetch and not view.lazy
         # Called once, on the first lookup, getattr, readdir or read: after INIT was
         # answered, and before any file of the view can have been opened.
@@ -388,7 +388,7 @@ class ImageFS(pyfuse3.Operations):
         return s
 
 
-def read_lazy(reader: LayerReader, node: Stat, off: int, size: int) -> bytes:
+def read_lazy(reader: ContentReader, node: Stat, off: int, size: int) -> bytes:
     """A READ of a lazy layer's file; EIO (and a log line) when the reader fails."""
     try:
         return reader.read(node.data, node.size, off, size)

@@ -23,8 +23,7 @@ from ..store.toc import TOC_NAME, Toc
 from .merge import MergedTree, merge
 
 if TYPE_CHECKING:
-    from ..lazy.layers import LazyImage
-    from ..lazy.reader import LayerReader
+    from ..lazy.layers import ContentReader, LazyImage
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,12 +36,12 @@ class ImageView:
     chain_id: str
     # Lazy views: per layer, the reader of an indexed layer's files, or None for a layer
     # whose snapshot is in the store.  Empty for a view of a pulled image.
-    readers: tuple[LayerReader | None, ...] = ()
+    readers: tuple[ContentReader | None, ...] = ()
 
     def data_dir(self, layer: int) -> Path:
         return self.snapshots[layer] / "data"
 
-    def reader(self, layer: int) -> LayerReader | None:
+    def reader(self, layer: int) -> ContentReader | None:
         return self.readers[layer] if self.readers else None
 
     @property
@@ -90,12 +89,13 @@ def open_lazy_tree(store: Store, image: LazyImage, cache_bytes: int | None = Non
     the others' from their snapshots (which must be in the store).  The tree is not cached
     on disk (an index's toc differs from the snapshot's in ``blocks``, computed, not
     measured); merging tocs takes a fraction of a second per 10k entries."""
+    from ..lazy import estargz
     from ..lazy.reader import CACHE_BYTES, LayerReader, SpanCache
 
     spans = SpanCache(CACHE_BYTES if cache_bytes is None else cache_bytes)
     tocs: list[Toc] = []
     snapshots: list[Path] = []
-    readers: list[LayerReader | None] = []
+    readers: list[ContentReader | None] = []
     for layer in image.layers:
         diff_id = Digest.parse(layer.diff_id)
         snapshot = store.snapshot_path(diff_id)
@@ -104,7 +104,10 @@ def open_lazy_tree(store: Store, image: LazyImage, cache_bytes: int | None = Non
             if layer.source is None:
                 raise ValueError(f"layer {layer.number}: indexed, but with no source of bytes")
             tocs.append(layer.index.toc)
-            readers.append(LayerReader(layer.index, layer.source, spans))
+            if isinstance(layer.index, estargz.EStargzIndex):
+                readers.append(estargz.Reader(layer.index, layer.source))
+            else:
+                readers.append(LayerReader(layer.index, layer.source, spans))
             continue
         if not (snapshot / TOC_NAME).is_file():
             raise StoreCorrupt(
