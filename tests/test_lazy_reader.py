@@ -13,7 +13,7 @@ from builders import LayerBuilder, tar_files
 
 from snapshotter.errors import DigestMismatch
 from snapshotter.lazy import SeekIndex, build_index
-from snapshotter.lazy.reader import LayerReader, SpanCache
+from snapshotter.lazy.reader import InflatedSpans, LayerReader
 from snapshotter.oci.digest import Digest
 
 GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -80,7 +80,7 @@ def _expected(path: str, files: dict[str, bytes]) -> bytes:
 def test_every_file_reads_right_in_pieces_from_many_threads(layer) -> None:
     index, blob_bytes, files = layer
     blob = Blob(blob_bytes)
-    cache = SpanCache(limit=4 * SPAN)
+    cache = InflatedSpans(limit=4 * SPAN)
     reader = LayerReader(index, blob, cache)
     entries = [e for e in index.toc if e.kind.value == "-"]
 
@@ -103,7 +103,7 @@ def test_every_file_reads_right_in_pieces_from_many_threads(layer) -> None:
 def test_a_span_is_fetched_once_while_it_stays_cached(layer) -> None:
     index, blob_bytes, files = layer
     blob = Blob(blob_bytes)
-    reader = LayerReader(index, blob, SpanCache())
+    reader = LayerReader(index, blob, InflatedSpans())
     entry = index.toc.find("sparse")
     for offset in range(0, entry.size, 4096):
         reader.read(entry.inode, entry.size, offset, 4096)
@@ -122,7 +122,7 @@ def test_a_span_is_fetched_once_while_it_stays_cached(layer) -> None:
 def test_a_failed_or_wrong_span_caches_nothing_and_the_next_read_tries_again(layer) -> None:
     index, blob_bytes, files = layer
     blob = Blob(blob_bytes)
-    cache = SpanCache()
+    cache = InflatedSpans()
     reader = LayerReader(index, blob, cache)
     entry = index.toc.find("d/f3")
     at = index.extents[entry.inode].offset
@@ -141,7 +141,7 @@ def test_a_failed_or_wrong_span_caches_nothing_and_the_next_read_tries_again(lay
 
 
 def test_the_cache_keeps_the_most_recent_spans_within_its_bytes() -> None:
-    cache = SpanCache(limit=10)
+    cache = InflatedSpans(limit=10)
     cache.put(("a", 0), b"1234")
     cache.put(("a", 1), b"5678")
     assert cache.get(("a", 0)) == b"1234"  # now the most recent

@@ -4,8 +4,9 @@
 before the bytes asked for.  The kernel reads a file in 128 KiB-1 MiB requests, so a view
 calling it per request would inflate up to 4 MiB (a span) for each, dozens of times per
 span.  A ``LayerReader`` instead inflates whole spans (checkpoint to checkpoint, one
-``read_tar`` per run of adjacent spans it lacks, so one fetch) and keeps them in a
-``SpanCache``, an LRU shared by every layer of the view and bounded in bytes; a request
+``read_tar`` per run of adjacent spans it lacks, so one fetch) and keeps them in
+``InflatedSpans``, an LRU in memory shared by every layer of the view and bounded in
+bytes (``lazy.spans.SpanCache`` is another cache: compressed spans, on disk); a request
 is then cut out of the spans it meets.
 
 Only inflated bytes of spans whose digests were checked are ever cached, and a failure
@@ -28,7 +29,7 @@ from .seek_index import SeekIndex, read_tar
 CACHE_BYTES = 64 << 20
 
 
-class SpanCache:
+class InflatedSpans:
     """An LRU of inflated spans, ``(layer digest, checkpoint number) -> bytes``, holding
     at most ``limit`` bytes (a single span larger than that is not kept)."""
 
@@ -73,7 +74,7 @@ def _out(cp: object) -> int:
 class LayerReader:
     """The files of one indexed layer, read through its seek index and ``source``."""
 
-    def __init__(self, index: SeekIndex, source: RangeSource, cache: SpanCache):
+    def __init__(self, index: SeekIndex, source: RangeSource, cache: InflatedSpans):
         self.index = index
         self.source = source
         self.cache = cache

@@ -90,9 +90,9 @@ def open_lazy_tree(store: Store, image: LazyImage, cache_bytes: int | None = Non
     on disk (an index's toc differs from the snapshot's in ``blocks``, computed, not
     measured); merging tocs takes a fraction of a second per 10k entries."""
     from ..lazy import estargz
-    from ..lazy.reader import CACHE_BYTES, LayerReader, SpanCache
+    from ..lazy.reader import CACHE_BYTES, InflatedSpans, LayerReader
 
-    spans = SpanCache(CACHE_BYTES if cache_bytes is None else cache_bytes)
+    spans = InflatedSpans(CACHE_BYTES if cache_bytes is None else cache_bytes)
     tocs: list[Toc] = []
     snapshots: list[Path] = []
     readers: list[ContentReader | None] = []
