@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "nosuid,nodev: images are untrusted. Returns once the view is ready; the daemon "
             "serving it runs in the background until 'snapshotter umount', fusermount3 -u, "
             "or SIGTERM/SIGINT/SIGHUP. With --lazy, IMAGE is a source that is not pulled: "
-            "oci:DIR[:TAG] or docker://REF; each layer is mounted through its seek index "
+            "oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME] (read in "
+            "place) or docker://REF; each layer is mounted through its seek index "
             "(from the store's cache, or built in one pass over the blob), so a file's bytes "
             "are read only when it is read, or fetched whole into the store when it is "
             "small; one line per layer on stderr says which."
@@ -41,7 +42,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "image",
         metavar="IMAGE",
-        help="name, NAME@DIGEST, digest or id prefix; with --lazy, oci:DIR[:TAG] or docker://REF",
+        help="name, NAME@DIGEST, digest or id prefix; with --lazy, a source: oci:DIR[:TAG], "
+        "oci-archive:FILE[:TAG], docker-archive:FILE[:NAME] or docker://REF",
     )
     p.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
     p.add_argument(
@@ -54,7 +56,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--lazy",
         action="store_true",
-        help="mount the source IMAGE (oci:DIR[:TAG] or docker://REF) without pulling it: "
+        help="mount the source IMAGE (a layout, an archive or docker://REF) without pulling it: "
         "files are read from the layer blobs when they are read",
     )
     p.add_argument(
@@ -129,9 +131,12 @@ def _mount_lazy(store: Store, args: argparse.Namespace) -> int:
     if args.layer is not None:
         raise InvalidReference("mount --lazy: --layer is not supported with --lazy")
     transport = text.partition(":")[0]
-    if transport not in ("oci", "docker") or (transport == "docker" and "://" not in text):
+    if transport not in ("oci", "oci-archive", "docker-archive", "docker") or (
+        transport == "docker" and "://" not in text
+    ):
         raise InvalidReference(
-            f"mount --lazy {text!r}: expected oci:DIR[:TAG] or docker://REF "
+            f"mount --lazy {text!r}: expected oci:DIR[:TAG], oci-archive:FILE[:TAG], "
+            "docker-archive:FILE[:NAME] or docker://REF "
             "(an image already in the store mounts without --lazy)"
         )
     check_mountpoint(args.mountpoint)  # before any indexing or fetching
@@ -166,7 +171,7 @@ def _open_lazy(
     args: argparse.Namespace,
     progress: Progress,
 ) -> LazyImage:
-    if text.startswith("oci:"):
+    if text.startswith(("oci:", "oci-archive:", "docker-archive:")):
         from ..lazy.local import open_lazy_layout
 
         return open_lazy_layout(store, text, progress, platform=platform)

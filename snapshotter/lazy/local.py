@@ -21,10 +21,12 @@ each complete in itself).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import InvalidReference, NotFound, SnapshotterError
@@ -32,7 +34,7 @@ from ..oci.digest import Digest
 from ..oci.model import Platform
 from ..progress import Progress, QuietProgress
 from ..sources.pull import _unpack_one
-from ..sources.transports import LayerSource, SourceRef, open_source
+from ..sources.transports import LayerSource, SourceRef, open_source, synthesize_manifest
 from ..store.store import Store
 from ..text import human_size
 from . import estargz
@@ -47,21 +49,32 @@ class LocalBlob:
     The descriptor is opened once and shared by every thread and by the processes a mount
     daemon forks (``pread`` keeps no file offset), so it is safe wherever the view runs."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, *, fd: int | None = None, start: int = 0, size: int = -1):
+        """The file at ``path``; or, given ``fd`` (duplicated), ``size`` bytes of it from
+        ``start``: a layer inside an archive (``path`` then only names it)."""
         self.path = Path(path)
-        self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        self._size = os.fstat(self._fd).st_size
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC) if fd is None else os.dup(fd)
+        self._start = start
+        self._size = os.fstat(self._fd).st_size - start if size < 0 else size
 
     @property
     def size(self) -> int:
         return self._size
 
+    @property
+    def start(self) -> int:
+        """Where the blob starts in its file (0 but for a blob inside an archive)."""
+        return self._start
+
+    def fileno(self) -> int:
+        return self._fd
+
     def read_range(self, first: int, last: int) -> bytes:
         if not 0 <= first <= last:
             raise ValueError(f"range {first}-{last}: not a closed range of a blob")
-        want = last + 1 - first
+        want = min(last + 1, self._size) - first
         pieces: list[bytes] = []
-        at = first
+        at = self._start + first
         try:
             while want > 0:
                 chunk = os.pread(self._fd, want, at)
@@ -82,6 +95,9 @@ class LocalBlob:
             self._fd = -1
 
 
+LAZY_TRANSPORTS = ("oci", "oci-archive", "docker-archive")
+
+
 def open_lazy_layout(
     store: Store,
     text: str,
@@ -90,99 +106,123 @@ def open_lazy_layout(
     platform: Platform | None = None,
     min_layer_size: int = MIN_LAYER_SIZE,
 ) -> LazyImage:
-    """The lazy image of ``oci:DIR[:TAG]``, every layer readied (see the module doc).
-    ``min_layer_size`` is the smallest blob worth a seek index (tests index tiny ones)."""
+    """The lazy image of ``oci:DIR[:TAG]``, ``oci-archive:FILE[:TAG]`` or
+    ``docker-archive:FILE[:NAME]``, every layer readied (see the module doc): a layer blob
+    is read where it lies, in the layout's file or in the archive (in its decompressed copy,
+    for a ``docker save | gzip`` archive).  ``min_layer_size`` is the smallest blob worth a
+    seek index (tests index tiny ones)."""
     src = SourceRef.parse(text)
-    if src.transport != "oci":
+    if src.transport not in LAZY_TRANSPORTS:
         raise InvalidReference(
-            f"source {text!r}: a lazy mount reads oci:DIR[:TAG] or docker://REF, not {src}"
+            f"source {text!r}: a lazy mount reads oci:DIR[:TAG], oci-archive:FILE[:TAG], "
+            f"docker-archive:FILE[:NAME] or docker://REF, not {src}"
         )
     progress = progress or QuietProgress()
     image = open_source(text, platform)
-    assert image.manifest_bytes is not None  # an OCI layout always has its manifest
-    manifest_digest = Digest.of_bytes(image.manifest_bytes)
-    layout = Path(src.path)
     n = len(image.layers)
     ready: list[LazyLayer | None] = [None] * n
     whole: list[tuple[LayerSource, str]] = []
     store.ensure()
     for layer in image.layers:
-        assert layer.digest is not None and layer.size is not None  # from a manifest
         number = layer.index + 1
+        blob = _blob(layer, text, number)
+        # A docker save names no blob digests: an uncompressed blob is its tar (its digest
+        # is the diff_id); a compressed one is hashed here, where it lies.
+        digest = layer.digest or (layer.diff_id if layer.compression == "none" else _hash(blob))
+        layer = replace(layer, digest=digest, size=blob.size)
         if store.has_snapshot(layer.diff_id):
+            blob.close()
             ready[layer.index] = _whole(layer, "in the store already (unpacked)")
             continue
-        toc_index = _estargz(layout, layer, number)
+        toc_index = _estargz(blob, layer, number)
         if toc_index is not None:
             ready[layer.index] = toc_index
             continue
-        reason = not_worth_indexing(layer.media_type, layer.size, min_layer_size)
+        reason = not_worth_indexing(layer.media_type, blob.size, min_layer_size)
         if reason:
+            blob.close()
             whole.append((layer, f"fetched whole: {reason.removesuffix(': fetched whole')}"))
             continue
-        path = layout / "blobs" / layer.digest.algorithm / layer.digest.hex
-        try:
-            blob = LocalBlob(path)
-        except OSError as exc:
-            raise NotFound(f"{text}: layer {number} blob {path}: {exc.strerror}") from exc
-        index = load_index(store, layer.digest)
+        index = load_index(store, digest)
         how = "indexed (cache)"
-        if index is None or index.diff_id != layer.diff_id or index.blob_size != layer.size:
+        if index is None or index.diff_id != layer.diff_id or index.blob_size != blob.size:
             began = time.monotonic()
-            built = _build(blob, layer, progress.task(f"index layer {number}/{n}", layer.size))
+            built = _build(blob, layer, progress.task(f"index layer {number}/{n}", blob.size))
             if isinstance(built, Unindexed):
                 blob.close()
                 whole.append((layer, f"fetched whole: {built.reason}"))
                 continue
             index = built
-            save_index(store, layer.digest, index)
+            save_index(store, digest, index)
             how = (
-                f"indexed (built: 1 pass, {human_size(layer.size)} "
+                f"indexed (built: 1 pass, {human_size(blob.size)} "
                 f"in {time.monotonic() - began:.1f}s)"
             )
-        ready[layer.index] = LazyLayer(
-            number=number,
-            digest=str(layer.digest),
-            diff_id=str(layer.diff_id),
-            media_type=layer.media_type,
-            size=layer.size,
-            index=index,
-            source=blob,
-            how=how,
-        )
+        ready[layer.index] = _indexed(layer, index, blob, how)
     fetch_whole(store, [layer for layer, _ in whole], progress)
     for layer, how in whole:
         ready[layer.index] = _whole(layer, how)
     layers = tuple(r for r in ready if r is not None)
     assert len(layers) == n
-    return LazyImage(text, str(manifest_digest), image.config_bytes, layers)
+    manifest = image.manifest_bytes or synthesize_manifest(
+        image, [(Digest.parse(layer.digest), layer.size) for layer in layers]
+    )
+    return LazyImage(text, str(Digest.of_bytes(manifest)), image.config_bytes, layers)
 
 
-def _estargz(layout: Path, layer: LayerSource, number: int) -> LazyLayer | None:
+def _hash(blob: LocalBlob) -> Digest:
+    """The digest of a blob no manifest names (one read of it)."""
+    h = hashlib.sha256()
+    step = 1 << 20
+    for first in range(0, blob.size, step):
+        h.update(blob.read_range(first, min(first + step, blob.size) - 1))
+    return Digest.parse(f"sha256:{h.hexdigest()}")
+
+
+def _blob(layer: LayerSource, text: str, number: int) -> LocalBlob:
+    """The layer's blob where the source keeps it, read by ranges."""
+    try:
+        section = layer.open()
+    except OSError as exc:
+        raise NotFound(f"{text}: layer {number} blob: {exc.strerror or exc}") from exc
+    try:
+        fileno = getattr(section, "fileno", None)
+        start, size = getattr(section, "start", None), getattr(section, "size", None)
+        if fileno is None or not isinstance(start, int) or not isinstance(size, int):
+            raise InvalidReference(f"{text}: layer {number} cannot be read by ranges")
+        return LocalBlob(f"{text} layer {number}", fd=fileno(), start=start, size=size)
+    finally:
+        close = getattr(section, "close", None)
+        if close is not None:
+            close()
+
+
+def _indexed(
+    layer: LayerSource, index: SeekIndex | estargz.EStargzIndex, blob: LocalBlob, how: str
+) -> LazyLayer:
+    return LazyLayer(
+        number=layer.index + 1,
+        digest=str(layer.digest),
+        diff_id=str(layer.diff_id),
+        media_type=layer.media_type,
+        size=blob.size,
+        index=index,
+        source=blob,
+        how=how,
+    )
+
+
+def _estargz(blob: LocalBlob, layer: LayerSource, number: int) -> LazyLayer | None:
     """An eStargz layer, indexed by its own TOC (whatever its size: one read of its
     tail); None for any other layer."""
     if estargz.TOC_DIGEST_ANNOTATION not in layer.annotations:
         return None
-    assert layer.digest is not None and layer.size is not None
-    path = layout / "blobs" / layer.digest.algorithm / layer.digest.hex
-    try:
-        blob = LocalBlob(path)
-    except OSError as exc:
-        raise NotFound(f"layer {number} blob {path}: {exc.strerror}") from exc
     what = f"layer {number} {layer.digest}"
     index = estargz.layer_index(layer.annotations, blob, str(layer.diff_id), what)
     if index is None:
-        blob.close()
         return None
-    return LazyLayer(
-        number=number,
-        digest=str(layer.digest),
-        diff_id=str(layer.diff_id),
-        media_type=layer.media_type,
-        size=layer.size,
-        index=index,
-        source=blob,
-        how=f"indexed (eStargz TOC: {human_size(index.toc_bytes)} read)",
+    return _indexed(
+        layer, index, blob, f"indexed (eStargz TOC: {human_size(index.toc_bytes)} read)"
     )
 
 

@@ -184,6 +184,11 @@ class _Section:
             self._fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         self._pos = offset
         self._left = size
+        self.start = offset  # where the view starts in the file, and its length:
+        self.size = size  # (a lazy view reads it by ranges through ``fileno``)
+
+    def fileno(self) -> int:
+        return self._fd
 
     def read(self, n: int = -1, /) -> bytes:
         if self._left <= 0:
