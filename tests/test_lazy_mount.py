@@ -432,7 +432,7 @@ def test_mount_lazy_errors_are_one_line_and_exit_1(world: Path, spread) -> None:
         "missing tag": ("--lazy", f"oci:{layout}:nosuchtag"),
         "bare name": ("--lazy", "alpine"),
         "archive": ("--lazy", f"oci-archive:{layout}.tar"),
-        "with --layer": ("--lazy", "--layer", "1", f"oci:{layout}:1"),
+        "--layer too far": ("--lazy", "--layer", "2", f"oci:{layout}:1"),
         "registry": ("--lazy", "docker://127.0.0.1:9/none/such:1"),
     }
     try:
@@ -535,3 +535,21 @@ def test_mount_lazy_of_an_archive_from_the_command_line(world: Path, fixtures_di
         # docker save names no blob digests: hashed where the blob lies
         assert all(x.startswith(f"layer {n} sha256:") for n, x in enumerate(lines, 1)), lines
         assert sorted(os.listdir(mp))
+
+
+def test_mount_lazy_as_of_a_layer_equals_mount_layer(world: Path, oracle_layout: Path) -> None:
+    """`mount --lazy --layer N` shows what `mount --layer N` of the pulled image shows."""
+    eager_root, lazy_root = world / "eager-layer", world / "lazy-layer"
+    source = f"oci:{oracle_layout}:1"
+    eager_run, lazy_run = run_in(eager_root), run_in(lazy_root)
+    assert eager_run("pull", "-q", source, "--name", "oracle:1").rc == 0
+    for n in (1, 2):
+        eager, lazy = fresh(world, "mp-eager"), fresh(world, "mp-lazy")
+        with (
+            cli_mounted(eager_run, eager_root, eager, "--layer", str(n), "oracle:1"),
+            cli_mounted(lazy_run, lazy_root, lazy, "--lazy", "--layer", str(n), source) as err,
+        ):
+            assert len(err.strip().splitlines()) == n
+            with open("/proc/mounts") as f:
+                assert f"snapshotter:lazy:{source}@layer{n} {lazy} " in f.read()
+            assert assert_same_view(lazy, eager) > 10

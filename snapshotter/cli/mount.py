@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import sys
 from pathlib import Path
@@ -128,8 +129,6 @@ def _mount_lazy(store: Store, args: argparse.Namespace) -> int:
     from ..view.mount import check_mountpoint, mount_lazy
 
     text = args.image
-    if args.layer is not None:
-        raise InvalidReference("mount --lazy: --layer is not supported with --lazy")
     transport = text.partition(":")[0]
     if transport not in ("oci", "oci-archive", "docker-archive", "docker") or (
         transport == "docker" and "://" not in text
@@ -146,6 +145,16 @@ def _mount_lazy(store: Store, args: argparse.Namespace) -> int:
         image = _open_lazy(store, text, platform, args, progress)
     finally:
         progress.close()
+    if args.layer is not None:
+        # (every layer was readied: an index is kept for the next mount of the image)
+        if not 0 <= args.layer <= len(image.layers):
+            raise InvalidReference(
+                f"mount --lazy {text!r}: --layer {args.layer} is out of range "
+                f"0..{len(image.layers)}"
+            )
+        image = dataclasses.replace(
+            image, label=f"{image.label}@layer{args.layer}", layers=image.layers[: args.layer]
+        )
     for layer in image.layers:
         digest = layer.digest.partition(":")
         print(
