@@ -147,7 +147,9 @@ def open_lazy_layout(
         how = "indexed (cache)"
         if index is None or index.diff_id != layer.diff_id or index.blob_size != blob.size:
             began = time.monotonic()
-            built = _build(blob, layer, progress.task(f"index layer {number}/{n}", blob.size))
+            task = progress.task(f"index layer {number}/{n}", blob.size)
+            # (min_layer_size: the caller decided the layer is worth it)
+            built = index_layer(layer, task, f"layer {number} {digest}", min_layer_size=0)
             if isinstance(built, Unindexed):
                 blob.close()
                 whole.append((layer, f"fetched whole: {built.reason}"))
@@ -239,28 +241,32 @@ def _whole(layer: LayerSource, how: str) -> LazyLayer:
     )
 
 
-def _build(
-    blob: LocalBlob, layer: LayerSource, advance: Callable[[int], None]
+def index_layer(
+    layer: LayerSource,
+    advance: Callable[[int], None],
+    what: str,
+    min_layer_size: int = MIN_LAYER_SIZE,
 ) -> SeekIndex | Unindexed:
+    """One verified streaming pass over the layer's blob (through its opener, wherever
+    the source keeps it: a layout, an archive, a registry) that builds its seek index;
+    ``advance`` is told of every byte read."""
     assert layer.digest is not None
-    at = 0
+    with layer.open() as blob:
 
-    def read(k: int) -> bytes:
-        nonlocal at
-        chunk = blob.read_range(at, min(at + k, blob.size) - 1) if at < blob.size else b""
-        at += len(chunk)
-        advance(len(chunk))
-        return chunk
+        def read(k: int) -> bytes:
+            data = blob.read(k)
+            advance(len(data))
+            return data
 
-    return build_index(
-        read,
-        layer.digest,
-        layer.diff_id,
-        layer.media_type,
-        blob_size=layer.size,
-        what=f"layer {layer.index + 1} {layer.digest}",
-        min_layer_size=0,  # the caller decided the layer is worth it
-    )
+        return build_index(
+            read,
+            layer.digest,
+            layer.diff_id,
+            layer.media_type,
+            blob_size=layer.size,
+            what=what,
+            min_layer_size=min_layer_size,
+        )
 
 
 def fetch_whole(store: Store, layers: Sequence[LayerSource], progress: Progress) -> None:

@@ -18,12 +18,11 @@ it).  A mount daemon's worker processes each have their own cache.
 from __future__ import annotations
 
 import threading
-from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 
 from ..errors import StoreCorrupt
 from .layers import RangeSource
-from .seek_index import SeekIndex, read_tar
+from .seek_index import SeekIndex, read_tar, span_end, tar_spans
 
 # Inflated spans kept per process: 16 spans of 4 MiB.
 CACHE_BYTES = 64 << 20
@@ -67,10 +66,6 @@ class InflatedSpans:
         return len(self._spans)
 
 
-def _out(cp: object) -> int:
-    return cp.out  # type: ignore[attr-defined, no-any-return]
-
-
 class LayerReader:
     """The files of one indexed layer, read through its seek index and ``source``."""
 
@@ -108,16 +103,13 @@ class LayerReader:
     def tar(self, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of the layer's tar, from cached spans or fetched ones."""
         index = self.index
-        if not 0 <= start <= end <= index.tar_size:
-            raise ValueError(f"range {start}-{end} outside the tar's {index.tar_size} bytes")
-        if start == end:
+        wanted = tar_spans(index, start, end)
+        if not wanted:
             return b""
         points = index.checkpoints
-        first = bisect_right(points, start, key=_out) - 1
-        last = bisect_left(points, end, key=_out) - 1
         spans: dict[int, bytes] = {}
         missing: list[int] = []
-        for k in range(first, last + 1):
+        for k in wanted:
             data = self.cache.get((self._key, k))
             if data is None:
                 missing.append(k)
@@ -130,18 +122,14 @@ class LayerReader:
                 run += 1
             a, b = missing[0], missing[run - 1]
             base = points[a].out
-            data = read_tar(index, self.source.read_range, base, self._span_end(b))
+            data = read_tar(index, self.source.read_range, base, span_end(index, b))
             for k in range(a, b + 1):
-                piece = data[points[k].out - base : self._span_end(k) - base]
+                piece = data[points[k].out - base : span_end(index, k) - base]
                 spans[k] = piece
                 self.cache.put((self._key, k), piece)
             missing = missing[run:]
         parts = []
-        for k in range(first, last + 1):
+        for k in wanted:
             at = points[k].out
-            parts.append(spans[k][max(start, at) - at : min(end, self._span_end(k)) - at])
+            parts.append(spans[k][max(start, at) - at : min(end, span_end(index, k)) - at])
         return b"".join(parts)
-
-    def _span_end(self, k: int) -> int:
-        points = self.index.checkpoints
-        return points[k + 1].out if k + 1 < len(points) else self.index.tar_size

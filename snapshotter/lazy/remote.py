@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ..errors import NotFound, RangeNotSupported, SnapshotterError, StoreCorrupt
@@ -44,7 +43,8 @@ from ..text import human_size
 from .cache import index_path, load_index, save_index
 from .estargz import TOC_DIGEST_ANNOTATION, EStargzIndex, layer_index
 from .layers import LazyImage, LazyLayer
-from .seek_index import SeekIndex, Unindexed, build_index, not_worth_indexing
+from .local import index_layer
+from .seek_index import SeekIndex, Unindexed, not_worth_indexing
 from .spans import CachingSource, SpanCache
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ def _open(
             whole.append(layer)
             continue
         progress.note(f"{label}: no seek index; building it (one pass over the blob)")
-        built = _build(layer, progress.task(label, layer.size), label)
+        built = index_layer(layer, progress.task(label, layer.size), label)
         if isinstance(built, Unindexed):
             plans.append(_Plan(layer, None, _whole(built.reason)))
             whole.append(layer)
@@ -213,26 +213,6 @@ def _open(
         config=image.config_bytes,
         layers=tuple(layers),
     )
-
-
-def _build(layer: LayerSource, advance: Callable[[int], None], what: str) -> SeekIndex | Unindexed:
-    """One verified streaming pass over the layer's blob (its opener)."""
-    assert layer.digest is not None
-    with layer.open() as blob:
-
-        def read(k: int) -> bytes:
-            data = blob.read(k)
-            advance(len(data))
-            return data
-
-        return build_index(
-            read,
-            layer.digest,
-            layer.diff_id,
-            layer.media_type,
-            blob_size=layer.size,
-            what=what,
-        )
 
 
 def _published(
@@ -410,7 +390,7 @@ def _build_one(store: Store, layer: LayerSource, n: int, progress: Progress) -> 
         if reason:
             return report("not indexed", reason.removesuffix(": fetched whole"))
     label = f"layer {number}/{n} {layer.digest.short()}"
-    built = _build(layer, progress.task(label, layer.size), label)
+    built = index_layer(layer, progress.task(label, layer.size), label)
     if isinstance(built, Unindexed):
         return report("not indexed", built.reason.removesuffix(": fetched whole"))
     save_index(store, layer.digest, built)

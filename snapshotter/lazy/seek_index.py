@@ -703,6 +703,25 @@ class _PlainDecoder(_Decoder):
 _out_key = attrgetter("out")
 
 
+def tar_spans(index: SeekIndex, start: int, end: int) -> range:
+    """The numbers of the spans holding bytes ``[start, end)`` of the layer's tar (empty
+    for an empty range); ValueError for a range outside the tar."""
+    if not 0 <= start <= end <= index.tar_size:
+        raise ValueError(f"range {start}-{end} outside the tar's {index.tar_size} bytes")
+    if start == end:
+        return range(0)
+    points = index.checkpoints
+    first = bisect_right(points, start, key=_out_key) - 1
+    last = bisect_left(points, end, key=_out_key) - 1
+    return range(first, last + 1)
+
+
+def span_end(index: SeekIndex, k: int) -> int:
+    """Where span ``k`` ends in the layer's tar (the next checkpoint, or the tar's end)."""
+    points = index.checkpoints
+    return points[k + 1].out if k + 1 < len(points) else index.tar_size
+
+
 def read_tar(
     index: SeekIndex,
     read_range: ReadRange,
@@ -714,13 +733,11 @@ def read_tar(
     """Bytes ``[start, end)`` of the layer's uncompressed tar, from the spans holding
     them: one ``read_range`` per group of adjacent spans (at most ``max_fetch`` bytes, or
     one span), each span's sha256 checked before any of its bytes is used."""
-    if not 0 <= start <= end <= index.tar_size:
-        raise ValueError(f"range {start}-{end} outside the tar's {index.tar_size} bytes")
-    if start == end:
+    spans = tar_spans(index, start, end)
+    if not spans:
         return b""
     points = index.checkpoints
-    first = bisect_right(points, start, key=_out_key) - 1
-    last = bisect_left(points, end, key=_out_key) - 1
+    first, last = spans[0], spans[-1]
     what = f"layer {index.layer_digest}"
     groups = _verified_spans(points, first, last, read_range, max_fetch, what)
 
