@@ -240,7 +240,8 @@ class Comparison:
         lost = self.removed_below.get(item.path) if inherited is None else None
         if lost and self.lower is not None:
             lower = self.lower
-            parent = _find(lower.tree, item.path)
+            node = lower.tree.resolve(item.path)
+            parent = node.inode if node is not None and node.kind is EntryKind.DIR else None
             if parent is not None:
                 names = [i.name for i in out]
                 for name in lost:
@@ -271,15 +272,6 @@ class Comparison:
             yield item
             if item.is_dir:
                 stack.append(iter(self.children(item)))
-
-
-def _find(tree: MergedTree, path: str) -> int | None:
-    inode: int | None = ROOT_INODE
-    for part in path.split("/") if path else ():
-        if inode is None:
-            return None
-        inode = tree.lookup_inode(inode, part)
-    return inode
 
 
 def layer_comparison(image: StoredImage, number: int) -> Comparison:
