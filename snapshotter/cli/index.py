@@ -16,6 +16,7 @@ from ..oci.model import Platform
 from ..store.store import Store
 from ..text import human_size
 from . import EXIT_OK
+from .common import platform_argument
 from .format import print_json
 from .registry import ask_short_name, registry_arguments, registry_options
 
@@ -49,7 +50,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ),
     )
     b.add_argument("source", metavar="IMAGE|SOURCE")
-    b.add_argument("--platform", help="OS/ARCH[/VARIANT] to pick from an index")
+    platform_argument(b)
     b.add_argument("--json", action="store_true", help="print one JSON document")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     registry_arguments(b)
@@ -67,7 +68,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ),
     )
     u.add_argument("reference", metavar="docker://REF")
-    u.add_argument("--platform", help="OS/ARCH[/VARIANT] to pick from an index")
+    platform_argument(u)
     u.add_argument("--json", action="store_true", help="print one JSON document")
     registry_arguments(u)
     u.set_defaults(handler=cmd_push)
