@@ -18,13 +18,8 @@ from typing import Any
 import pytest
 
 from snapshotter.errors import DigestMismatch, UnsafeArchive
-from snapshotter.lazy.estargz import (
-    TOC_DIGEST_ANNOTATION,
-    EStargzIndex,
-    Reader,
-    footer_toc_offset,
-    read_index,
-)
+from snapshotter.lazy.estargz import TOC_DIGEST_ANNOTATION, footer_toc_offset, read_index
+from snapshotter.lazy.layer_toc import Reader, TocIndex
 from snapshotter.oci.digest import Digest
 from snapshotter.store.toc import Toc
 from snapshotter.store.unpack import scan_layer
@@ -202,7 +197,7 @@ def test_the_toc_is_the_toc_a_pull_makes() -> None:
     blob, diff_id, toc_digest = estargz(members())
     source = Blob(blob)
     index = read_index(source, diff_id, toc_digest, "layer")
-    assert isinstance(index, EStargzIndex)
+    assert isinstance(index, TocIndex)
     # One closed request: the tail (the TOC and the footer are in the last 512 KiB).
     assert source.requests == [(max(0, len(blob) - 512 * 1024), len(blob) - 1)]
     assert index.toc.entries == pulled_toc(blob, diff_id).entries
@@ -217,7 +212,7 @@ def test_every_file_reads_back_chunk_by_verified_chunk() -> None:
     blob, diff_id, toc_digest = estargz(members())
     source = Blob(blob)
     index = read_index(source, diff_id, toc_digest, "layer")
-    assert isinstance(index, EStargzIndex)
+    assert isinstance(index, TocIndex)
     reader = Reader(index, source, keep=2)
     by_path = {e.path: e for e in index.toc.entries}
     want = {"etc/hosts": b"127.0.0.1 localhost\n", "etc/cap": b"x", "var/big": BIG}
@@ -243,7 +238,7 @@ def test_a_tampered_chunk_is_refused_and_not_kept() -> None:
     blob, diff_id, toc_digest = estargz(members())
     source = Blob(blob)
     index = read_index(source, diff_id, toc_digest, "layer")
-    assert isinstance(index, EStargzIndex)
+    assert isinstance(index, TocIndex)
     big = next(e for e in index.toc.entries if e.path == "var/big")
     piece = index.chunks[big.inode][2]
     saved = bytes(source.data)
@@ -278,7 +273,7 @@ def test_a_toc_beyond_the_tail_costs_a_second_request(monkeypatch: pytest.Monkey
     monkeypatch.setattr("snapshotter.lazy.estargz.TAIL_READ", 4096)
     source = Blob(blob)
     index = read_index(source, diff_id, toc_digest, "layer")
-    assert isinstance(index, EStargzIndex)
+    assert isinstance(index, TocIndex)
     (first, last), (toc_first, toc_last) = source.requests
     assert (first, last) == (len(blob) - 4096, len(blob) - 1)
     assert (toc_first, toc_last) == (index.toc_offset, first - 1)
@@ -315,7 +310,7 @@ def test_the_estargz_fixture(fixtures_dir: Path, tmp_path: Path) -> None:
     diff_id = config["rootfs"]["diff_ids"][0]
     source = Blob(blob)
     index = read_index(source, diff_id, layer["annotations"][TOC_DIGEST_ANNOTATION], "fixture")
-    assert isinstance(index, EStargzIndex)
+    assert isinstance(index, TocIndex)
     assert len(source.requests) == 1 and index.toc_offset == 4152
     assert index.toc.entries == pulled_toc(blob, diff_id).entries
     (readme,) = [e for e in index.toc.entries if e.path == "README.md"]

@@ -6,9 +6,15 @@ fetching or unpacking the whole blob.
 - ``seek_index``: the seek index of a layer blob (its toc, where each file lies in the
   tar, a checkpoint every 4 MiB with a sha256 per span), built in one verified pass, and
   reads that fetch and verify only the spans a byte range lies in.
+- ``layer_toc``, ``estargz``, ``zstd_chunked``: layers that carry their own TOC, read
+  through it with no pass.
+- ``cache``, ``reader``, ``spans``: seek indexes cached in the store, inflated spans kept
+  in memory, compressed spans kept on disk.
+- ``layers``: what a lazy view is made of; ``plan``: the one planner that readies each
+  layer; ``local`` and ``remote``: the sources it plans over (a layout or archive on this
+  machine, a registry), and ``index build|push``.
 
-A range-fetching blob source (registry ``Range`` requests, a span cache) and a lazy FUSE
-view go over this; nothing here touches the network or FUSE.
+Nothing here touches FUSE; only ``remote`` (through ``sources.registry``) the network.
 """
 
 from .seek_index import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from .estargz import EStargzIndex
+from .layer_toc import TocIndex
 from .seek_index import SeekIndex
 
 
@@ -23,7 +23,7 @@ class RangeSource(Protocol):
 
 class ContentReader(Protocol):
     """Reads a lazy layer's files for a view (``reader.LayerReader`` through a seek
-    index, ``estargz.Reader`` through an eStargz TOC)."""
+    index, ``layer_toc.Reader`` through a TOC the layer carries)."""
 
     def read(self, inode: int, size: int, offset: int, length: int) -> bytes:
         """``length`` bytes from ``offset`` of the file with toc inode ``inode`` (``size``
@@ -39,8 +39,8 @@ class LazyLayer:
     media_type: str
     size: int  # blob bytes
     # None: the layer was fetched whole into the store (its snapshot exists)
-    # (an eStargz layer's index is its own TOC, read in one request)
-    index: SeekIndex | EStargzIndex | None
+    # (an eStargz or zstd:chunked layer's index may be its own TOC, read in one request)
+    index: SeekIndex | TocIndex | None
     source: RangeSource | None  # where indexed bytes come from (None when index is None)
     # One line for `mount --lazy` to print per layer, e.g.
     # "indexed (cache)", "indexed (referrer)", "indexed (built: 1 pass, 120 MB)",

@@ -3,21 +3,18 @@ bytes read by closed ranges through the span cache.
 
 ``open_lazy_remote`` gives a :class:`~.layers.LazyImage` for ``docker://REF`` (or a bare
 name, resolved as ``pull`` resolves it, through registries.conf).  The manifest and config
-are fetched and verified as a pull does (the host's platform picked from an index); then,
-per layer, the seek index comes from, in this order:
-
-1. the store's index cache (``lazy.cache``), keyed by the layer digest;
-2. an index **published beside the image**: an OCI 1.1 artifact whose ``subject`` is the
-   image manifest, found with the referrers API, else the spec's ``sha256-<hex>`` tag
-   (distribution 2.8 has no referrers API); each index blob is verified by its digest and
-   must name the layer's digest, diff_id, size and media type;
-3. one streaming pass over the blob (``build_index``: digest and diff_id verified), once a
-   one-byte closed ``Range`` probe showed the registry serves ranges;
-
-else (small layers, single-frame zstd, an endpoint that ignores ``Range``) the layer is
-fetched whole into the store with pull's own unpacking (``sources.pull.fetch_whole``).
-A layer whose snapshot the store already has is used as it is.  Each layer's ``how`` says
-which.  ``build_indexes`` and ``push_indexes`` are ``snapshotter index build|push``.
+are fetched and verified as a pull does (the host's platform picked from an index); then
+the one lazy planner (``lazy.plan``) readies each layer: a snapshot already in the store,
+the store's index cache, an index **published beside the image** (an OCI 1.1 artifact
+whose ``subject`` is the image manifest, found with the referrers API, else the spec's
+``sha256-<hex>`` tag, as distribution 2.8 has no referrers API; each index blob verified
+by its digest and required to name the layer's digest, diff_id, size and media type), a
+TOC the layer carries (eStargz, zstd:chunked), else, once a one-byte closed ``Range``
+probe showed the registry serves ranges, one verified streaming pass.  Small layers,
+single-frame zstd and endpoints that ignore ``Range`` are fetched whole with pull's own
+unpacking.  Indexed layers are read by closed ranges through the span cache
+(``lazy.spans``).  ``build_indexes`` and ``push_indexes`` are ``snapshotter index
+build|push``.
 
 Trust: a published index is as trustworthy as the repository's pushers (anyone who may
 push may attach one), like the tag itself; every span read through it is checked against
@@ -39,11 +36,10 @@ from ..progress import Progress
 from ..sources.registry import RegistryBlob, RegistryClient, RegistryOptions
 from ..sources.transports import LayerSource, ResolvedImage, open_registry_image, open_source
 from ..store.store import Store
-from ..text import human_size
-from .cache import index_path, load_index, save_index
-from .estargz import TOC_DIGEST_ANNOTATION, EStargzIndex, layer_index
-from .layers import LazyImage, LazyLayer
-from .local import index_layer
+from .cache import index_path, save_index
+from .layer_toc import TocIndex
+from .layers import LazyImage, RangeSource
+from .plan import cached_index, index_layer, matches, plan_layers
 from .seek_index import SeekIndex, Unindexed, not_worth_indexing
 from .spans import CachingSource, SpanCache
 
@@ -60,37 +56,7 @@ EMPTY_CONFIG = b"{}"
 MAX_INDEX_BLOB = 256 << 20  # an index is ≤ 1 % of its tar: this is a 25 GB layer's
 
 
-def _whole(reason: str) -> str:
-    return "fetched whole: " + reason.removesuffix(": fetched whole")
-
-
-def _matches(index: SeekIndex, layer: LayerSource) -> bool:
-    return (
-        layer.digest is not None
-        and index.layer_digest == layer.digest
-        and index.diff_id == layer.diff_id
-        and index.media_type == layer.media_type
-        and (layer.size is None or index.blob_size == layer.size)
-    )
-
-
-def cached_index(store: Store, layer: LayerSource) -> SeekIndex | None:
-    """The store's cached index of ``layer`` if it is this layer's (digest, diff_id, media
-    type and size all agree)."""
-    if layer.digest is None:
-        return None
-    index = load_index(store, layer.digest)
-    return index if index is not None and _matches(index, layer) else None
-
-
 # -- open -----------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Plan:
-    layer: LayerSource
-    index: SeekIndex | EStargzIndex | None
-    how: str
 
 
 def open_lazy_remote(
@@ -101,118 +67,89 @@ def open_lazy_remote(
     *,
     platform: Platform | None = None,
     spans: SpanCache | None = None,
+    use_published: bool = True,
 ) -> LazyImage:
     """The lazy view's layers of ``ref_text`` (``docker://REF`` or a name ``pull`` takes).
 
     The registry client stays open as long as the returned layers' sources are used (it
     closes with them, at garbage collection); on failure it is closed here.  ``spans`` is
     the span cache the sources read through (default: the store's, 2 GiB).
+    ``use_published=False`` does not look for indexes published beside the image.
     """
     client = RegistryClient(options)
     try:
-        return _open(client, store, ref_text, progress, platform, spans)
+        ref, image = open_registry_image(ref_text, platform, client)
+        assert image.manifest_bytes is not None  # registries always have one
+        access = _RegistryAccess(
+            client,
+            ref,
+            image,
+            progress,
+            spans if spans is not None else SpanCache.of_store(store),
+            use_published,
+        )
+        layers = plan_layers(store, image.layers, access, progress)
+        return LazyImage(
+            label=ref_text,
+            manifest_digest=str(access.manifest_digest),
+            config=image.config_bytes,
+            layers=layers,
+        )
     except BaseException:
         client.close()
         raise
 
 
-def _open(
-    client: RegistryClient,
-    store: Store,
-    ref_text: str,
-    progress: Progress,
-    platform: Platform | None,
-    spans: SpanCache | None,
-) -> LazyImage:
-    ref, image = open_registry_image(ref_text, platform, client)
-    assert image.manifest_bytes is not None  # registries always have one
-    manifest_digest = Digest.of_bytes(image.manifest_bytes)
-    published: dict[Digest, SeekIndex] | None = None
-    plans: list[_Plan] = []
-    whole: list[LayerSource] = []
-    n = len(image.layers)
-    for layer in image.layers:
+class _RegistryAccess:
+    """``plan.LayerAccess`` over a registry: blobs read by closed ranges, published
+    indexes looked up once (on the first layer that needs one), a one-byte probe for
+    ranges, seek-indexed reads through the span cache."""
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        ref: Reference,
+        image: ResolvedImage,
+        progress: Progress,
+        spans: SpanCache,
+        use_published: bool,
+    ):
+        assert image.manifest_bytes is not None
+        self.client = client
+        self.ref = ref
+        self.image = image
+        self.progress = progress
+        self.spans = spans
+        self.manifest_digest = Digest.of_bytes(image.manifest_bytes)
+        self._published: dict[Digest, SeekIndex] | None = None if use_published else {}
+
+    def open(self, layer: LayerSource) -> tuple[LayerSource, RangeSource]:
         assert layer.digest is not None and layer.size is not None  # from a manifest
-        label = f"layer {layer.index + 1}/{n} {layer.digest.short()}"
-        if store.has_snapshot(layer.diff_id):
-            plans.append(_Plan(layer, None, "in the store already"))
-            continue
-        if TOC_DIGEST_ANNOTATION in layer.annotations:
-            blob = RegistryBlob(client, ref, layer.digest, layer.size)
-            try:
-                toc_index = layer_index(layer.annotations, blob, str(layer.diff_id), label)
-            except RangeNotSupported as exc:
-                log.debug("%s: %s", label, exc)
-                toc_index = None
-            if toc_index is not None:
-                read = human_size(toc_index.toc_bytes)
-                plans.append(_Plan(layer, toc_index, f"indexed (eStargz TOC: {read} read)"))
-                continue
-        reason = not_worth_indexing(layer.media_type, layer.size)
-        if reason:
-            plans.append(_Plan(layer, None, _whole(reason)))
-            whole.append(layer)
-            continue
-        index = cached_index(store, layer)
-        if index is not None:
-            plans.append(_Plan(layer, index, "indexed (cache)"))
-            continue
-        if published is None:
-            published = _published(client, ref, manifest_digest, image, progress)
-        index = published.get(layer.digest)
-        if index is not None:
-            save_index(store, layer.digest, index)
-            plans.append(_Plan(layer, index, "indexed (referrer)"))
-            continue
-        blob = RegistryBlob(client, ref, layer.digest, layer.size)
+        return layer, RegistryBlob(self.client, self.ref, layer.digest, layer.size)
+
+    def published(self, layer: LayerSource) -> SeekIndex | None:
+        if self._published is None:
+            self._published = _published(
+                self.client, self.ref, self.manifest_digest, self.image, self.progress
+            )
+        assert layer.digest is not None
+        return self._published.get(layer.digest)
+
+    def refuses_ranges(self, layer: LayerSource, blob: RangeSource) -> str:
         try:
             blob.read_range(0, 1)  # resolves (and caches) the CDN location too
         except RangeNotSupported as exc:
-            log.debug("%s: %s", label, exc)
-            plans.append(_Plan(layer, None, _whole("the registry ignores Range")))
-            whole.append(layer)
-            continue
-        progress.note(f"{label}: no seek index; building it (one pass over the blob)")
-        built = index_layer(layer, progress.task(label, layer.size), label)
-        if isinstance(built, Unindexed):
-            plans.append(_Plan(layer, None, _whole(built.reason)))
-            whole.append(layer)
-            continue
-        save_index(store, layer.digest, built)
-        plans.append(_Plan(layer, built, f"indexed (built: 1 pass, {human_size(layer.size)})"))
-    if whole:
-        from ..sources.pull import fetch_whole
+            log.debug("layer %s: %s", layer.digest, exc)
+            return "the registry ignores Range"
+        return ""
 
-        fetch_whole(store, whole, progress)
-    cache = spans if spans is not None else SpanCache.of_store(store)
-    layers = []
-    for plan in plans:
-        layer = plan.layer
-        assert layer.digest is not None and layer.size is not None
-        source: RegistryBlob | CachingSource | None = None
-        blob = RegistryBlob(client, ref, layer.digest, layer.size)
-        if isinstance(plan.index, EStargzIndex):
-            source = blob  # (its chunks are checked against the TOC as they are read)
-        elif plan.index is not None:
-            source = CachingSource(plan.index, blob, cache)
-        layers.append(
-            LazyLayer(
-                number=layer.index + 1,
-                digest=str(layer.digest),
-                diff_id=str(layer.diff_id),
-                media_type=layer.media_type,
-                size=layer.size,
-                index=plan.index,
-                source=source,
-                how=plan.how,
-            )
-        )
-    return LazyImage(
-        label=ref_text,
-        manifest_digest=str(manifest_digest),
-        config=image.config_bytes,
-        layers=tuple(layers),
-    )
+    def view_source(
+        self, layer: LayerSource, index: SeekIndex | TocIndex, blob: RangeSource
+    ) -> RangeSource:
+        if isinstance(index, TocIndex):
+            return blob  # (its chunks are checked against the TOC as they are read)
+        assert isinstance(blob, RegistryBlob)
+        return CachingSource(index, blob, self.spans)
 
 
 def _published(
@@ -248,7 +185,7 @@ def _published(
             try:
                 data = client.blob(ref, blob_digest, size=size, max_size=MAX_INDEX_BLOB)
                 index = SeekIndex.from_bytes(data, f"{what}: {blob_digest}")
-                if not _matches(index, layer):
+                if not matches(index, layer):
                     raise StoreCorrupt(f"the index it gives for {layer_digest} is another layer's")
             except SnapshotterError as exc:
                 progress.note(f"{what}: passed over for layer {layer_digest} ({exc})")

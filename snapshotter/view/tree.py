@@ -89,7 +89,7 @@ def open_lazy_tree(store: Store, image: LazyImage, cache_bytes: int | None = Non
     the others' from their snapshots (which must be in the store).  The tree is not cached
     on disk (an index's toc differs from the snapshot's in ``blocks``, computed, not
     measured); merging tocs takes a fraction of a second per 10k entries."""
-    from ..lazy import estargz
+    from ..lazy import layer_toc
     from ..lazy.reader import CACHE_BYTES, InflatedSpans, LayerReader
 
     spans = InflatedSpans(CACHE_BYTES if cache_bytes is None else cache_bytes)
@@ -104,8 +104,8 @@ def open_lazy_tree(store: Store, image: LazyImage, cache_bytes: int | None = Non
             if layer.source is None:
                 raise ValueError(f"layer {layer.number}: indexed, but with no source of bytes")
             tocs.append(layer.index.toc)
-            if isinstance(layer.index, estargz.EStargzIndex):
-                readers.append(estargz.Reader(layer.index, layer.source))
+            if isinstance(layer.index, layer_toc.TocIndex):
+                readers.append(layer_toc.Reader(layer.index, layer.source))
             else:
                 readers.append(LayerReader(layer.index, layer.source, spans))
             continue

@@ -1,0 +1,338 @@
+"""Layers that carry their own TOC: eStargz (``lazy.estargz``) and zstd:chunked
+(``lazy.zstd_chunked``).  Both write, beside an ordinary compressed tar, a JSON table of
+contents in CRFS's format (``{"version": 1, "entries": [...]}``) and compress each file's
+content (or each chunk of a large file) as a gzip member or zstd frame of its own, so
+that one file is read with one closed Range request and no pass over the layer.
+
+This module holds what the two formats share: the TOC's entries turned into tar headers
+(then into the store's toc by unpack's own rules, ``store.unpack.toc_from_headers``:
+confinement, whiteouts, opaque markers, hardlinks), each file's chunks and where they lie
+in the blob, and ``Reader``, which reads a file chunk by verified chunk.
+
+Trust: the layer descriptor names the TOC's digest in an annotation, so the manifest
+vouches for the TOC; each chunk's ``chunkDigest`` (or the file's ``digest`` for a file in
+one piece) vouches for its bytes, checked before a byte is used.  What a lazy read through
+a TOC cannot check is the layer's digest and diff_id: those cover the whole blob.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import datetime
+import hashlib
+import io
+import json
+import tarfile
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+import zstandard
+
+from ..errors import DigestMismatch, UnsafeArchive
+from ..store.toc import Toc
+from ..store.unpack import toc_from_headers
+from .seek_index import file_blocks
+
+if TYPE_CHECKING:
+    from .layers import RangeSource
+
+ESTARGZ = "eStargz"
+ZSTD_CHUNKED = "zstd:chunked"
+
+_TYPES = {
+    "dir": tarfile.DIRTYPE,
+    "reg": tarfile.REGTYPE,
+    "symlink": tarfile.SYMTYPE,
+    "hardlink": tarfile.LNKTYPE,
+    "char": tarfile.CHRTYPE,
+    "block": tarfile.BLKTYPE,
+    "fifo": tarfile.FIFOTYPE,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of a regular file, compressed on its own (a gzip member or zstd frames)."""
+
+    offset: int  # where its compressed bytes start in the blob
+    end: int  # where they end (exclusive)
+    chunk_offset: int  # where the chunk starts in the file
+    size: int
+    inner_offset: int  # where the chunk starts in the decompressed range (eStargz packs)
+    digest: str  # "sha256:..." of the chunk's bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TocIndex:
+    """A layer's toc and where each file's chunks lie, from the TOC the layer carries."""
+
+    format: str  # ESTARGZ or ZSTD_CHUNKED
+    toc: Toc
+    toc_offset: int  # where the TOC starts in the blob: no file content lies past it
+    chunks: Mapping[int, tuple[Chunk, ...]]  # toc inode -> chunks in file order
+    toc_bytes: int  # bytes fetched to read the TOC (footer included)
+
+    @property
+    def compression(self) -> str:
+        return "gzip" if self.format == ESTARGZ else "zstd"
+
+
+def parse_toc(
+    toc_json: bytes, toc_offset: int, diff_id: str, what: str, fmt: str
+) -> tuple[Toc, dict[int, tuple[Chunk, ...]]]:
+    """The toc and chunks the TOC JSON describes, or UnsafeArchive for a TOC a layer
+    could not hold (names escaping the layer, chunks that leave gaps or lie past the TOC,
+    unknown entry types).
+
+    Where chunks end: eStargz gives only where each member starts (a chunk's member ends
+    where the next one, or the TOC, starts); zstd:chunked gives a file's ``endOffset``,
+    and a chunk ends where the file's next chunk starts."""
+    try:
+        doc = json.loads(toc_json)
+    except ValueError as exc:
+        raise UnsafeArchive(f"{what}: {fmt} TOC is not JSON ({exc})") from exc
+    entries = doc.get("entries") if isinstance(doc, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise UnsafeArchive(f"{what}: {fmt} TOC has no list of entries")
+    fields = _Fields(what, fmt)
+    starts: list[int] = []
+    if fmt == ESTARGZ:
+        starts = sorted({fields.number(e, "offset") for e in entries if e.get("offset")})
+        if starts and starts[-1] >= toc_offset:
+            raise UnsafeArchive(f"{what}: {fmt} TOC names content at or after the TOC")
+        starts.append(toc_offset)
+
+    headers: list[tarfile.TarInfo] = []
+    pieces: dict[int, list[tuple[Mapping[str, object], int]]] = {}  # id(header) -> entries
+    ends: dict[int, int] = {}  # id(header) -> the file's endOffset (zstd:chunked)
+    digests: dict[int, str] = {}
+    last_file: tarfile.TarInfo | None = None
+    for e in entries:
+        kind = fields.text(e, "type")
+        if kind == "chunk":
+            if last_file is None or fields.text(e, "name") != last_file.name:
+                raise UnsafeArchive(f"{what}: {fmt} chunk entry follows no file of its name")
+            pieces[id(last_file)].append((e, last_file.size))
+            continue
+        tar_type = _TYPES.get(kind)
+        if tar_type is None:
+            raise UnsafeArchive(f"{what}: {fmt} TOC entry of unknown type {kind!r}")
+        info = fields.header(e, tar_type)
+        headers.append(info)
+        last_file = None
+        if tar_type == tarfile.REGTYPE and info.size > 0:
+            pieces[id(info)] = [(e, info.size)]
+            digests[id(info)] = fields.text(e, "digest")
+            ends[id(info)] = fields.number(e, "endOffset")
+            last_file = info
+
+    def chunk(e: Mapping[str, object], file_size: int, end: int) -> Chunk:
+        offset = fields.number(e, "offset")
+        chunk_offset = fields.number(e, "chunkOffset")
+        size = fields.number(e, "chunkSize") or file_size - chunk_offset
+        digest = fields.text(e, "chunkDigest") or fields.text(e, "digest")
+        if (
+            not digest.startswith("sha256:")
+            or chunk_offset + size > file_size
+            or size <= 0
+            or not offset < end <= toc_offset
+        ):
+            raise UnsafeArchive(f"{what}: {fmt} chunk of {e.get('name')!r} is not usable")
+        return Chunk(offset, end, chunk_offset, size, fields.number(e, "innerOffset"), digest)
+
+    file_chunks: dict[int, tuple[Chunk, ...]] = {}
+    for info in headers:
+        listed = pieces.get(id(info))
+        if listed is None:
+            continue
+        made: list[Chunk] = []
+        for k, (e, size) in enumerate(listed):
+            if fmt == ESTARGZ:
+                offset = fields.number(e, "offset")
+                end = starts[bisect.bisect_right(starts, offset)] if offset < toc_offset else 0
+            elif k + 1 < len(listed):
+                end = fields.number(listed[k + 1][0], "offset")
+            else:
+                end = ends[id(info)]
+            made.append(chunk(e, size, end))
+        covered = 0
+        for piece in made:
+            if piece.chunk_offset != covered:
+                raise UnsafeArchive(f"{what}: {fmt} chunks of {info.name!r} leave a gap")
+            covered += piece.size
+        if covered != info.size:
+            raise UnsafeArchive(f"{what}: {fmt} chunks of {info.name!r} cover {covered} bytes")
+        file_chunks[id(info)] = tuple(made)
+
+    def meta(info: tarfile.TarInfo) -> tuple[str, int]:
+        return digests.get(id(info), ""), file_blocks(info.size)
+
+    toc, files = toc_from_headers(headers, diff_id, what, meta)
+    return toc, {inode: file_chunks[id(info)] for inode, info in files.items()}
+
+
+class _Fields:
+    """Typed reads of TOC entry fields, each failure one line naming the format."""
+
+    def __init__(self, what: str, fmt: str):
+        self.what = what
+        self.fmt = fmt
+
+    def bad(self, key: str, value: object) -> UnsafeArchive:
+        return UnsafeArchive(f"{self.what}: {self.fmt} TOC entry has a bad {key!r}: {value!r}")
+
+    def number(self, entry: Mapping[str, object], key: str) -> int:
+        value = entry.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise self.bad(key, value)
+        return value
+
+    def text(self, entry: Mapping[str, object], key: str) -> str:
+        value = entry.get(key, "")
+        if not isinstance(value, str):
+            raise self.bad(key, value)
+        return value
+
+    def header(self, entry: Mapping[str, object], kind: bytes) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(self.text(entry, "name"))
+        info.type = kind
+        info.size = self.number(entry, "size") if kind == tarfile.REGTYPE else 0
+        info.mode = self.number(entry, "mode") & 0o7777
+        info.uid = self.number(entry, "uid")
+        info.gid = self.number(entry, "gid")
+        info.linkname = self.text(entry, "linkName")
+        info.devmajor = self.number(entry, "devMajor")
+        info.devminor = self.number(entry, "devMinor")
+        pax: dict[str, str] = {}
+        modtime = self.text(entry, "modtime")
+        if modtime:
+            seconds, fraction = self._time(modtime)
+            info.mtime = seconds
+            if fraction:
+                pax["mtime"] = str(Decimal(seconds) + Decimal("0." + fraction))
+        xattrs = entry.get("xattrs") or {}
+        if not isinstance(xattrs, dict):
+            raise self.bad("xattrs", xattrs)
+        for name, value in xattrs.items():
+            try:
+                raw = base64.b64decode(str(value), validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise UnsafeArchive(
+                    f"{self.what}: {self.fmt} TOC xattr {name!r} is not base64"
+                ) from exc
+            pax["SCHILY.xattr." + str(name)] = raw.decode("utf-8", "surrogateescape")
+        info.pax_headers = pax
+        return info
+
+    def _time(self, text: str) -> tuple[int, str]:
+        """(whole seconds since the epoch, fraction digits) of an RFC 3339 time, exactly
+        (Go writes up to nine fraction digits; a float would lose them)."""
+        head, dot, rest = text.partition(".")
+        fraction = ""
+        if dot:
+            digits = len(rest) - len(rest.lstrip("0123456789"))
+            fraction, rest = rest[:digits], rest[digits:]
+            if not fraction:
+                raise self.bad("modtime", text)
+        try:
+            when = datetime.datetime.fromisoformat((head + rest).replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise self.bad("modtime", text) from exc
+        if when.tzinfo is None:
+            raise self.bad("modtime", text)
+        epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+        delta = when - epoch
+        return delta.days * 86400 + delta.seconds, fraction.rstrip("0")
+
+
+def toc_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class Reader:
+    """Reads files of one layer through its TOC, chunk by verified chunk, keeping the last
+    few chunks (a 128 KiB read in a 4 MiB chunk would otherwise fetch it 32 times).  Safe
+    to share between threads (``lazy.layers.ContentReader``)."""
+
+    def __init__(self, index: TocIndex, source: RangeSource, keep: int = 16):
+        self.index = index
+        self.source = source
+        self._keep = keep
+        self._chunks: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self.fetches = 0  # Range requests made, for tests and reports
+
+    def read(self, inode: int, size: int, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` of the file with toc inode ``inode`` (``size``
+        bytes long), as ``pread`` gives them."""
+        out = bytearray()
+        end = min(size, offset + length)
+        for piece in self.index.chunks.get(inode, ()):
+            lo, hi = piece.chunk_offset, piece.chunk_offset + piece.size
+            if hi <= offset or lo >= end:
+                continue
+            data = self._chunk(piece)
+            out += data[max(offset, lo) - lo : min(end, hi) - lo]
+        return bytes(out)
+
+    def _chunk(self, piece: Chunk) -> bytes:
+        key = (piece.offset, piece.inner_offset)
+        with self._lock:
+            data = self._chunks.get(key)
+            if data is not None:
+                self._chunks.move_to_end(key)
+                return data
+        what = f"{self.index.format} layer"
+        packed = self.source.read_range(piece.offset, piece.end - 1)
+        self.fetches += 1
+        want = piece.inner_offset + piece.size
+        plain = _decompress(self.index.compression, packed, want, what, piece.offset)
+        data = plain[piece.inner_offset : want]
+        actual = toc_digest(data)
+        if actual != piece.digest:
+            raise DigestMismatch(
+                f"{what}: chunk at {piece.offset} has digest {actual}, its TOC says {piece.digest}"
+            )
+        with self._lock:
+            self._chunks[key] = data
+            while len(self._chunks) > self._keep:
+                self._chunks.popitem(last=False)
+        return data
+
+
+def _decompress(compression: str, packed: bytes, want: int, what: str, at: int) -> bytes:
+    """At most ``want`` bytes (a hostile chunk may expand without bound) of a gzip member
+    or of zstd frames."""
+    try:
+        if compression == "gzip":
+            return zlib.decompressobj(31).decompress(packed, want)
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            io.BytesIO(packed), read_across_frames=True
+        )
+        out = bytearray()
+        while len(out) < want:
+            piece = reader.read(want - len(out))
+            if not piece:
+                break
+            out += piece
+        return bytes(out)
+    except (zlib.error, zstandard.ZstdError) as exc:
+        raise DigestMismatch(f"{what}: chunk at {at} is not {compression} ({exc})") from exc
+
+
+__all__ = [
+    "ESTARGZ",
+    "ZSTD_CHUNKED",
+    "Chunk",
+    "Reader",
+    "TocIndex",
+    "parse_toc",
+    "toc_digest",
+]
