@@ -7,9 +7,9 @@ zstd:chunked`` write) is an ordinary ``tar+zstd`` layer whose every regular file
 frames a plain decompressor passes over: the TOC ("manifest", CRFS's JSON, zstd-compressed),
 in newer writers the tar-split stream, and a footer.  The footer is a skippable frame of
 64 bytes (eight little-endian u64: TOC offset, compressed and uncompressed length, TOC
-type 1, tar-split offset, compressed and uncompressed length, and ``GNUlInUx``); older
-writers, without the tar-split (Debian 12's skopeo 1.9, for one), write 40 bytes: the
-first four numbers and the magic.
+type 1, tar-split offset, compressed and uncompressed length, and the magic ``GNUlInUx``);
+older writers, without the tar-split (Debian 12's skopeo 1.9, for one), write 40 bytes:
+the first four numbers and the magic, which they spell ``GnUlInUx``.
 
 The layer descriptor carries the same position as an annotation (``...manifest-position``
 = ``offset:length:uncompressed length:type``) and the TOC's digest
@@ -45,7 +45,7 @@ MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+zstd"
 _PREFIXES = ("io.github.containers.zstd-chunked.", "io.containers.zstd-chunked.")
 CHECKSUM_ANNOTATION = _PREFIXES[0] + "manifest-checksum"
 POSITION_ANNOTATION = _PREFIXES[0] + "manifest-position"
-MAGIC = b"GNUlInUx"
+MAGICS = (b"GNUlInUx", b"GnUlInUx")  # containers/storage now, and before the tar-split
 SKIPPABLE_MAGIC = b"\x50\x2a\x4d\x18"  # 0x184D2A50, the skippable frame containers/storage uses
 FOOTER_SIZES = (64, 40)  # footer contents: with the tar-split, and before it
 TOC_TYPE = 1  # "CRFS": the TOC is CRFS's JSON
@@ -71,7 +71,7 @@ def footer_position(tail: bytes) -> tuple[int, int, int, int] | None:
     ending ``tail`` names, or None when ``tail`` does not end with a zstd:chunked footer."""
     for size in FOOTER_SIZES:
         frame = tail[-(size + 8) :]
-        if len(frame) != size + 8 or frame[:4] != SKIPPABLE_MAGIC or frame[-8:] != MAGIC:
+        if len(frame) != size + 8 or frame[:4] != SKIPPABLE_MAGIC or frame[-8:] not in MAGICS:
             continue
         if struct.unpack_from("<I", frame, 4)[0] != size:
             continue
