@@ -18,7 +18,7 @@ import tarfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -44,6 +44,7 @@ from snapshotter.lazy.spans import CachingSource, SpanCache
 from snapshotter.oci.digest import Digest
 from snapshotter.oci.reference import Reference
 from snapshotter.progress import QuietProgress
+from snapshotter.sources.registries_conf import RegistriesConf, parse
 from snapshotter.sources.registry import RegistryBlob, RegistryClient, RegistryOptions
 from snapshotter.store.store import Store
 from snapshotter.text import human_size
@@ -610,6 +611,186 @@ def test_a_forked_process_opens_its_own_connections(env: Setup) -> None:
         assert answer == b"11"
         assert client._client(env.proxy.host) is parent_http  # the parent keeps its own
         assert blob.read_range(20, 29) == env.layers[0].blob[20:30]
+
+
+# -- registries.conf: a mirror that ignores Range ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mirror_setup(setup: Setup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultProxy]:
+    """A second docker-registry holding the same image as lazy/plain:1, behind a proxy of
+    its own: the mirror, in front of ``setup``'s registry as the origin."""
+    registry = start_registry(tmp_path_factory.mktemp("mirror"))
+    try:
+        registry.push(f"oci:{setup.layout}:lazy", "lazy/plain:1")
+        proxy = FaultProxy(registry.host)
+        try:
+            yield proxy
+        finally:
+            proxy.stop()
+    finally:
+        registry.stop()
+
+
+@pytest.fixture
+def mirror(mirror_setup: FaultProxy) -> FaultProxy:
+    with mirror_setup.lock:
+        mirror_setup.faults.clear()
+        mirror_setup.seen.clear()
+    mirror_setup.refuse_range = False
+    return mirror_setup
+
+
+def _mirror_conf(env: Setup, mirror: FaultProxy, extra: str = "") -> str:
+    """registries.conf: the origin (``env``'s proxy) with ``mirror`` as its first mirror."""
+    return (
+        f'[[registry]]\nlocation = "{env.proxy.host}"\n'
+        f'[[registry.mirror]]\nlocation = "{mirror.host}"\n{extra}'
+    )
+
+
+def _mirror_options(env: Setup, mirror: FaultProxy, extra: str = "") -> RegistryOptions:
+    conf = RegistriesConf.merged([parse(_mirror_conf(env, mirror, extra), "registries.conf")])
+    return replace(OPTIONS, registries=conf)
+
+
+def _ranges(proxy: FaultProxy, digest: str) -> list[tuple[str, int]]:
+    """(Range, status answered) of each range request for the blob ``digest``."""
+    return [
+        (s.headers["range"], s.status)
+        for s in proxy.requests_to(f"/blobs/{digest}$")
+        if "range" in s.headers
+    ]
+
+
+def test_a_mirror_ignoring_range_passes_range_reads_to_the_origin(
+    env: Setup, mirror: FaultProxy
+) -> None:
+    """RegistryBlob against two registries: the mirror that served the manifest answers a
+    range with 200 (left unread), the origin serves it; later reads of that blob, through
+    any RegistryBlob of the client, go straight to the origin.  Another blob asks the
+    mirror again (a pull-through cache may have that one); a digest-only mirror between
+    the two is never asked for a reference by tag; when both ignore Range, one line says
+    so."""
+    between = f'[[registry.mirror]]\nlocation = "{mirror.host}/digests"\n'
+    between += 'pull-from-mirror = "digest-only"\n'
+    mirror.refuse_range = True
+    first, third = env.layers[0], env.layers[2]
+    ref = Reference.parse(f"{env.proxy.host}/lazy/plain:1")
+    with RegistryClient(_mirror_options(env, mirror, between)) as client:
+        assert client.manifest(ref)[2] == Digest.parse(env.manifest_digest)
+        assert env.proxy.requests_to("/manifests/") == []  # the mirror served it
+        blob = RegistryBlob(client, ref, Digest.parse(first.digest), first.size)
+        assert blob.read_range(100, 199) == first.blob[100:200]
+        assert _ranges(mirror, first.digest) == [("bytes=100-199", 200)]
+        (refused,) = mirror.requests_to(f"/blobs/{first.digest}$")
+        assert refused.sent < first.size  # the whole blob was not read
+        assert _ranges(env.proxy, first.digest) == [("bytes=100-199", 206)]
+        assert blob.read_range(200, 299) == first.blob[200:300]
+        again = RegistryBlob(client, ref, blob.digest, blob.size)
+        assert again.read_range(300, 399) == first.blob[300:400]
+        assert _ranges(mirror, first.digest) == [("bytes=100-199", 200)]
+        assert [r for r, _ in _ranges(env.proxy, first.digest)] == [
+            "bytes=100-199",
+            "bytes=200-299",
+            "bytes=300-399",
+        ]
+        # another blob: the mirror first again
+        other = RegistryBlob(client, ref, Digest.parse(third.digest), third.size)
+        assert other.read_range(0, 9) == third.blob[:10]
+        assert _ranges(mirror, third.digest) == [("bytes=0-9", 200)]
+        assert _ranges(env.proxy, third.digest) == [("bytes=0-9", 206)]
+        assert not any(s.path.startswith("/v2/digests/") for s in mirror.seen)
+    # both ignore Range: RangeNotSupported, naming the mirror passed over
+    env.proxy.refuse_range = True
+    with RegistryClient(_mirror_options(env, mirror)) as client:
+        client.manifest(ref)
+        blob = RegistryBlob(client, ref, Digest.parse(first.digest), first.size)
+        with pytest.raises(RangeNotSupported) as caught:
+            blob.read_range(0, 1)
+    assert str(caught.value) == (
+        f"{env.proxy.host}/lazy/plain: blob {first.digest} bytes 0-1: the registry ignores "
+        f"Range (it answered 200, the whole blob); so did the endpoints asked before it: "
+        f"{mirror.host}/lazy/plain"
+    )
+
+
+def test_both_ignoring_range_gets_layers_fetched_whole(
+    env: Setup, mirror: FaultProxy, tmp_path: Path
+) -> None:
+    """Mirror and origin both answer ranges whole: each is probed once per layer, and the
+    layers are fetched whole, from the mirror that served the manifest, as without
+    mirrors."""
+    mirror.refuse_range = env.proxy.refuse_range = True
+    store = _store(tmp_path, "host")
+    ref = env.ref("lazy/plain:1")
+    lazy = open_lazy_remote(store, ref, _mirror_options(env, mirror), QuietProgress())
+    assert [layer.how for layer in lazy.layers] == [
+        "fetched whole: the registry ignores Range",
+        lazy.layers[1].how,
+        "fetched whole: the registry ignores Range",
+    ]
+    assert all(layer.index is None and layer.source is None for layer in lazy.layers)
+    for built in env.layers:
+        assert store.has_snapshot(Digest.parse(built.diff_id))
+    for k in (0, 2):
+        digest = env.layers[k].digest
+        assert _ranges(mirror, digest) == [("bytes=0-1", 200)]
+        assert _ranges(env.proxy, digest) == [("bytes=0-1", 200)]
+    for built in env.layers:  # the blobs themselves came from the mirror, once each
+        whole = [
+            s for s in mirror.requests_to(f"/blobs/{built.digest}$") if "range" not in s.headers
+        ]
+        assert len(whole) == 1
+    assert [s for s in env.proxy.seen if "/blobs/" in s.path and "range" not in s.headers] == []
+
+
+def test_mount_lazy_reads_ranges_from_the_origin_when_the_mirror_ignores_them(
+    env: Setup, mirror: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mount --lazy` through registries.conf whose mirror ignores Range: the big layers
+    are indexed (not fetched whole), the mirror is asked for one range per layer and no
+    more, the origin serves every range, and the view is the eager one."""
+    need_fuse()
+    isolate_user_auth(monkeypatch, tmp_path)
+    conf = tmp_path / "registries.conf"
+    conf.write_text(_mirror_conf(env, mirror))
+    mirror.refuse_range = True
+    eager_root, lazy_root = tmp_path / "eager", tmp_path / "lazy"
+    eager_mp, lazy_mp = tmp_path / "mp-eager", tmp_path / "mp-lazy"
+    eager_mp.mkdir()
+    lazy_mp.mkdir()
+    eager_run, lazy_run = run_in(eager_root), run_in(lazy_root)
+    assert eager_run("pull", "-q", env.ref("lazy/plain:1"), "--name", "plain:1").rc == 0
+    env.clear()
+    big = [env.layers[0], env.layers[2]]
+    lazy_args = ("--lazy", "--registries-conf", str(conf), env.ref("lazy/plain:1"))
+    with (
+        cli_mounted(eager_run, eager_root, eager_mp, "plain:1"),
+        cli_mounted(lazy_run, lazy_root, lazy_mp, *lazy_args) as err,
+    ):
+        hows = [line.partition(": ")[2] for line in err.strip().splitlines()]
+        assert [hows[k].startswith("indexed (built: 1 pass") for k in (0, 2)] == [True] * 2, hows
+        assert hows[1].startswith("fetched whole: smaller than 10 MiB")
+        assert env.proxy.requests_to("/manifests/") == []  # the mirror served the image
+        for layer in big:
+            assert _ranges(mirror, layer.digest) == [("bytes=0-1", 200)]
+            assert _ranges(env.proxy, layer.digest) == [("bytes=0-1", 206)]
+        files = sorted(
+            p.relative_to(lazy_mp) for p in lazy_mp.rglob("*") if p.is_file() and not p.is_symlink()
+        )
+        assert len(files) > 50
+        with ThreadPoolExecutor(4) as pool:
+            lazy_bytes = list(pool.map(lambda p: (lazy_mp / p).read_bytes(), files))
+        for path, data in zip(files, lazy_bytes, strict=True):
+            assert data == (eager_mp / path).read_bytes(), path
+        assert assert_same_view(lazy_mp, eager_mp) > 50
+        for layer in big:
+            # nothing more asked of the mirror; every read served by the origin
+            assert _ranges(mirror, layer.digest) == [("bytes=0-1", 200)]
+            served = _ranges(env.proxy, layer.digest)
+            assert len(served) > 1 and all(status == 206 for _, status in served), served
+            assert all(CLOSED_RANGE.match(r) for r, _ in served)
 
 
 # -- eStargz: the layer's own TOC ---------------------------------------------------------

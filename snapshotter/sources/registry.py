@@ -23,8 +23,10 @@ Rules this module keeps:
 - registries.conf (``options.registries``): the first manifest asked of a repository is
   sought at its mirrors, then at its (rewritten) primary location (:meth:`locate`); the
   endpoint that served it then serves every later manifest and blob of that repository
-  asked of this client, so callers keep using the name they were given.  Every request
-  refuses a ``blocked`` prefix and honours ``insecure`` for the hosts it names.
+  asked of this client, so callers keep using the name they were given.  Range reads
+  alone go on past an endpoint that ignores ``Range`` to the next ones in that order.
+  Every request refuses a ``blocked`` prefix and honours ``insecure`` for the hosts it
+  names.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ from ..oci.model import (
     Descriptor,
 )
 from ..oci.reference import DEFAULT_DOMAIN, DEFAULT_TAG, LEGACY_DOMAINS, Reference
-from .registries_conf import Endpoint, RegistriesConf
+from .registries_conf import Endpoint, PullSource, RegistriesConf
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -646,6 +648,9 @@ class RegistryClient:
         # (host, repository path, blob digest) -> (where its GET was redirected, when):
         # range reads go straight there until it refuses them or ages out.
         self._locations: dict[tuple[str, str, str], tuple[httpx.URL, float]] = {}
+        # (repository as asked, blob digest) -> (domain, path) of the endpoint that served
+        # its ranges after the one before it in pull order ignored Range: asked first.
+        self._range_from: dict[tuple[str, str], tuple[str, str]] = {}
         self._closed = False
         # The process whose connections the clients hold: a lazy view's daemon and its
         # worker processes are forks of the process that opened the image, and two
@@ -688,12 +693,7 @@ class RegistryClient:
         failures: list[SnapshotterError] = []
         for source in sources:
             physical = source.reference
-            host = registry_host(physical.domain)
-            with self._lock:
-                if source.endpoint.insecure:
-                    self._insecure_hosts.add(host)
-                if physical.domain != ref.domain:
-                    self._foreign_domains.add(physical.domain)
+            self._admit(source, ref)
             primary = not source.endpoint.mirror
             try:
                 raw, media_type, digest = self._manifest_at(
@@ -716,6 +716,17 @@ class RegistryClient:
                 self._served_from.setdefault(physical.repository, where)
             return Located(physical, source.endpoint, raw, media_type, digest)
         raise AssertionError("pull sources always end with the primary location")
+
+    def _admit(self, source: PullSource, ref: Reference) -> None:
+        """Before ``source`` (one of ``ref``'s pull sources) is asked anything: its
+        ``insecure`` flag applies to its host, and ``--creds`` are not for it when it is
+        another registry than ``ref``'s."""
+        physical = source.reference
+        with self._lock:
+            if source.endpoint.insecure:
+                self._insecure_hosts.add(registry_host(physical.domain))
+            if physical.domain != ref.domain:
+                self._foreign_domains.add(physical.domain)
 
     def manifest(self, ref: Reference) -> tuple[bytes, str, Digest]:
         """GET the manifest or index ``ref`` names: (body, media type, digest of the body).
@@ -841,16 +852,76 @@ class RegistryClient:
         the registry is asked again.  ``Authorization`` goes to the registry's origin only.
         Cut connections, 429 and 5xx are retried with backoff, ``options.retries`` times
         and within ``options.timeout * 2`` seconds in all, then ``RegistryError``.  A 200
-        (the whole blob) or a 206 with other bytes than asked for raises
+        (the whole blob, left unread) or a 206 with other bytes than asked for raises
         ``RangeNotSupported``: that endpoint cannot serve a lazy view.  The bytes are not
         verified here: the caller checks them against a seek index's span digests.
+
+        With registries.conf, an endpoint that answers 200 is passed over: the endpoints
+        after it in pull order (:meth:`_range_endpoints`: the next mirrors this reference
+        may use, then the primary location) are asked in turn, and the one that serves
+        the range is remembered for this blob and asked first from then on.  Only when
+        the last of them answers 200 too is ``RangeNotSupported`` raised.
         """
         if first < 0 or last < first:
             raise ValueError(f"range {first}-{last}: not a closed range")
-        repository_ref = self._served(repository_ref) or repository_ref
-        target = self._target(repository_ref)
-        what = f"{repository_ref.repository}: blob {digest} bytes {first}-{last}"
-        url = f"/v2/{repository_ref.path}/blobs/{digest}"
+        deadline = time.monotonic() + 2 * self.options.timeout
+        endpoints = self._range_endpoints(repository_ref, digest)
+        refused: list[Reference] = []
+        for n, endpoint in enumerate(endpoints):
+            try:
+                data = self._range_at(endpoint, digest, first, last, deadline)
+            except RangeNotSupported as exc:
+                last_one = n + 1 == len(endpoints)
+                if exc.status == 200 and not last_one:
+                    log.debug("%s; asking the next endpoint for ranges", exc)
+                    refused.append(endpoint)
+                    continue
+                if not refused:
+                    raise
+                before = ", ".join(r.repository for r in refused)
+                raise RangeNotSupported(
+                    f"{exc}; so did the endpoints asked before it: {before}", status=exc.status
+                ) from exc
+            if refused:
+                key = (repository_ref.repository, str(digest))
+                with self._lock:
+                    self._range_from[key] = (endpoint.domain, endpoint.path)
+            return data
+        raise AssertionError("there is always at least one endpoint")
+
+    def _range_endpoints(self, repository_ref: Reference, digest: Digest) -> list[Reference]:
+        """Where to ask for ranges of ``digest``, in order: the endpoint remembered for
+        the blob, else the one that served the repository's manifest, then those after it
+        in ``repository_ref``'s pull sources (mirrors its tag or digest may use, then the
+        primary location).  Without registries.conf, or when that endpoint is not one of
+        the pull sources, it alone (as :meth:`blob` and :meth:`open_blob` ask it)."""
+        served = self._served(repository_ref) or repository_ref
+        conf = self.options.registries
+        if conf is None:
+            return [served]
+        with self._lock:
+            remembered = self._range_from.get((repository_ref.repository, str(digest)))
+        sources = conf.pull_sources(repository_ref)
+        places = [(s.reference.domain, s.reference.path) for s in sources]
+        for start in (remembered, (served.domain, served.path)):
+            if start is not None and start in places:
+                chosen = sources[places.index(start) :]
+                for source in chosen:
+                    self._admit(source, repository_ref)
+                return [
+                    replace(repository_ref, domain=s.reference.domain, path=s.reference.path)
+                    for s in chosen
+                ]
+        return [served]
+
+    def _range_at(
+        self, endpoint: Reference, digest: Digest, first: int, last: int, deadline: float
+    ) -> bytes:
+        """:meth:`read_range` from exactly ``endpoint``'s registry (or its blob's remembered
+        redirect target), retrying transient failures until ``deadline``."""
+        target = self._target(endpoint)
+        what = f"{endpoint.repository}: blob {digest} bytes {first}-{last}"
+        url = f"/v2/{endpoint.path}/blobs/{digest}"
         key = (target.host, target.path, str(digest))
         headers = {"Range": f"bytes={first}-{last}", "Accept-Encoding": "identity"}
 
@@ -877,7 +948,6 @@ class RegistryClient:
                             self._locations[key] = (resp.url, time.monotonic())
                     return self._range_body(resp, target, what, first, last)
 
-        deadline = time.monotonic() + 2 * self.options.timeout
         return self._retrying(what, attempt, deadline=deadline)
 
     def _location(self, key: tuple[str, str, str]) -> httpx.URL | None:
