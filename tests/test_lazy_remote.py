@@ -841,3 +841,77 @@ def test_the_estargz_fixture_mounts_lazily_from_its_own_toc(
         for mp in mps[1:]:
             assert assert_same_view(mp, mps[0]) == 2  # the root and README.md
     assert not (lazy_root / "snapshots").exists() or not any((lazy_root / "snapshots").iterdir())
+
+
+# -- zstd:chunked: the layer's own TOC, from the registry ----------------------------------
+
+
+def test_a_zstd_chunked_image_mounts_lazily_from_the_registry(env: Setup, tmp_path: Path) -> None:
+    """skopeo's zstd:chunked image, pushed: each layer's TOC costs one closed request of
+    exactly its bytes; listing the tree reads nothing more; a small file costs one more
+    request; and the view equals the eager mount."""
+    need_fuse()
+    from test_zstd_chunked import layers_of, skopeo_chunked_layout
+
+    layout = skopeo_chunked_layout(tmp_path / "image")
+    env.registry.push(f"oci:{layout}:t", "chunked/app:1")
+    env.clear()
+    eager_root, lazy_root = tmp_path / "eager", tmp_path / "lazy"
+    eager, lazy = tmp_path / "mp-eager", tmp_path / "mp-lazy"
+    eager.mkdir()
+    lazy.mkdir()
+    eager_run, lazy_run = run_in(eager_root), run_in(lazy_root)
+    assert eager_run("pull", "-q", f"oci:{layout}:t", "--name", "chunked:1").rc == 0
+    descs = [desc for desc, _, _ in layers_of(layout)]
+    with (
+        cli_mounted(eager_run, eager_root, eager, "chunked:1"),
+        cli_mounted(lazy_run, lazy_root, lazy, "--lazy", env.ref("chunked/app:1")) as err,
+    ):
+        lines = err.strip().splitlines()
+        assert len(lines) == 2 and all("indexed (zstd:chunked TOC: " in x for x in lines), err
+        for desc in descs:
+            offset, length = map(
+                int,
+                desc["annotations"]["io.containers.zstd-chunked.manifest-position"].split(":")[:2],
+            )
+            assert env.blob_requests_of(desc["digest"]) == [f"bytes={offset}-{offset + length - 1}"]
+        os.listdir(lazy / "etc")
+        assert (lazy / "new").read_bytes() == b"new\n"
+        assert len(env.blob_requests_of(descs[1]["digest"])) == 2
+        assert len(env.blob_requests_of(descs[0]["digest"])) == 1
+        assert assert_same_view(lazy, eager) >= 10
+    snapshots = lazy_root / "snapshots"
+    assert not snapshots.exists() or not any(snapshots.iterdir())
+
+
+# -- --no-published-index ------------------------------------------------------------------
+
+
+def test_no_published_index_builds_the_index_here(env: Setup, tmp_path: Path) -> None:
+    """With indexes published for the image, ``mount --lazy --no-published-index`` does
+    not look them up: it builds its own, in one pass over each blob."""
+    need_fuse()
+    env.registry.push(f"oci:{env.layout}:lazy", "lazy/own:1")
+    builder = run_in(tmp_path / "builder")
+    assert builder("index", "build", env.ref("lazy/own:1")).rc == 0
+    assert builder("index", "push", env.ref("lazy/own:1")).rc == 0
+    env.clear()
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    lazy_run = run_in(tmp_path / "host")
+    with cli_mounted(
+        lazy_run, tmp_path / "host", mp, "--lazy", "--no-published-index", env.ref("lazy/own:1")
+    ) as err:
+        hows = [line.partition(": ")[2] for line in err.strip().splitlines()]
+        assert hows[0].startswith("indexed (built: 1 pass") and hows[2].startswith(
+            "indexed (built: 1 pass"
+        ), err
+    assert not any(
+        "/referrers/" in s.path or "/manifests/sha256-" in s.path for s in env.proxy.seen
+    )
+    # and without the switch, another host takes the published ones
+    env.clear()
+    lazy = open_lazy_remote(
+        _store(tmp_path, "other"), env.ref("lazy/own:1"), OPTIONS, QuietProgress()
+    )
+    assert [lazy.layers[k].how for k in (0, 2)] == ["indexed (referrer)"] * 2

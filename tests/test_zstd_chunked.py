@@ -211,10 +211,14 @@ def read_all(index: TocIndex, source: Blob) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def skopeo_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return skopeo_chunked_layout(tmp_path_factory.mktemp("zstd-chunked"))
+
+
+def skopeo_chunked_layout(root: Path) -> Path:
     """An image of two layers (hardlinks, symlinks, a fifo, xattrs, fractional mtimes, a
     whiteout and an opaque directory, a 12 MiB file with an 8 MiB hole that
     containers/storage cuts into chunks, one of them of zeros), built here as gzip and
-    converted by skopeo to zstd:chunked."""
+    converted by skopeo to zstd:chunked: the layout ``root/dst``, tag ``t``."""
     skopeo = need_tool("skopeo")
     rnd = random.Random(5)
     big = rnd.randbytes(3 << 20) + b"\0" * (8 << 20) + rnd.randbytes(1 << 20)
@@ -234,7 +238,6 @@ def skopeo_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     top = LayerBuilder().whiteout("etc/a").opaque("d").file("d/y", b"y" * 100_000)
     top.file("new", b"new\n")
-    root = tmp_path_factory.mktemp("zstd-chunked")
     write_oci_layout(root / "src", {"t": ImageBuilder([base, top])})
     subprocess.run(
         [skopeo, "copy", "-q", "--dest-compress-format", "zstd:chunked"]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import InvalidReference, SnapshotterError
+from ..errors import InvalidReference
 from ..oci.model import Platform
 from ..store.store import Store
 from ..text import human_size
@@ -34,10 +33,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "serving it runs in the background until 'snapshotter umount', fusermount3 -u, "
             "or SIGTERM/SIGINT/SIGHUP. With --lazy, IMAGE is a source that is not pulled: "
             "oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME] (read in "
-            "place) or docker://REF; each layer is mounted through its seek index "
-            "(from the store's cache, or built in one pass over the blob), so a file's bytes "
-            "are read only when it is read, or fetched whole into the store when it is "
-            "small; one line per layer on stderr says which."
+            "place) or docker://REF; each layer is mounted through its seek index (from the "
+            "store's cache, published beside the image in the registry, or built in one "
+            "pass over the blob) or through the TOC it carries (eStargz, zstd:chunked), so "
+            "a file's bytes are read only when it is read, or fetched whole into the store "
+            "when it is small; one line per layer on stderr says which."
         ),
     )
     p.add_argument(
@@ -59,6 +59,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="mount the source IMAGE (a layout, an archive or docker://REF) without pulling it: "
         "files are read from the layer blobs when they are read",
+    )
+    p.add_argument(
+        "--no-published-index",
+        dest="use_published",
+        action="store_false",
+        help="with --lazy docker://REF: do not use seek indexes published beside the image "
+        "(trust only indexes this machine built: a layer with none cached is indexed here, "
+        "in one verified pass)",
     )
     p.add_argument(
         "--foreground",
@@ -184,18 +192,16 @@ def _open_lazy(
         from ..lazy.local import open_lazy_layout
 
         return open_lazy_layout(store, text, progress, platform=platform)
-    options = registry_options(args)
-    try:  # lazy.remote reads registries by Range: imported only for docker:// sources
-        remote = importlib.import_module("..lazy.remote", __package__)
-    except ModuleNotFoundError as exc:
-        if exc.name != "snapshotter.lazy.remote":
-            raise
-        raise SnapshotterError(
-            f"mount --lazy {text}: lazy mounts from registries are not in this build yet "
-            "(no snapshotter.lazy.remote); pull the image and mount it, or use oci:DIR"
-        ) from None
-    image: LazyImage = remote.open_lazy_remote(store, text, options, progress, platform=platform)
-    return image
+    from ..lazy.remote import open_lazy_remote
+
+    return open_lazy_remote(
+        store,
+        text,
+        registry_options(args),
+        progress,
+        platform=platform,
+        use_published=args.use_published,
+    )
 
 
 def cmd_umount(store: Store, args: argparse.Namespace) -> int:
