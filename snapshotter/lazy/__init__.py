@@ -6,6 +6,8 @@ fetching or unpacking the whole blob.
 - ``seek_index``: the seek index of a layer blob (its toc, where each file lies in the
   tar, a checkpoint every 4 MiB with a sha256 per span), built in one verified pass, and
   reads that fetch and verify only the spans a byte range lies in.
+- ``seekable_zstd``: the seek table a seekable zstd blob ends with, read with one Range
+  request of its tail: frame starts before any pass, single-frame layers known at once.
 
 A range-fetching blob source (registry ``Range`` requests, a span cache) and a lazy FUSE
 view go over this; nothing here touches the network or FUSE.
