@@ -104,7 +104,7 @@ def tar() -> bytes:
     return _tar(6 * MiB)
 
 
-def _unwrap(blob: bytes) -> Callable[[int, int], bytes]:
+def _served(blob: bytes) -> Callable[[int, int], bytes]:
     def served(first: int, last: int) -> bytes:
         return blob[first : last + 1]
 
@@ -376,7 +376,7 @@ def test_a_seekable_layer_is_indexed_at_its_frames(tar: bytes, frame: int, tmp_p
                 extent = index.extent(entry)
                 assert extent is not None
                 theirs.seek(extent.offset)
-                assert read_file(index, entry, _unwrap(blob)) == theirs.read(entry.size)
+                assert read_file(index, entry, _served(blob)) == theirs.read(entry.size)
 
 
 def test_skippable_frames_the_table_lists_are_walked_too(tar: bytes) -> None:
@@ -403,7 +403,7 @@ def test_skippable_frames_the_table_lists_are_walked_too(tar: bytes) -> None:
     assert [c.start for c in index.checkpoints] == [f.start for f in table.frames if f.out_size]
     entry = next(e for e in index.toc if e.kind is EntryKind.FILE and e.size > 500_000)
     at = index.extents[entry.inode].offset + 1000
-    assert read_file(index, entry, _unwrap(blob), 1000, 300_000) == tar[at : at + 300_000]
+    assert read_file(index, entry, _served(blob), 1000, 300_000) == tar[at : at + 300_000]
 
 
 def test_a_single_frame_layer_is_known_before_any_pass(tar: bytes) -> None:
