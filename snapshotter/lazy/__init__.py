@@ -13,6 +13,8 @@ fetching or unpacking the whole blob.
 - ``layers``: what a lazy view is made of; ``plan``: the one planner that readies each
   layer; ``local`` and ``remote``: the sources it plans over (a layout or archive on this
   machine, a registry), and ``index build|push``.
+- ``seekable_zstd``: the seek table a seekable zstd blob ends with, read with one Range
+  request of its tail: frame starts before any pass, single-frame layers known at once.
 
 Nothing here touches FUSE; only ``remote`` (through ``sources.registry``) the network.
 """

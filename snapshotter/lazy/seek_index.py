@@ -49,6 +49,7 @@ from ..oci.digest import Digest, Readable
 from ..oci.model import LAYER_COMPRESSION
 from ..store.toc import Toc, TocEntry, sorted_entries
 from ..store.unpack import scan_layer
+from .seekable_zstd import SeekTable
 from .zran import WINDOW, CorruptStream, RawInflater
 
 SPAN = 4 << 20  # uncompressed bytes between checkpoints (SOCI, indexed_gzip, rapidgzip)
@@ -122,15 +123,37 @@ class Unindexed:
     reason: str
 
 
-def not_worth_indexing(media_type: str, blob_size: int, min_size: int = MIN_LAYER_SIZE) -> str:
+def not_worth_indexing(
+    media_type: str,
+    blob_size: int,
+    min_size: int = MIN_LAYER_SIZE,
+    *,
+    frames: SeekTable | None = None,
+    span: int = SPAN,
+) -> str:
     """Why a layer is not worth a seek index before anything is fetched ("" if it is):
-    its descriptor says enough for small layers.  Single-frame zstd shows only in the
-    pass itself (``build_index`` returns ``Unindexed`` then)."""
+    its descriptor says enough for small layers, and a seekable zstd layer's seek table
+    (``frames``, from ``seekable_zstd.read_seek_table``) for single-frame ones.  Other
+    single-frame zstd layers show only in the pass itself (``build_index`` returns
+    ``Unindexed`` then)."""
     if media_type not in LAYER_COMPRESSION:
         return f"media type {media_type!r} is not a layer we read"
     if blob_size < min_size:
         return f"smaller than {min_size >> 20} MiB ({blob_size} bytes): fetched whole"
+    if frames is not None:
+        if LAYER_COMPRESSION[media_type] != "zstd":
+            raise ValueError(f"a zstd seek table for a layer of media type {media_type!r}")
+        if not frames.restart_frames(span):
+            return _zstd_unindexed(frames.single_frame, span)
     return ""
+
+
+def _zstd_unindexed(single_frame: bool, span: int) -> str:
+    return (
+        "single-frame zstd: no point to restart decompression at but the start"
+        if single_frame
+        else f"zstd: no frame starts past the first {span >> 20} MiB"
+    )
 
 
 # -- the verified pass -------------------------------------------------------------------
@@ -146,20 +169,29 @@ def build_index(
     what: str = "",
     span: int = SPAN,
     min_layer_size: int = MIN_LAYER_SIZE,
+    frames: SeekTable | None = None,
 ) -> SeekIndex | Unindexed:
     """Stream the blob once (``read(n)`` returns up to ``n`` more bytes, ``b""`` at its
     end), verify its digest and diff_id, and return its seek index, or ``Unindexed`` for a
     layer an index would not help (smaller than ``min_layer_size``, single-frame zstd).
     Raises ``DigestMismatch`` (wrong digest or diff_id, undecompressible), ``UnsafeArchive``
-    (a hostile tar, as ``unpack`` refuses it), ``UnsupportedMedia``."""
+    (a hostile tar, as ``unpack`` refuses it), ``UnsupportedMedia``.
+
+    ``frames``: the seek table of a seekable zstd blob, read from its tail before the pass
+    (``seekable_zstd.read_seek_table``).  The pass then also checks that the table is the
+    one the verified blob ends with (``DigestMismatch`` if not: the tail was read from
+    other bytes) and that the frames it walks start where the table says, in the blob and
+    in the tar (``UnsafeArchive`` if not: the blob's table lies)."""
     what = what or f"layer {layer_digest}"
     compression = LAYER_COMPRESSION.get(media_type)
     if compression is None:
         raise UnsupportedMedia(f"{what}: unsupported media type {media_type!r}")
     if span < 1:
         raise ValueError(f"span {span!r}: must be positive")
+    if frames is not None and compression != "zstd":
+        raise ValueError(f"a zstd seek table for a layer of media type {media_type!r}")
     blob: Readable | BinaryIO = _CallReader(read) if callable(read) else read
-    recorder = _Recorder(compression, span, what)
+    recorder = _Recorder(compression, span, what, frames)
     extents: dict[int, FileExtent] = {}
 
     def content(inode: int, info: tarfile.TarInfo, src: Readable) -> tuple[str, int]:
@@ -191,6 +223,8 @@ def build_index(
         content=content,
         decompress=recorder.open,
     )
+    if frames is not None:
+        recorder.check_table(frames, scan.tar_size)
     if scan.blob_size < min_layer_size:
         return Unindexed(
             layer_digest,
@@ -202,12 +236,7 @@ def build_index(
     if compression == "zstd" and len(checkpoints) < 2:
         # Every read would inflate from the blob's start: the index buys nothing.
         return Unindexed(
-            layer_digest,
-            media_type,
-            scan.blob_size,
-            "single-frame zstd: no point to restart decompression at but the start"
-            if recorder.frames < 2
-            else f"zstd: no frame starts past the first {span >> 20} MiB",
+            layer_digest, media_type, scan.blob_size, _zstd_unindexed(recorder.frames < 2, span)
         )
     for inode in scan.dropped:
         extents.pop(inode, None)
@@ -290,11 +319,32 @@ class _SpanHasher:
             self._h = None
 
 
+class _TailTap:
+    """Between the blob and the span hasher: hashes the blob from byte ``start`` to its
+    end (a seek table's frame, to hold the table read from the tail to the verified
+    blob)."""
+
+    def __init__(self, read: Callable[[int], bytes], start: int):
+        self._read = read
+        self.start = start
+        self.at = 0
+        self.hash = hashlib.sha256()
+
+    def read(self, n: int) -> bytes:
+        chunk = self._read(n)
+        if self.at + len(chunk) > self.start:
+            self.hash.update(memoryview(chunk)[max(0, self.start - self.at) :])
+        self.at += len(chunk)
+        return chunk
+
+
 class _Recorder:
     """The decompressor ``scan_layer`` runs in the verified pass: it inflates as usual and
-    takes a checkpoint at the first boundary after every ``span`` bytes of output."""
+    takes a checkpoint at the first boundary after every ``span`` bytes of output.  Given
+    a zstd seek table, it also notes every frame start (zstd and skippable) and hashes
+    the table's frame, for ``check_table``."""
 
-    def __init__(self, compression: str, span: int, what: str):
+    def __init__(self, compression: str, span: int, what: str, table: SeekTable | None = None):
         self.compression = compression
         self.span = span
         self.what = what
@@ -304,9 +354,16 @@ class _Recorder:
         self.frames = 0
         self.hasher: _SpanHasher | None = None
         self.decoder: _Decoder | None = None
+        self.table = table
+        self.tap: _TailTap | None = None
+        self.walked: list[tuple[int, int]] = []  # (blob offset, tar offset) of each frame
 
     def open(self, compressed: Readable) -> Readable:
-        self.hasher = _SpanHasher(compressed.read)
+        read: Callable[[int], bytes] = compressed.read
+        if self.table is not None:
+            self.tap = _TailTap(read, self.table.table_offset)
+            read = self.tap.read
+        self.hasher = _SpanHasher(read)
         self.hasher.cut(0, 0)
         self.points.append((0, 0, 0, True, b""))
         if self.compression == "gzip":
@@ -314,7 +371,12 @@ class _Recorder:
                 self.hasher.read, self.what, on_block=self._on_block, on_header=self._on_header
             )
         elif self.compression == "zstd":
-            self.decoder = _ZstdDecoder(self.hasher.read, self.what, on_header=self._on_header)
+            self.decoder = _ZstdDecoder(
+                self.hasher.read,
+                self.what,
+                on_header=self._on_header,
+                on_skippable=self._on_skippable if self.table is not None else None,
+            )
         else:
             self.decoder = _PlainDecoder(self.hasher.read, self.what, on_header=self._on_header)
         return self.decoder
@@ -325,6 +387,8 @@ class _Recorder:
     def _on_header(self, at: int, out: int) -> None:
         if self.compression == "zstd":
             self.frames += 1
+            if self.table is not None:
+                self.walked.append((at, out))
         if self._due(out):
             assert self.hasher is not None
             self.hasher.cut(at, at)
@@ -338,6 +402,35 @@ class _Recorder:
             self.hasher.cut(at, start)
             self.points.append((out, start, bits, False, self.decoder.window()))
             self.last_out = out
+
+    def _on_skippable(self, at: int, out: int) -> None:
+        self.walked.append((at, out))
+
+    def check_table(self, table: SeekTable, tar_size: int) -> None:
+        """After the verified pass: the seek table read from the tail is the one the blob
+        ends with, and names every frame the pass walked, where the pass found it."""
+        assert self.tap is not None
+        if self.tap.hash.hexdigest() != table.digest:
+            raise DigestMismatch(
+                f"{self.what}: the seek table read from its tail is not the one the blob "
+                f"ends with (bytes {table.table_offset}-{table.blob_size - 1})"
+            )
+        named = [(f.start, f.out) for f in table.frames]
+        named.append((table.table_offset, table.decompressed_size))  # the table's own frame
+        walked = self.walked
+        for k, (claim, found) in enumerate(zip(named, walked, strict=False)):
+            if claim != found:
+                raise UnsafeArchive(
+                    f"{self.what}: seek table says frame {k} starts at byte {claim[0]} "
+                    f"(tar offset {claim[1]}), the blob has one at byte {found[0]} "
+                    f"(tar offset {found[1]})"
+                )
+        if len(named) != len(walked):
+            raise UnsafeArchive(
+                f"{self.what}: seek table names {len(named) - 1} frames, the blob has "
+                f"{len(walked) - 1} before its seek table"
+            )
+        assert table.decompressed_size == tar_size  # the last frame's start, just checked
 
     def finish(self) -> tuple[Checkpoint, ...]:
         assert self.hasher is not None
@@ -588,10 +681,12 @@ class _ZstdDecoder(_Decoder):
         start: int = 0,
         out: int = 0,
         on_header: Callable[[int, int], None] | None = None,
+        on_skippable: Callable[[int, int], None] | None = None,
     ):
         super().__init__(what, out)
         self.inp = _Input(src, start)
         self.on_header = on_header
+        self.on_skippable = on_skippable
         self.dctx = zstandard.ZstdDecompressor()
         self.dobj: zstandard.ZstdDecompressionObj | None = None
         self.checksum = False
@@ -610,6 +705,8 @@ class _ZstdDecoder(_Decoder):
                 raise self._cut()
             magic = int.from_bytes(head, "little")
             if magic & 0xFFFFFFF0 == _ZSTD_SKIPPABLE:
+                if self.on_skippable is not None:
+                    self.on_skippable(inp.at, self.out)
                 skippable = inp.need(8)
                 if skippable is None or not inp.skip(8 + int.from_bytes(skippable[4:], "little")):
                     raise self._cut()
