@@ -13,6 +13,7 @@ import gzip
 import io
 import random
 import struct
+import tarfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -431,3 +432,65 @@ def test_a_single_frame_layer_is_known_before_any_pass(tar: bytes) -> None:
     )
     with pytest.raises(ValueError, match="media type"):
         not_worth_indexing("application/vnd.oci.image.layer.v1.tar+gzip", 20 * MiB, frames=table)
+
+
+# -- in the planner: a lazy mount's layers ---------------------------------------------------
+
+
+def _seekable_layout(tmp_path: Path, frame: int, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An OCI layout of one image whose one layer (``_tar``, 9 MiB) is seekable zstd
+    written by pyzstd with frames of ``frame`` bytes."""
+    import builders
+
+    def seekable(data: bytes, compression: str, **_: object) -> bytes:
+        assert compression == "zstd"
+        return _seekable(data, frame=frame)
+
+    layer = LayerBuilder()
+    layer.raw_bytes(_tar(9 * MiB)[:-1024])  # (the builder ends the tar itself)
+    with monkeypatch.context() as m:
+        m.setattr(builders, "compress", seekable)
+        return builders.write_oci_layout(
+            tmp_path / f"layout-{frame}", {"1": builders.ImageBuilder([layer], compression="zstd")}
+        )
+
+
+def test_a_lazy_mount_indexes_a_seekable_layer_checking_its_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from snapshotter.lazy.local import open_lazy_layout
+    from snapshotter.store.store import Store
+
+    layout = _seekable_layout(tmp_path, MiB, monkeypatch)
+    image = open_lazy_layout(Store(tmp_path / "store"), f"oci:{layout}:1", min_layer_size=0)
+    (layer,) = image.layers
+    assert layer.how.startswith("indexed (built: 1 pass, "), layer.how
+    assert layer.how.endswith("; seek table of 10 frames)"), layer.how
+    assert isinstance(layer.index, SeekIndex) and layer.source is not None
+    with tarfile.open(fileobj=io.BytesIO(_tar(9 * MiB))) as tf:
+        expected = {
+            i.name: tf.extractfile(i).read()  # type: ignore[union-attr]
+            for i in tf
+            if i.isfile() and ".wh." not in i.name
+        }
+    files = [e for e in layer.index.toc.entries if e.kind is EntryKind.FILE]
+    assert {e.path for e in files} == set(expected)
+    for entry in files:
+        assert read_file(layer.index, entry, layer.source.read_range) == expected[entry.path]
+
+
+def test_a_lazy_mount_fetches_a_single_frame_layer_whole_without_a_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from snapshotter.lazy.local import open_lazy_layout
+    from snapshotter.store.store import Store
+
+    layout = _seekable_layout(tmp_path, 1024 * MiB, monkeypatch)
+    store = Store(tmp_path / "store")
+    image = open_lazy_layout(store, f"oci:{layout}:1", min_layer_size=0)
+    (layer,) = image.layers
+    assert layer.how == (
+        "fetched whole: single-frame zstd: no point to restart decompression at but the "
+        "start (its seek table says)"
+    )
+    assert layer.index is None and store.has_snapshot(Digest.parse(layer.diff_id))

@@ -13,8 +13,12 @@ or archive on this machine, ``lazy.local``; a registry, ``lazy.remote``), throug
 5. not worth indexing (under 10 MiB, a media type we do not read lazily): fetched whole;
 6. the source cannot serve ranges (a registry that answers a Range request with 200):
    fetched whole;
-7. one verified pass over the blob builds the seek index (and caches it); a layer the
-   pass finds not worth it (single-frame zstd) is fetched whole.
+7. a zstd layer's seek table (seekable zstd, ``lazy.seekable_zstd``: one request of the
+   tail) that shows a single frame, or none past the first span: fetched whole, with no
+   pass;
+8. one verified pass over the blob builds the seek index (and caches it), checking a seek
+   table's frames as it goes; a layer the pass finds not worth it (single-frame zstd with
+   no seek table to say so before) is fetched whole.
 
 Layers fetched whole are unpacked as ``pull`` unpacks them and committed together
 (``sources.pull.fetch_whole``), so a failure leaves the store as it was, but for cached
@@ -39,6 +43,7 @@ from .cache import load_index, save_index
 from .layer_toc import TocIndex
 from .layers import LazyLayer, RangeSource
 from .seek_index import MIN_LAYER_SIZE, SeekIndex, Unindexed, build_index, not_worth_indexing
+from .seekable_zstd import SeekTable, read_seek_table
 
 IN_STORE = "in the store already (unpacked)"
 
@@ -186,17 +191,27 @@ def _plan_one(
     refused = access.refuses_ranges(layer, blob)
     if refused:
         return _Ready(layer, None, None, _whole(refused))
+    table = None
+    seekable = ""
+    if layer.compression == "zstd":
+        table = read_seek_table(blob, what)
+        if table is not None:
+            seekable = f"; seek table of {len(table.frames)} frames"
+            reason = not_worth_indexing(layer.media_type, layer.size, 0, frames=table)
+            if reason:
+                return _Ready(layer, None, None, _whole(reason + " (its seek table says)"))
     began = time.monotonic()
     progress.note(f"{what}: no seek index; building it (one pass over the blob)")
     # (min_layer_size: the layer was found worth it above)
-    built = index_layer(layer, progress.task(what, layer.size), what, min_layer_size=0)
+    built = index_layer(
+        layer, progress.task(what, layer.size), what, min_layer_size=0, frames=table
+    )
     if isinstance(built, Unindexed):
         return _Ready(layer, None, None, _whole(built.reason))
     save_index(store, layer.digest, built)
     took = time.monotonic() - began
-    return _Ready(
-        layer, built, blob, f"indexed (built: 1 pass, {human_size(layer.size)} in {took:.1f}s)"
-    )
+    size = human_size(layer.size)
+    return _Ready(layer, built, blob, f"indexed (built: 1 pass, {size} in {took:.1f}s{seekable})")
 
 
 def _whole(reason: str) -> str:
@@ -214,10 +229,12 @@ def index_layer(
     advance: Callable[[int], None],
     what: str,
     min_layer_size: int = MIN_LAYER_SIZE,
+    frames: SeekTable | None = None,
 ) -> SeekIndex | Unindexed:
     """One verified streaming pass over the layer's blob (through its opener, wherever
-    the source keeps it: a layout, an archive, a registry) that builds its seek index;
-    ``advance`` is told of every byte read."""
+    the source keeps it: a layout, an archive, a registry) that builds its seek index,
+    checking a seek table's frames (``frames``) when the blob has one; ``advance`` is
+    told of every byte read."""
     assert layer.digest is not None
     with layer.open() as blob:
 
@@ -234,6 +251,7 @@ def index_layer(
             blob_size=layer.size,
             what=what,
             min_layer_size=min_layer_size,
+            frames=frames,
         )
 
 
