@@ -18,7 +18,7 @@ import tarfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -42,6 +42,7 @@ from snapshotter.lazy.layers import LazyImage, LazyLayer
 from snapshotter.lazy.remote import open_lazy_remote
 from snapshotter.lazy.spans import CachingSource, SpanCache
 from snapshotter.oci.digest import Digest
+from snapshotter.oci.model import Platform
 from snapshotter.oci.reference import Reference
 from snapshotter.progress import QuietProgress
 from snapshotter.sources.registry import RegistryBlob, RegistryClient, RegistryOptions
@@ -547,6 +548,171 @@ def test_token_auth_registry_build_push_and_read(
         assert _read(lazy.layers[0], "data/small05") == b"small 5\n"
     finally:
         setup.stop()
+
+
+# -- multi-platform images: index build|push --all-platforms ---------------------------------
+
+
+@dataclass
+class Multi:
+    """A two-platform index (amd64, arm64/v8) in the registry: the platforms share their
+    big base layer and each has a big layer of its own (all gzip, each over 10 MiB)."""
+
+    repo: str
+    index_digest: str
+    manifests: dict[str, str]  # platform -> manifest digest
+    layers: dict[str, list[BuiltLayer]]  # platform -> its layers, base first
+
+
+MULTI_PLATFORMS = ("linux/amd64", "linux/arm64/v8")
+
+
+@pytest.fixture(scope="module")
+def multi(setup: Setup, tmp_path_factory: pytest.TempPathFactory) -> Multi:
+    rnd = random.Random(11)
+    base = (
+        LayerBuilder()
+        .file("etc/os-release", b"ID=multi\n")
+        .file("base/noise.bin", rnd.randbytes(11 << 20))
+    )
+    images = []
+    for arch, variant in (("amd64", None), ("arm64", "v8")):
+        top = LayerBuilder().file(f"{arch}/hello", f"hello {arch}\n".encode())
+        top.file(f"{arch}/noise.bin", rnd.randbytes(11 << 20))
+        images.append(ImageBuilder([base, top], architecture=arch, variant=variant))
+    layout = write_oci_layout(
+        tmp_path_factory.mktemp("multi") / "oci", {}, index_of={"multi": images}
+    )
+    setup.registry.push(f"oci:{layout}:multi", "lazy/multi:1", all_images=True)
+    top = json.loads((layout / "index.json").read_bytes())["manifests"][0]
+    index = json.loads((layout / "blobs/sha256" / top["digest"][7:]).read_bytes())
+    manifests = {
+        "/".join(
+            filter(
+                None,
+                (d["platform"]["os"], d["platform"]["architecture"], d["platform"].get("variant")),
+            )
+        ): d["digest"]
+        for d in index["manifests"]
+    }
+    assert tuple(manifests) == MULTI_PLATFORMS
+    layers = {p: img.built_layers() for p, img in zip(MULTI_PLATFORMS, images, strict=True)}
+    assert layers["linux/amd64"][0] == layers["linux/arm64/v8"][0]  # the shared base
+    return Multi("lazy/multi:1", top["digest"], manifests, layers)
+
+
+def test_index_build_and_push_all_platforms_serve_each_platform(
+    env: Setup, multi: Multi, tmp_path: Path
+) -> None:
+    """``index build --all-platforms`` indexes the shared base once and each platform's own
+    layer; ``index push --all-platforms`` publishes one artifact per platform manifest, and
+    a lazy open of either platform on another host finds its own with 0 blob bytes read."""
+    cli = run_in(tmp_path / "builder")
+    ref = env.ref(multi.repo)
+    built = cli("index", "build", "--all-platforms", "--json", ref)
+    assert built.rc == 0, built.err
+    doc = json.loads(built.out)
+    assert doc["index"] == multi.index_digest
+    assert [p["platform"] for p in doc["platforms"]] == list(MULTI_PLATFORMS)
+    for p in doc["platforms"]:
+        assert p["manifest"] == multi.manifests[p["platform"]]
+        assert [layer["digest"] for layer in p["layers"]] == [
+            layer.digest for layer in multi.layers[p["platform"]]
+        ]
+    # the shared base: one pass, by the first platform; each own layer built
+    assert [layer["status"] for layer in doc["platforms"][0]["layers"]] == ["built", "built"]
+    assert [layer["status"] for layer in doc["platforms"][1]["layers"]] == ["cached", "built"]
+    base = multi.layers["linux/amd64"][0]
+    assert len(env.blob_requests(base)) == 1
+    assert "(2 platforms): 3 built, 1 already cached, 0 layers not indexed" in built.err
+    text = cli("index", "build", "--all-platforms", ref)
+    lines = text.out.splitlines()
+    assert len(lines) == 4 and all(" cached " in line for line in lines), lines
+    assert [line.split()[0] for line in lines] == [
+        *[MULTI_PLATFORMS[0]] * 2,
+        *[MULTI_PLATFORMS[1]] * 2,
+    ]
+    refused = cli("index", "build", "--all-platforms", "--platform", "linux/amd64", ref)
+    assert refused.rc == 2 and "not allowed with argument" in refused.err
+
+    pushed = cli("index", "push", "--all-platforms", "--json", ref)
+    assert pushed.rc == 0, pushed.err
+    report = json.loads(pushed.out)
+    assert report["index"] == multi.index_digest
+    artifacts = {}
+    for p in report["platforms"]:
+        subject = multi.manifests[p["platform"]]
+        assert p["subject"] == subject
+        assert p["tag"] == "sha256-" + subject[7:]  # distribution 2.8: the referrers tag
+        assert p["layers"] == [layer.digest for layer in multi.layers[p["platform"]]]
+        assert p["missing"] == []
+        artifacts[p["platform"]] = p["artifact"]
+    assert list(artifacts) == list(MULTI_PLATFORMS) and len(set(artifacts.values())) == 2
+    assert pushed.err.count("published 2 seek indexes") == 2
+    with RegistryClient(OPTIONS) as client:
+        for platform, artifact in artifacts.items():
+            subject = multi.manifests[platform]
+            repo = Reference.parse(f"{env.proxy.host}/lazy/multi")
+            body, _, _ = client.manifest(replace(repo, tag="sha256-" + subject[7:]))
+            listed = [m["digest"] for m in json.loads(body)["manifests"]]
+            assert listed == [artifact], platform
+    again = cli("index", "push", "--all-platforms", ref)
+    assert again.rc == 0, again.err
+    assert again.out.splitlines() == [f"{p} {a}" for p, a in artifacts.items()]
+
+    # other hosts: fresh stores, one platform each
+    for platform in MULTI_PLATFORMS:
+        env.clear()
+        store = _store(tmp_path, f"host-{platform.replace('/', '-')}")
+        lazy = open_lazy_remote(
+            store, ref, OPTIONS, QuietProgress(), platform=Platform.parse(platform)
+        )
+        assert lazy.manifest_digest == multi.manifests[platform]
+        assert [layer.how for layer in lazy.layers] == ["indexed (referrer)"] * 2, platform
+        own = multi.layers[platform]
+        # the whole tree with 0 bytes of either blob
+        assert env.blob_requests(own[0]) == env.blob_requests(own[1]) == [], platform
+        arch = platform.split("/")[1]
+        index = lazy.layers[1].index
+        assert index is not None and index.toc.find(f"{arch}/hello") is not None
+        assert _read(lazy.layers[1], f"{arch}/hello") == f"hello {arch}\n".encode()
+
+    # and the command: mount --lazy --platform on yet another host lists the whole tree
+    # with 0 blob bytes
+    need_fuse()
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    root = tmp_path / "mount-host"
+    env.clear()
+    args = ("--lazy", "--platform", "linux/arm64/v8", ref)
+    with cli_mounted(run_in(root), root, mp, *args) as err:
+        assert [line.partition(": ")[2] for line in err.strip().splitlines()] == [
+            "indexed (referrer)"
+        ] * 2
+        names = {str(p.relative_to(mp)) for p in mp.rglob("*")}
+        assert {"arm64/hello", "base/noise.bin", "etc/os-release"} <= names
+        assert not any(n.startswith("amd64") for n in names)
+        own = multi.layers["linux/arm64/v8"]
+        assert env.blob_requests(own[0]) == env.blob_requests(own[1]) == []
+        assert (mp / "arm64/hello").read_bytes() == b"hello arm64\n"
+
+
+def test_index_build_all_platforms_of_a_stored_index_reads_it_by_digest(
+    env: Setup, multi: Multi, tmp_path: Path
+) -> None:
+    cli = run_in(tmp_path / "store")
+    pulled = cli("pull", "-q", "--all-platforms", env.ref(multi.repo), "--name", "multi:1")
+    assert pulled.rc == 0, pulled.err
+    env.clear()
+    built = cli("index", "build", "--all-platforms", "--json", "multi:1")
+    assert built.rc == 0, built.err
+    doc = json.loads(built.out)
+    assert doc["index"] == multi.index_digest
+    assert doc["source"] == f"docker://{env.proxy.host}/lazy/multi@{multi.index_digest}"
+    statuses = [[layer["status"] for layer in p["layers"]] for p in doc["platforms"]]
+    assert statuses == [["built", "built"], ["cached", "built"]]
+    manifests = {s.path.rpartition("/")[2] for s in env.proxy.requests_to("/manifests/")}
+    assert manifests == {multi.index_digest, *multi.manifests.values()}  # never the tag
 
 
 # -- the whole road: mount --lazy docker:// ---------------------------------------------------
