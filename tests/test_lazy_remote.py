@@ -753,6 +753,76 @@ def test_mount_lazy_from_the_registry_equals_the_eager_mount(env: Setup, tmp_pat
         assert assert_same_view(lazy_mp, eager_mp) > 50
 
 
+def _cache_files(root: Path) -> dict[str, int]:
+    """The files of the store's seek index and span caches, with their sizes."""
+    return {
+        str(p.relative_to(root)): p.stat().st_size
+        for cache in ("indexes", "spans")
+        for p in (root / cache).rglob("*")
+        if p.is_file()
+    }
+
+
+def test_prune_indexes_clears_the_caches_under_live_lazy_mounts(env: Setup, tmp_path: Path) -> None:
+    """``prune`` leaves the seek index and span caches alone; ``prune --indexes`` and
+    ``prune -a`` empty both, reporting what they freed, and lazy mounts that were using
+    them keep reading: their indexes are in memory, and a span gone is fetched again."""
+    need_fuse()
+    root = tmp_path / "host"
+    cli = run_in(root)
+    assert cli("index", "build", env.ref()).rc == 0
+    mps = [tmp_path / "mp-a", tmp_path / "mp-b"]
+    for mp in mps:
+        mp.mkdir()
+    expected = _files(env.layers[0])
+    with (
+        cli_mounted(cli, root, mps[0], "--lazy", env.ref()) as err,
+        cli_mounted(cli, root, mps[1], "--lazy", env.ref()),
+    ):
+        assert "indexed (cache)" in err
+        assert (mps[0] / "etc/conf06.txt").read_bytes() == expected["etc/conf06.txt"]
+        cached = _cache_files(root)
+        indexes = {k for k in cached if k.startswith("indexes/")}
+        spans = {k for k in cached if k.startswith("spans/")}
+        assert indexes == {f"indexes/sha256/{env.layers[k].digest[7:]}" for k in (0, 2)}
+        assert spans
+
+        kept = cli("prune", "--json")
+        assert kept.rc == 0, kept.err
+        report = json.loads(kept.out)
+        assert (report["indexes"], report["spans"]) == (None, None)
+        assert _cache_files(root) == cached
+
+        pruned = cli("prune", "--indexes", "--json")
+        assert pruned.rc == 0, pruned.err
+        report = json.loads(pruned.out)
+        assert report["indexes"] == sorted(env.layers[k].digest for k in (0, 2))
+        assert report["spans"] == len(spans)
+        assert report["snapshots"] == []  # the fetched-whole layer: a live mount's
+        assert report["freed"] == sum(cached.values())
+        assert _cache_files(root) == {}
+
+        # b never read it; its span is gone from disk: fetched again, not an error
+        env.clear()
+        assert (mps[1] / "etc/conf06.txt").read_bytes() == expected["etc/conf06.txt"]
+        assert env.blob_requests(env.layers[0])
+        for mp in mps:
+            for path in ("etc/conf06.txt", "data/small17", "etc/os-release"):
+                assert (mp / path).read_bytes() == expected[path]
+        again = _cache_files(root)
+        assert again and all(k.startswith("spans/") for k in again)
+
+        text = cli("prune", "-a")
+        assert text.rc == 0, text.err
+        assert re.fullmatch(
+            rf"Removed 0 images, 0 snapshots, 0 blobs, 0 seek indexes, {len(again)} cached "
+            r"spans; total reclaimed space: \S+",
+            text.out.strip(),
+        ), text.out
+        assert _cache_files(root) == {}
+        assert (mps[0] / "data/small03").read_bytes() == expected["data/small03"]
+
+
 def test_a_forked_process_opens_its_own_connections(env: Setup) -> None:
     """A lazy view's daemon and workers are forks of the process that opened the image:
     each must talk to the registry over connections of its own, never the parent's."""

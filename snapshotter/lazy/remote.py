@@ -478,7 +478,7 @@ def _build_one(store: Store, layer: LayerSource, n: int, progress: Progress) -> 
         return report("not indexed", "the source does not give the blob's digest")
     index = cached_index(store, layer)
     if index is not None:
-        return report("cached", index=index, size=index_path(store, layer.digest).stat().st_size)
+        return report("cached", index=index, size=_index_size(store, layer.digest, index))
     if layer.size is not None:
         reason = not_worth_indexing(layer.media_type, layer.size)
         if reason:
@@ -488,7 +488,16 @@ def _build_one(store: Store, layer: LayerSource, n: int, progress: Progress) -> 
     if isinstance(built, Unindexed):
         return report("not indexed", built.reason.removesuffix(": fetched whole"))
     save_index(store, layer.digest, built)
-    return report("built", index=built, size=index_path(store, layer.digest).stat().st_size)
+    return report("built", index=built, size=_index_size(store, layer.digest, built))
+
+
+def _index_size(store: Store, layer_digest: Digest, index: SeekIndex) -> int:
+    """Bytes of the cached index file; of the index serialized again if a ``prune
+    --indexes`` removed the file meanwhile."""
+    try:
+        return index_path(store, layer_digest).stat().st_size
+    except FileNotFoundError:
+        return len(index.to_bytes())
 
 
 # -- index push -------------------------------------------------------------------------------
