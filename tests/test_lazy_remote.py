@@ -500,8 +500,11 @@ def test_index_build_of_a_stored_image_reads_its_source_by_digest(
     assert [s.path for s in env.proxy.requests_to("/manifests/")] == [pinned]
 
 
-def test_index_cli_errors(env: Setup, tmp_path: Path) -> None:
+def test_index_cli_errors(env: Setup, multi: Multi, tmp_path: Path) -> None:
     cli = run_in(tmp_path / "store")
+    none = cli("index", "push", "--all-platforms", env.ref(multi.repo))
+    assert none.rc == 1 and none.err.count("\n") == 1
+    assert "no seek index cached for any layer of its 2 images" in none.err
     nothing = cli("index", "push", env.ref("lazy/plain:1"))
     assert nothing.rc == 1
     assert nothing.err.count("\n") == 1

@@ -89,13 +89,17 @@ def clear_caches(store: Store) -> CacheReport:
     freed = 0
     for algorithm_dir in _dirs(store.root / INDEXES):
         for entry in _files(algorithm_dir):
-            freed += _remove(entry)
-            indexes.append(f"{algorithm_dir.name}:{entry.name}")
+            size = _remove(entry)
+            if size is not None:
+                freed += size
+                indexes.append(f"{algorithm_dir.name}:{entry.name}")
     for algorithm_dir in _dirs(store.root / SPANS):
         for entry in _files(algorithm_dir):
             if not entry.name.startswith("."):
-                freed += _remove(entry)
-                spans += 1
+                size = _remove(entry)
+                if size is not None:
+                    freed += size
+                    spans += 1
     return CacheReport(sorted(indexes), spans, freed)
 
 
@@ -113,10 +117,11 @@ def _files(path: Path) -> list[Path]:
         return []
 
 
-def _remove(path: Path) -> int:
-    """Unlink ``path``; its size, or 0 if it was gone already (a span cache's eviction)."""
+def _remove(path: Path) -> int | None:
+    """Unlink ``path``; its size, or None if it was gone already (a span cache's eviction
+    in another process)."""
     with contextlib.suppress(FileNotFoundError):
         size = path.stat().st_size
         path.unlink()
         return size
-    return 0
+    return None
