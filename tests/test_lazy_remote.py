@@ -42,6 +42,7 @@ from snapshotter.lazy.layers import LazyImage, LazyLayer
 from snapshotter.lazy.remote import open_lazy_remote
 from snapshotter.lazy.spans import CachingSource, SpanCache
 from snapshotter.oci.digest import Digest
+from snapshotter.oci.model import Platform
 from snapshotter.oci.reference import Reference
 from snapshotter.progress import QuietProgress
 from snapshotter.sources.registries_conf import RegistriesConf, parse
@@ -500,8 +501,11 @@ def test_index_build_of_a_stored_image_reads_its_source_by_digest(
     assert [s.path for s in env.proxy.requests_to("/manifests/")] == [pinned]
 
 
-def test_index_cli_errors(env: Setup, tmp_path: Path) -> None:
+def test_index_cli_errors(env: Setup, multi: Multi, tmp_path: Path) -> None:
     cli = run_in(tmp_path / "store")
+    none = cli("index", "push", "--all-platforms", env.ref(multi.repo))
+    assert none.rc == 1 and none.err.count("\n") == 1
+    assert "no seek index cached for any layer of its 2 images" in none.err
     nothing = cli("index", "push", env.ref("lazy/plain:1"))
     assert nothing.rc == 1
     assert nothing.err.count("\n") == 1
@@ -550,6 +554,171 @@ def test_token_auth_registry_build_push_and_read(
         setup.stop()
 
 
+# -- multi-platform images: index build|push --all-platforms ---------------------------------
+
+
+@dataclass
+class Multi:
+    """A two-platform index (amd64, arm64/v8) in the registry: the platforms share their
+    big base layer and each has a big layer of its own (all gzip, each over 10 MiB)."""
+
+    repo: str
+    index_digest: str
+    manifests: dict[str, str]  # platform -> manifest digest
+    layers: dict[str, list[BuiltLayer]]  # platform -> its layers, base first
+
+
+MULTI_PLATFORMS = ("linux/amd64", "linux/arm64/v8")
+
+
+@pytest.fixture(scope="module")
+def multi(setup: Setup, tmp_path_factory: pytest.TempPathFactory) -> Multi:
+    rnd = random.Random(11)
+    base = (
+        LayerBuilder()
+        .file("etc/os-release", b"ID=multi\n")
+        .file("base/noise.bin", rnd.randbytes(11 << 20))
+    )
+    images = []
+    for arch, variant in (("amd64", None), ("arm64", "v8")):
+        top = LayerBuilder().file(f"{arch}/hello", f"hello {arch}\n".encode())
+        top.file(f"{arch}/noise.bin", rnd.randbytes(11 << 20))
+        images.append(ImageBuilder([base, top], architecture=arch, variant=variant))
+    layout = write_oci_layout(
+        tmp_path_factory.mktemp("multi") / "oci", {}, index_of={"multi": images}
+    )
+    setup.registry.push(f"oci:{layout}:multi", "lazy/multi:1", all_images=True)
+    top = json.loads((layout / "index.json").read_bytes())["manifests"][0]
+    index = json.loads((layout / "blobs/sha256" / top["digest"][7:]).read_bytes())
+    manifests = {
+        "/".join(
+            filter(
+                None,
+                (d["platform"]["os"], d["platform"]["architecture"], d["platform"].get("variant")),
+            )
+        ): d["digest"]
+        for d in index["manifests"]
+    }
+    assert tuple(manifests) == MULTI_PLATFORMS
+    layers = {p: img.built_layers() for p, img in zip(MULTI_PLATFORMS, images, strict=True)}
+    assert layers["linux/amd64"][0] == layers["linux/arm64/v8"][0]  # the shared base
+    return Multi("lazy/multi:1", top["digest"], manifests, layers)
+
+
+def test_index_build_and_push_all_platforms_serve_each_platform(
+    env: Setup, multi: Multi, tmp_path: Path
+) -> None:
+    """``index build --all-platforms`` indexes the shared base once and each platform's own
+    layer; ``index push --all-platforms`` publishes one artifact per platform manifest, and
+    a lazy open of either platform on another host finds its own with 0 blob bytes read."""
+    cli = run_in(tmp_path / "builder")
+    ref = env.ref(multi.repo)
+    built = cli("index", "build", "--all-platforms", "--json", ref)
+    assert built.rc == 0, built.err
+    doc = json.loads(built.out)
+    assert doc["index"] == multi.index_digest
+    assert [p["platform"] for p in doc["platforms"]] == list(MULTI_PLATFORMS)
+    for p in doc["platforms"]:
+        assert p["manifest"] == multi.manifests[p["platform"]]
+        assert [layer["digest"] for layer in p["layers"]] == [
+            layer.digest for layer in multi.layers[p["platform"]]
+        ]
+    # the shared base: one pass, by the first platform; each own layer built
+    assert [layer["status"] for layer in doc["platforms"][0]["layers"]] == ["built", "built"]
+    assert [layer["status"] for layer in doc["platforms"][1]["layers"]] == ["cached", "built"]
+    base = multi.layers["linux/amd64"][0]
+    assert len(env.blob_requests(base)) == 1
+    assert "(2 platforms): 3 built, 1 already cached, 0 layers not indexed" in built.err
+    text = cli("index", "build", "--all-platforms", ref)
+    lines = text.out.splitlines()
+    assert len(lines) == 4 and all(" cached " in line for line in lines), lines
+    assert [line.split()[0] for line in lines] == [
+        *[MULTI_PLATFORMS[0]] * 2,
+        *[MULTI_PLATFORMS[1]] * 2,
+    ]
+    refused = cli("index", "build", "--all-platforms", "--platform", "linux/amd64", ref)
+    assert refused.rc == 2 and "not allowed with argument" in refused.err
+
+    pushed = cli("index", "push", "--all-platforms", "--json", ref)
+    assert pushed.rc == 0, pushed.err
+    report = json.loads(pushed.out)
+    assert report["index"] == multi.index_digest
+    artifacts = {}
+    for p in report["platforms"]:
+        subject = multi.manifests[p["platform"]]
+        assert p["subject"] == subject
+        assert p["tag"] == "sha256-" + subject[7:]  # distribution 2.8: the referrers tag
+        assert p["layers"] == [layer.digest for layer in multi.layers[p["platform"]]]
+        assert p["missing"] == []
+        artifacts[p["platform"]] = p["artifact"]
+    assert list(artifacts) == list(MULTI_PLATFORMS) and len(set(artifacts.values())) == 2
+    assert pushed.err.count("published 2 seek indexes") == 2
+    with RegistryClient(OPTIONS) as client:
+        for platform, artifact in artifacts.items():
+            subject = multi.manifests[platform]
+            repo = Reference.parse(f"{env.proxy.host}/lazy/multi")
+            body, _, _ = client.manifest(replace(repo, tag="sha256-" + subject[7:]))
+            listed = [m["digest"] for m in json.loads(body)["manifests"]]
+            assert listed == [artifact], platform
+    again = cli("index", "push", "--all-platforms", ref)
+    assert again.rc == 0, again.err
+    assert again.out.splitlines() == [f"{p} {a}" for p, a in artifacts.items()]
+
+    # other hosts: fresh stores, one platform each
+    for platform in MULTI_PLATFORMS:
+        env.clear()
+        store = _store(tmp_path, f"host-{platform.replace('/', '-')}")
+        lazy = open_lazy_remote(
+            store, ref, OPTIONS, QuietProgress(), platform=Platform.parse(platform)
+        )
+        assert lazy.manifest_digest == multi.manifests[platform]
+        assert [layer.how for layer in lazy.layers] == ["indexed (referrer)"] * 2, platform
+        own = multi.layers[platform]
+        # the whole tree with 0 bytes of either blob
+        assert env.blob_requests(own[0]) == env.blob_requests(own[1]) == [], platform
+        arch = platform.split("/")[1]
+        index = lazy.layers[1].index
+        assert index is not None and index.toc.find(f"{arch}/hello") is not None
+        assert _read(lazy.layers[1], f"{arch}/hello") == f"hello {arch}\n".encode()
+
+    # and the command: mount --lazy --platform on yet another host lists the whole tree
+    # with 0 blob bytes
+    need_fuse()
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    root = tmp_path / "mount-host"
+    env.clear()
+    args = ("--lazy", "--platform", "linux/arm64/v8", ref)
+    with cli_mounted(run_in(root), root, mp, *args) as err:
+        assert [line.partition(": ")[2] for line in err.strip().splitlines()] == [
+            "indexed (referrer)"
+        ] * 2
+        names = {str(p.relative_to(mp)) for p in mp.rglob("*")}
+        assert {"arm64/hello", "base/noise.bin", "etc/os-release"} <= names
+        assert not any(n.startswith("amd64") for n in names)
+        own = multi.layers["linux/arm64/v8"]
+        assert env.blob_requests(own[0]) == env.blob_requests(own[1]) == []
+        assert (mp / "arm64/hello").read_bytes() == b"hello arm64\n"
+
+
+def test_index_build_all_platforms_of_a_stored_index_reads_it_by_digest(
+    env: Setup, multi: Multi, tmp_path: Path
+) -> None:
+    cli = run_in(tmp_path / "store")
+    pulled = cli("pull", "-q", "--all-platforms", env.ref(multi.repo), "--name", "multi:1")
+    assert pulled.rc == 0, pulled.err
+    env.clear()
+    built = cli("index", "build", "--all-platforms", "--json", "multi:1")
+    assert built.rc == 0, built.err
+    doc = json.loads(built.out)
+    assert doc["index"] == multi.index_digest
+    assert doc["source"] == f"docker://{env.proxy.host}/lazy/multi@{multi.index_digest}"
+    statuses = [[layer["status"] for layer in p["layers"]] for p in doc["platforms"]]
+    assert statuses == [["built", "built"], ["cached", "built"]]
+    manifests = {s.path.rpartition("/")[2] for s in env.proxy.requests_to("/manifests/")}
+    assert manifests == {multi.index_digest, *multi.manifests.values()}  # never the tag
+
+
 # -- the whole road: mount --lazy docker:// ---------------------------------------------------
 
 
@@ -586,6 +755,76 @@ def test_mount_lazy_from_the_registry_equals_the_eager_mount(env: Setup, tmp_pat
         for path, data in zip(files, lazy_bytes, strict=True):
             assert data == (eager_mp / path).read_bytes(), path
         assert assert_same_view(lazy_mp, eager_mp) > 50
+
+
+def _cache_files(root: Path) -> dict[str, int]:
+    """The files of the store's seek index and span caches, with their sizes."""
+    return {
+        str(p.relative_to(root)): p.stat().st_size
+        for cache in ("indexes", "spans")
+        for p in (root / cache).rglob("*")
+        if p.is_file()
+    }
+
+
+def test_prune_indexes_clears_the_caches_under_live_lazy_mounts(env: Setup, tmp_path: Path) -> None:
+    """``prune`` leaves the seek index and span caches alone; ``prune --indexes`` and
+    ``prune -a`` empty both, reporting what they freed, and lazy mounts that were using
+    them keep reading: their indexes are in memory, and a span gone is fetched again."""
+    need_fuse()
+    root = tmp_path / "host"
+    cli = run_in(root)
+    assert cli("index", "build", env.ref()).rc == 0
+    mps = [tmp_path / "mp-a", tmp_path / "mp-b"]
+    for mp in mps:
+        mp.mkdir()
+    expected = _files(env.layers[0])
+    with (
+        cli_mounted(cli, root, mps[0], "--lazy", env.ref()) as err,
+        cli_mounted(cli, root, mps[1], "--lazy", env.ref()),
+    ):
+        assert "indexed (cache)" in err
+        assert (mps[0] / "etc/conf06.txt").read_bytes() == expected["etc/conf06.txt"]
+        cached = _cache_files(root)
+        indexes = {k for k in cached if k.startswith("indexes/")}
+        spans = {k for k in cached if k.startswith("spans/")}
+        assert indexes == {f"indexes/sha256/{env.layers[k].digest[7:]}" for k in (0, 2)}
+        assert spans
+
+        kept = cli("prune", "--json")
+        assert kept.rc == 0, kept.err
+        report = json.loads(kept.out)
+        assert (report["indexes"], report["spans"]) == (None, None)
+        assert _cache_files(root) == cached
+
+        pruned = cli("prune", "--indexes", "--json")
+        assert pruned.rc == 0, pruned.err
+        report = json.loads(pruned.out)
+        assert report["indexes"] == sorted(env.layers[k].digest for k in (0, 2))
+        assert report["spans"] == len(spans)
+        assert report["snapshots"] == []  # the fetched-whole layer: a live mount's
+        assert report["freed"] == sum(cached.values())
+        assert _cache_files(root) == {}
+
+        # b never read it; its span is gone from disk: fetched again, not an error
+        env.clear()
+        assert (mps[1] / "etc/conf06.txt").read_bytes() == expected["etc/conf06.txt"]
+        assert env.blob_requests(env.layers[0])
+        for mp in mps:
+            for path in ("etc/conf06.txt", "data/small17", "etc/os-release"):
+                assert (mp / path).read_bytes() == expected[path]
+        again = _cache_files(root)
+        assert again and all(k.startswith("spans/") for k in again)
+
+        text = cli("prune", "-a")
+        assert text.rc == 0, text.err
+        assert re.fullmatch(
+            rf"Removed 0 images, 0 snapshots, 0 blobs, 0 seek indexes, {len(again)} cached "
+            r"spans; total reclaimed space: \S+",
+            text.out.strip(),
+        ), text.out
+        assert _cache_files(root) == {}
+        assert (mps[0] / "data/small03").read_bytes() == expected["data/small03"]
 
 
 def test_a_forked_process_opens_its_own_connections(env: Setup) -> None:

@@ -331,7 +331,14 @@ def test_prune_removes_only_dangling_images_and_reports_what_it_freed(cli, store
     assert blob_files(store_root) == {new["digest"], new["id"]}
 
     again = json.loads(cli("prune", "--json").out)
-    assert again == {"images": [], "snapshots": [], "blobs": [], "freed": 0}
+    assert again == {
+        "images": [],
+        "snapshots": [],
+        "blobs": [],
+        "indexes": None,  # the lazy caches: left alone without --indexes or -a
+        "spans": None,
+        "freed": 0,
+    }
 
 
 def test_prune_all_removes_every_image_and_empties_the_store(cli, store_root, tmp_path):
@@ -364,7 +371,10 @@ def test_prune_text_output_summarises(cli, tmp_path):
     assert result.rc == 0
     lines = result.out.splitlines()
     assert lines[0] == f"Deleted: {doc['digest']}"
-    assert lines[1].startswith("Removed 1 images, 3 snapshots, 2 blobs; total reclaimed space: ")
+    assert lines[1].startswith(
+        "Removed 1 images, 3 snapshots, 2 blobs, 0 seek indexes, 0 cached spans; "
+        "total reclaimed space: "
+    )
 
 
 # -- live mounts -------------------------------------------------------------------------------
@@ -428,7 +438,14 @@ def test_mounted_image_is_kept_until_its_mount_dies(cli, store_root, tmp_path):
         assert [i["digest"] for i in images(cli)] == [doc["digest"]]
 
         kept = json.loads(cli("prune", "-a", "--json").out)
-        assert kept == {"images": [], "snapshots": [], "blobs": [], "freed": 0}
+        assert kept == {
+            "images": [],
+            "snapshots": [],
+            "blobs": [],
+            "indexes": [],  # -a empties the lazy caches too (none here)
+            "spans": 0,
+            "freed": 0,
+        }
 
         forced = cli("rmi", "--force", "localhost/app:1.0")
         assert forced.rc == 0, forced.err

@@ -18,11 +18,18 @@ def image_arguments(p: argparse.ArgumentParser) -> None:
     platform_argument(p)
 
 
-def platform_argument(p: argparse.ArgumentParser) -> None:
+def platform_argument(p: argparse._ActionsContainer) -> None:
     """--platform, to pick an image from an index, as pull picks it."""
     p.add_argument(
         "--platform", help="OS/ARCH[/VARIANT] to pick from an index (default: the host's)"
     )
+
+
+def platforms_argument(p: argparse.ArgumentParser, all_help: str) -> None:
+    """--platform, or --all-platforms (every image of an index), as ``pull`` takes them."""
+    which = p.add_mutually_exclusive_group()
+    platform_argument(which)
+    which.add_argument("--all-platforms", action="store_true", help=all_help)
 
 
 def layer_argument(p: argparse.ArgumentParser, what: str) -> None:

@@ -76,10 +76,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="remove unused images, snapshots and blobs",
         description=(
             "Remove dangling images (no name), or with -a every image no live mount uses; then "
-            "remove snapshots and blobs nothing references."
+            "remove snapshots and blobs nothing references. The lazy mounts' caches (seek "
+            "indexes in <store>/indexes, fetched spans in <store>/spans) are left alone "
+            "unless --indexes or -a is given: then every cached index and span goes; both "
+            "are rebuilt or fetched again on demand, and live lazy mounts keep working (their "
+            "indexes are in memory, and a span gone is fetched again)."
         ),
     )
-    p.add_argument("-a", "--all", action="store_true", help="remove every image not in use")
+    p.add_argument(
+        "-a",
+        "--all",
+        action="store_true",
+        help="remove every image not in use, and the seek index and span caches",
+    )
+    p.add_argument(
+        "--indexes",
+        action="store_true",
+        help="also remove every cached seek index and span (see 'index build')",
+    )
     p.add_argument("--json", action="store_true", help="print what was removed as JSON")
     p.set_defaults(handler=cmd_prune)
 
@@ -300,6 +314,8 @@ def _remove(store: Store, state: State, digests: set[str]) -> None:
 
 
 def cmd_prune(store: Store, args: argparse.Namespace) -> int:
+    from ..lazy.cache import clear_caches
+
     with store.locked() as state:
         busy = in_use(store)
         removed = []
@@ -320,20 +336,30 @@ def cmd_prune(store: Store, args: argparse.Namespace) -> int:
                 store.remove_index(state, digest)
         removed += sorted(indexes_before - state.indexes.keys())
         report = store.collect_garbage(state)
+        caches = clear_caches(store) if args.all or args.indexes else None
+    freed = report.freed + (caches.freed if caches is not None else 0)
     if args.json:
         print_json(
             {
                 "images": removed,
                 "snapshots": report.snapshots,
                 "blobs": report.blobs,
-                "freed": report.freed,
+                # null: the caches were left alone (no --indexes, no -a)
+                "indexes": caches.indexes if caches is not None else None,
+                "spans": caches.spans if caches is not None else None,
+                "freed": freed,
             }
         )
     else:
         for digest in removed:
             print(f"Deleted: {digest}")
+        cached = (
+            f", {len(caches.indexes)} seek indexes, {caches.spans} cached spans"
+            if caches is not None
+            else ""
+        )
         print(
             f"Removed {len(removed)} images, {len(report.snapshots)} snapshots, "
-            f"{len(report.blobs)} blobs; total reclaimed space: {human_size(report.freed)}"
+            f"{len(report.blobs)} blobs{cached}; total reclaimed space: {human_size(freed)}"
         )
     return EXIT_OK

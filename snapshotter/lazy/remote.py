@@ -34,7 +34,15 @@ from ..oci.model import MT_OCI_INDEX, MT_OCI_MANIFEST, Platform
 from ..oci.reference import Reference
 from ..progress import Progress
 from ..sources.registry import RegistryBlob, RegistryClient, RegistryOptions
-from ..sources.transports import LayerSource, ResolvedImage, open_registry_image, open_source
+from ..sources.transports import (
+    LayerSource,
+    ResolvedImage,
+    ResolvedIndex,
+    open_registry_all,
+    open_registry_image,
+    open_source,
+    open_source_all,
+)
 from ..store.store import Store
 from .cache import index_path, save_index
 from .layer_toc import TocIndex
@@ -278,6 +286,97 @@ def build_indexes(
             image.close()
 
 
+@dataclass(frozen=True, slots=True)
+class PlatformIndexReport:
+    """What ``index build --all-platforms`` did for one image of an index."""
+
+    platform: str  # as the index's descriptor says (else the image config), e.g. linux/arm64/v8
+    manifest: str  # the image manifest's digest ("" when the source does not give it)
+    layers: tuple[LayerIndexReport, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AllIndexReport:
+    """What ``index build --all-platforms`` did: one entry per image of the index (one
+    entry in all when the source is a single image)."""
+
+    source: str
+    index: str  # the image index's digest ("" when the source is one image)
+    platforms: tuple[PlatformIndexReport, ...]
+
+
+def build_all_indexes(
+    store: Store, source: str, options: RegistryOptions, progress: Progress
+) -> AllIndexReport:
+    """:func:`build_indexes` for every image of the index ``source`` names (``index build
+    --all-platforms``).  A layer that several platforms share is indexed once: the first
+    platform builds it, the others find it cached.  ``source`` may name an index in the
+    store (``pull --all-platforms``): it is read again from where it was pulled, pinned to
+    the index digest for a registry, and must still be that index."""
+    expected: str | None = None
+    stored = stored_index_source(store, source)
+    if stored is not None:
+        source, expected = stored
+    resolved = open_source_all(source, options)
+    try:
+        if isinstance(resolved, ResolvedImage):
+            images = [("", resolved)]
+            digest = ""
+            found = _manifest_digest(resolved)
+        else:
+            images = [(str(image.platform), image.image) for image in resolved.images]
+            digest = found = str(resolved.index_digest)
+        if expected is not None and found != expected:
+            raise NotFound(
+                f"image {expected}: its source {source} now holds {found or 'another image'}; "
+                "name the source to index that"
+            )
+        platforms = []
+        for platform, image in images:
+            if not platform:
+                platform = str(image.platform)
+            n = len(image.layers)
+            layers = tuple(_build_one(store, layer, n, progress) for layer in image.layers)
+            platforms.append(PlatformIndexReport(platform, _manifest_digest(image), layers))
+        return AllIndexReport(source, digest, tuple(platforms))
+    finally:
+        if resolved.close is not None:
+            resolved.close()
+
+
+def stored_index_source(store: Store, text: str) -> tuple[str, str] | None:
+    """(source, digest) of the index (``pull --all-platforms``) or image in the store that
+    ``text`` names, a registry source pinned to that digest; None when ``text`` is a
+    ``TRANSPORT:`` source or names nothing in the store."""
+    from ..sources.transports import TRANSPORTS
+
+    if text.partition(":")[0] in TRANSPORTS:
+        return None
+    state = store.read_state()
+    try:
+        digest = store.resolve(state, text)
+    except NotFound:
+        return None
+    record = state.images.get(digest) or state.indexes[digest]
+    return _pinned(record.source, digest), digest
+
+
+def _manifest_digest(image: ResolvedImage) -> str:
+    return str(Digest.of_bytes(image.manifest_bytes)) if image.manifest_bytes else ""
+
+
+def _pinned(source: str, digest: str) -> str:
+    """``source`` pinned to ``digest`` when it is a registry's (whatever its tag names now);
+    other sources as they are (their digest is checked once read)."""
+    from ..sources.transports import TRANSPORTS
+
+    transport = source.partition(":")[0]
+    if transport not in TRANSPORTS or transport == "docker":
+        ref = Reference.parse(source.removeprefix("docker://"))
+        return f"docker://{replace(ref, tag=None, digest=Digest.parse(digest))}"
+    return source
+
+
 def stored_source(
     store: Store, text: str, platform: Platform | None
 ) -> tuple[str, Platform | None, str] | None:
@@ -291,12 +390,7 @@ def stored_source(
         record, _ = store.resolve_image(store.read_state(), text, platform)
     except NotFound:
         return None
-    source = record.source
-    transport = source.partition(":")[0]
-    if transport not in TRANSPORTS or transport == "docker":
-        # a registry: the same manifest, by digest, whatever the tag says now
-        ref = Reference.parse(source.removeprefix("docker://"))
-        source = f"docker://{replace(ref, tag=None, digest=Digest.parse(record.digest))}"
+    source = _pinned(record.source, record.digest)  # a registry's: the same manifest
     return source, Platform.parse(record.platform) if record.platform else platform, record.digest
 
 
@@ -321,7 +415,7 @@ def _build_one(store: Store, layer: LayerSource, n: int, progress: Progress) -> 
         return report("not indexed", "the source does not give the blob's digest")
     index = cached_index(store, layer)
     if index is not None:
-        return report("cached", index=index, size=index_path(store, layer.digest).stat().st_size)
+        return report("cached", index=index, size=_index_size(store, layer.digest, index))
     if layer.size is not None:
         reason = not_worth_indexing(layer.media_type, layer.size)
         if reason:
@@ -331,7 +425,16 @@ def _build_one(store: Store, layer: LayerSource, n: int, progress: Progress) -> 
     if isinstance(built, Unindexed):
         return report("not indexed", built.reason.removesuffix(": fetched whole"))
     save_index(store, layer.digest, built)
-    return report("built", index=built, size=index_path(store, layer.digest).stat().st_size)
+    return report("built", index=built, size=_index_size(store, layer.digest, built))
+
+
+def _index_size(store: Store, layer_digest: Digest, index: SeekIndex) -> int:
+    """Bytes of the cached index file; of the index serialized again if a ``prune
+    --indexes`` removed the file meanwhile."""
+    try:
+        return index_path(store, layer_digest).stat().st_size
+    except FileNotFoundError:
+        return len(index.to_bytes())
 
 
 # -- index push -------------------------------------------------------------------------------
@@ -363,66 +466,113 @@ def push_indexes(
     of the subject's referrers, kept with what it listed before)."""
     with RegistryClient(options) as client:
         ref, image = open_registry_image(ref_text, platform, client)
-        assert image.manifest_bytes is not None
-        subject = Digest.of_bytes(image.manifest_bytes)
-        entries: list[tuple[LayerSource, bytes]] = []
-        missing: list[str] = []
-        for layer in image.layers:
-            index = cached_index(store, layer)
-            if index is None:
-                missing.append(str(layer.digest))
-                continue
-            assert layer.digest is not None
-            entries.append((layer, index_path(store, layer.digest).read_bytes()))
-        if not entries:
+        report = _push_one(client, store, ref, image)
+        if not report.artifact:
             raise NotFound(
                 f"{ref}: no seek index cached for any of its {len(image.layers)} layers; "
                 f"run 'snapshotter index build docker://{ref}' first"
             )
-        target = replace(ref, tag=None, digest=None)
-        config_digest = client.push_blob(target, EMPTY_CONFIG)
-        layers_json = []
-        for layer, data in entries:
-            blob_digest = client.push_blob(target, data)
-            layers_json.append(
-                {
-                    "mediaType": INDEX_MEDIA_TYPE,
-                    "digest": str(blob_digest),
-                    "size": len(data),
-                    "annotations": {
-                        LAYER_ANNOTATION: str(layer.digest),
-                        DIFF_ID_ANNOTATION: str(layer.diff_id),
-                    },
-                }
+        return report
+
+
+@dataclass(frozen=True, slots=True)
+class AllPushReport:
+    """What ``index push --all-platforms`` published: one artifact per image of the index
+    (``platforms`` pairs each image's platform with its report; a platform with no cached
+    index has an empty ``artifact`` and nothing published)."""
+
+    reference: str
+    index: str  # the image index's digest ("" when the reference names one image)
+    platforms: tuple[tuple[str, PushReport], ...]
+
+
+def push_all_indexes(store: Store, ref_text: str, options: RegistryOptions) -> AllPushReport:
+    """:func:`push_indexes` for every image of the index ``ref_text`` names: one artifact
+    per image manifest, each with that manifest as its subject (and, without a referrers
+    API, listed in that manifest's referrers tag), so that a lazy mount of any platform
+    finds its own.  Fails, publishing nothing, when no image has any index cached."""
+    with RegistryClient(options) as client:
+        ref, resolved = open_registry_all(ref_text, client)
+        if isinstance(resolved, ResolvedIndex):
+            images = [(str(image.platform), image.image) for image in resolved.images]
+            digest = str(resolved.index_digest)
+        else:
+            images = [(str(resolved.platform), resolved)]
+            digest = ""
+        if not any(cached_index(store, layer) for _, image in images for layer in image.layers):
+            raise NotFound(
+                f"{ref}: no seek index cached for any layer of its {len(images)} images; run "
+                f"'snapshotter index build --all-platforms docker://{ref}' first"
             )
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": MT_OCI_MANIFEST,
-            "artifactType": ARTIFACT_TYPE,
-            "config": {"mediaType": MT_EMPTY, "digest": str(config_digest), "size": 2},
-            "layers": layers_json,
-            "subject": {
-                "mediaType": image.manifest_media_type,
-                "digest": str(subject),
-                "size": len(image.manifest_bytes),
-            },
-        }
-        body = json.dumps(manifest, indent=2).encode()
-        artifact = Digest.of_bytes(body)
-        _, recorded = client.push_manifest(target, str(artifact), body, MT_OCI_MANIFEST)
-        tag = ""
-        if not recorded:
-            tag = f"{subject.algorithm}-{subject.hex}"
-            _update_referrers_tag(client, target, tag, artifact, len(body))
-        return PushReport(
-            reference=target.repository,
-            subject=str(subject),
-            artifact=str(artifact),
-            layers=tuple(str(layer.digest) for layer, _ in entries),
-            missing=tuple(missing),
-            referrers_api=recorded,
-            tag=tag,
+        platforms = tuple(
+            (platform, _push_one(client, store, ref, image)) for platform, image in images
         )
+        return AllPushReport(replace(ref, tag=None, digest=None).repository, digest, platforms)
+
+
+def _push_one(
+    client: RegistryClient, store: Store, ref: Reference, image: ResolvedImage
+) -> PushReport:
+    """Publish the cached indexes of ``image``'s layers as one artifact with the image
+    manifest as subject; with none cached, publish nothing (an empty ``artifact``)."""
+    assert image.manifest_bytes is not None  # registries always have one
+    subject = Digest.of_bytes(image.manifest_bytes)
+    target = replace(ref, tag=None, digest=None)
+    entries: list[tuple[LayerSource, bytes]] = []
+    missing: list[str] = []
+    for layer in image.layers:
+        index = cached_index(store, layer)
+        if index is None:
+            missing.append(str(layer.digest))
+            continue
+        # the loaded index's own bytes (what save_index wrote): a prune removing the file
+        # meanwhile cannot fail the push
+        entries.append((layer, index.to_bytes()))
+    if not entries:
+        return PushReport(target.repository, str(subject), "", (), tuple(missing), False, "")
+    config_digest = client.push_blob(target, EMPTY_CONFIG)
+    layers_json = []
+    for layer, data in entries:
+        blob_digest = client.push_blob(target, data)
+        layers_json.append(
+            {
+                "mediaType": INDEX_MEDIA_TYPE,
+                "digest": str(blob_digest),
+                "size": len(data),
+                "annotations": {
+                    LAYER_ANNOTATION: str(layer.digest),
+                    DIFF_ID_ANNOTATION: str(layer.diff_id),
+                },
+            }
+        )
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MT_OCI_MANIFEST,
+        "artifactType": ARTIFACT_TYPE,
+        "config": {"mediaType": MT_EMPTY, "digest": str(config_digest), "size": 2},
+        "layers": layers_json,
+        "subject": {
+            "mediaType": image.manifest_media_type,
+            "digest": str(subject),
+            "size": len(image.manifest_bytes),
+        },
+    }
+    body = json.dumps(manifest, indent=2).encode()
+    artifact = Digest.of_bytes(body)
+    _, recorded = client.push_manifest(target, str(artifact), body, MT_OCI_MANIFEST)
+    tag = ""
+    if not recorded:
+        tag = f"{subject.algorithm}-{subject.hex}"
+        _update_referrers_tag(client, target, tag, artifact, len(body))
+    return PushReport(
+        reference=target.repository,
+        subject=str(subject),
+        artifact=str(artifact),
+        layers=tuple(str(layer.digest) for layer, _ in entries),
+        missing=tuple(missing),
+        referrers_api=recorded,
+        tag=tag,
+    )
 
 
 def _update_referrers_tag(
@@ -458,12 +608,18 @@ def _update_referrers_tag(
 
 __all__ = [
     "ARTIFACT_TYPE",
+    "AllIndexReport",
+    "AllPushReport",
     "INDEX_MEDIA_TYPE",
     "LAYER_ANNOTATION",
     "LayerIndexReport",
+    "PlatformIndexReport",
     "PushReport",
+    "build_all_indexes",
     "build_indexes",
     "cached_index",
     "open_lazy_remote",
+    "push_all_indexes",
     "push_indexes",
+    "stored_index_source",
 ]

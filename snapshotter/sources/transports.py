@@ -756,6 +756,19 @@ def open_registry_image(
     return Reference.parse(image.source.removeprefix("docker://")), image
 
 
+def open_registry_all(
+    text: str, client: RegistryClient
+) -> tuple[Reference, ResolvedImage | ResolvedIndex]:
+    """:func:`open_registry_image` for every image ``text`` holds: an index with all its
+    images if it names an image index or manifest list, else its one image (``index push
+    --all-platforms``).  ``client`` is the caller's, as there."""
+    src = SourceRef.parse(text)
+    if src.transport != "docker":
+        raise InvalidReference(f"source {text!r}: not a registry image (docker://REF)")
+    found = _resolve_name(text, src.ref, None, client.options, True, client)
+    return Reference.parse(found.source.removeprefix("docker://")), found
+
+
 def open_source_all(
     text: str, registry: RegistryOptions | None = None
 ) -> ResolvedImage | ResolvedIndex:
