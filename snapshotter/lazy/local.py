@@ -133,9 +133,6 @@ class _LayoutAccess:
     def published(self, layer: LayerSource) -> SeekIndex | None:
         return None
 
-    def refuses_ranges(self, layer: LayerSource, blob: RangeSource) -> str:
-        return ""
-
     def view_source(
         self, layer: LayerSource, index: SeekIndex | TocIndex, blob: RangeSource
     ) -> RangeSource:

@@ -11,11 +11,10 @@ or archive on this machine, ``lazy.local``; a registry, ``lazy.remote``), throug
 4. a TOC the layer carries itself, read with one closed request (eStargz,
    ``lazy.estargz``; zstd:chunked, ``lazy.zstd_chunked``);
 5. not worth indexing (under 10 MiB, a media type we do not read lazily): fetched whole;
-6. the source cannot serve ranges (a registry that answers a Range request with 200):
-   fetched whole;
-7. a zstd layer's seek table (seekable zstd, ``lazy.seekable_zstd``: one request of the
-   tail) that shows a single frame, or none past the first span: fetched whole, with no
-   pass;
+6. the source cannot serve ranges (a registry that answers a first closed Range request,
+   of two bytes or of a zstd layer's tail, with 200): fetched whole;
+7. a zstd layer's seek table (seekable zstd, ``lazy.seekable_zstd``: in that tail) that
+   shows a single frame, or none past the first span: fetched whole, with no pass;
 8. one verified pass over the blob builds the seek index (and caches it), checking a seek
    table's frames as it goes; a layer the pass finds not worth it (single-frame zstd with
    no seek table to say so before) is fetched whole.
@@ -49,7 +48,8 @@ IN_STORE = "in the store already (unpacked)"
 
 
 class LayerAccess(Protocol):
-    """How the planner reaches one source's layer blobs."""
+    """How the planner reaches one source's layer blobs.  (Whether they can be read by
+    ranges shows in the first range read: a registry raises ``RangeNotSupported``.)"""
 
     def open(self, layer: LayerSource) -> tuple[LayerSource, RangeSource]:
         """The layer with its digest and size filled in (a docker save names neither) and
@@ -59,10 +59,6 @@ class LayerAccess(Protocol):
     def published(self, layer: LayerSource) -> SeekIndex | None:
         """A seek index published for this layer beside the image, checked against it;
         None where the source has none (or publishes none)."""
-        ...
-
-    def refuses_ranges(self, layer: LayerSource, blob: RangeSource) -> str:
-        """Why the blob cannot be read by ranges ("" when it can)."""
         ...
 
     def view_source(
@@ -188,18 +184,22 @@ def _plan_one(
     reason = not_worth_indexing(layer.media_type, layer.size, min_layer_size)
     if reason:
         return _Ready(layer, None, None, _whole(reason))
-    refused = access.refuses_ranges(layer, blob)
-    if refused:
-        return _Ready(layer, None, None, _whole(refused))
+    # A first closed range read: it shows whether the source serves ranges at all (a
+    # registry may answer 200), and for zstd it is the tail, where a seek table would be.
     table = None
     seekable = ""
-    if layer.compression == "zstd":
-        table = read_seek_table(blob, what)
-        if table is not None:
-            seekable = f"; seek table of {len(table.frames)} frames"
-            reason = not_worth_indexing(layer.media_type, layer.size, 0, frames=table)
-            if reason:
-                return _Ready(layer, None, None, _whole(reason + " (its seek table says)"))
+    try:
+        if layer.compression == "zstd":
+            table = read_seek_table(blob, what)
+        else:
+            blob.read_range(0, 1)  # (for a registry, resolves and caches the CDN location)
+    except RangeNotSupported:
+        return _Ready(layer, None, None, _whole("the registry ignores Range"))
+    if table is not None:
+        seekable = f"; seek table of {len(table.frames)} frames"
+        reason = not_worth_indexing(layer.media_type, layer.size, 0, frames=table)
+        if reason:
+            return _Ready(layer, None, None, _whole(reason + " (its seek table says)"))
     began = time.monotonic()
     progress.note(f"{what}: no seek index; building it (one pass over the blob)")
     # (min_layer_size: the layer was found worth it above)

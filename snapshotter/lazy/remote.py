@@ -25,10 +25,9 @@ trust the pushers can build the index themselves (``index build``) and keep it c
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, replace
 
-from ..errors import NotFound, RangeNotSupported, SnapshotterError, StoreCorrupt
+from ..errors import NotFound, SnapshotterError, StoreCorrupt
 from ..oci.digest import Digest
 from ..oci.model import MT_OCI_INDEX, MT_OCI_MANIFEST, Platform
 from ..oci.reference import Reference
@@ -50,8 +49,6 @@ from .layers import LazyImage, RangeSource
 from .plan import cached_index, index_layer, matches, plan_layers
 from .seek_index import SeekIndex, Unindexed, not_worth_indexing
 from .spans import CachingSource, SpanCache
-
-log = logging.getLogger(__name__)
 
 # The published artifact (image-spec 1.1 "artifacts guidance"): an image manifest with an
 # artifactType, the empty config, one layer per seek index, the image manifest as subject.
@@ -142,14 +139,6 @@ class _RegistryAccess:
             )
         assert layer.digest is not None
         return self._published.get(layer.digest)
-
-    def refuses_ranges(self, layer: LayerSource, blob: RangeSource) -> str:
-        try:
-            blob.read_range(0, 1)  # resolves (and caches) the CDN location too
-        except RangeNotSupported as exc:
-            log.debug("layer %s: %s", layer.digest, exc)
-            return "the registry ignores Range"
-        return ""
 
     def view_source(
         self, layer: LayerSource, index: SeekIndex | TocIndex, blob: RangeSource
