@@ -157,7 +157,7 @@ def members() -> list[tuple[tarfile.TarInfo, bytes]]:
     ]
 
 
-def pulled_toc(blob: bytes, diff_id: str) -> Toc:
+def pulled_toc(blob: bytes, diff_id: str, compression: str = "gzip") -> Toc:
     """The toc unpack makes of the same blob (the pass every pull makes)."""
 
     def content(inode: int, ti: tarfile.TarInfo, src: Any) -> tuple[str, int]:
@@ -171,7 +171,7 @@ def pulled_toc(blob: bytes, diff_id: str) -> Toc:
 
     scan = scan_layer(
         io.BytesIO(blob),
-        compression="gzip",
+        compression=compression,
         diff_id=Digest.parse(diff_id),
         layer_digest=Digest.parse(sha(blob)),
         blob_size=len(blob),

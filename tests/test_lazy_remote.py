@@ -747,15 +747,7 @@ def test_mount_lazy_from_the_registry_equals_the_eager_mount(env: Setup, tmp_pat
         assert all(hows[k].startswith(("indexed (built", "indexed (referrer)")) for k in (0, 2))
         assert hows[1].startswith("fetched whole: smaller than 10 MiB")
         env.clear()
-        files = sorted(
-            p.relative_to(lazy_mp) for p in lazy_mp.rglob("*") if p.is_file() and not p.is_symlink()
-        )
-        assert len(files) > 50
-        with ThreadPoolExecutor(8) as pool:
-            lazy_bytes = list(pool.map(lambda p: (lazy_mp / p).read_bytes(), files))
-        for path, data in zip(files, lazy_bytes, strict=True):
-            assert data == (eager_mp / path).read_bytes(), path
-        assert assert_same_view(lazy_mp, eager_mp) > 50
+        _read_all_alike(lazy_mp, eager_mp, threads=8)
 
 
 def _cache_files(root: Path) -> dict[str, int]:
@@ -955,6 +947,20 @@ def test_a_mirror_ignoring_range_passes_range_reads_to_the_origin(
     )
 
 
+def _read_all_alike(lazy_mp: Path, eager_mp: Path, threads: int) -> None:
+    """Every file of the lazy view, read from ``threads`` threads at once, equals the eager
+    view's; and so does every entry's metadata."""
+    files = sorted(
+        p.relative_to(lazy_mp) for p in lazy_mp.rglob("*") if p.is_file() and not p.is_symlink()
+    )
+    assert len(files) > 50
+    with ThreadPoolExecutor(threads) as pool:
+        lazy_bytes = list(pool.map(lambda p: (lazy_mp / p).read_bytes(), files))
+    for path, data in zip(files, lazy_bytes, strict=True):
+        assert data == (eager_mp / path).read_bytes(), path
+    assert assert_same_view(lazy_mp, eager_mp) > 50
+
+
 def _first_range(layer: BuiltLayer) -> str:
     """The planner's first range read of a layer big enough to index: two bytes, or for
     zstd the tail, where a seek table would be."""
@@ -1024,15 +1030,7 @@ def test_mount_lazy_reads_ranges_from_the_origin_when_the_mirror_ignores_them(
         for layer in big:
             assert _ranges(mirror, layer.digest) == [(_first_range(layer), 200)]
             assert _ranges(env.proxy, layer.digest) == [(_first_range(layer), 206)]
-        files = sorted(
-            p.relative_to(lazy_mp) for p in lazy_mp.rglob("*") if p.is_file() and not p.is_symlink()
-        )
-        assert len(files) > 50
-        with ThreadPoolExecutor(4) as pool:
-            lazy_bytes = list(pool.map(lambda p: (lazy_mp / p).read_bytes(), files))
-        for path, data in zip(files, lazy_bytes, strict=True):
-            assert data == (eager_mp / path).read_bytes(), path
-        assert assert_same_view(lazy_mp, eager_mp) > 50
+        _read_all_alike(lazy_mp, eager_mp, threads=4)
         for layer in big:
             # nothing more asked of the mirror; every read served by the origin
             assert _ranges(mirror, layer.digest) == [(_first_range(layer), 200)]

@@ -23,6 +23,7 @@ import zstandard
 from builders import ImageBuilder, LayerBuilder, write_oci_layout
 from conftest import need_tool, run_in
 from test_estargz import Blob
+from test_estargz import pulled_toc as estargz_pulled_toc
 from test_fusefs import need_fuse
 from test_lazy_mount import assert_same_view, cli_mounted
 
@@ -30,10 +31,8 @@ from snapshotter.errors import DigestMismatch, UnsafeArchive
 from snapshotter.lazy import zstd_chunked
 from snapshotter.lazy.layer_toc import ZSTD_CHUNKED, Reader, TocIndex
 from snapshotter.lazy.local import open_lazy_layout
-from snapshotter.oci.digest import Digest
 from snapshotter.store.store import Store
 from snapshotter.store.toc import Toc
-from snapshotter.store.unpack import scan_layer
 
 NEW = "io.github.containers.zstd-chunked."
 OLD = "io.containers.zstd-chunked."
@@ -165,25 +164,7 @@ def members() -> list[tuple[tarfile.TarInfo, bytes]]:
 
 def pulled_toc(blob: bytes, diff_id: str) -> Toc:
     """The toc unpack makes of the same blob (the pass every pull makes)."""
-
-    def content(inode: int, ti: tarfile.TarInfo, src: Any) -> tuple[str, int]:
-        h = hashlib.sha256()
-        left = ti.size
-        while left:
-            piece = src.read(min(left, 1 << 16))
-            h.update(piece)
-            left -= len(piece)
-        return "sha256:" + h.hexdigest(), (ti.size + 4095) // 4096 * 8
-
-    return scan_layer(
-        io.BytesIO(blob),
-        compression="zstd",
-        diff_id=Digest.parse(diff_id),
-        layer_digest=Digest.parse(sha(blob)),
-        blob_size=len(blob),
-        what="test layer",
-        content=content,
-    ).toc
+    return estargz_pulled_toc(blob, diff_id, "zstd")
 
 
 def contents(blob: bytes) -> dict[str, bytes]:
