@@ -213,7 +213,7 @@ def test_every_file_reads_back_chunk_by_verified_chunk() -> None:
     source = Blob(blob)
     index = read_index(source, diff_id, toc_digest, "layer")
     assert isinstance(index, TocIndex)
-    reader = Reader(index, source, keep=2)
+    reader = Reader(index, source, keep_bytes=300_000)
     by_path = {e.path: e for e in index.toc.entries}
     want = {"etc/hosts": b"127.0.0.1 localhost\n", "etc/cap": b"x", "var/big": BIG}
     for path, data in want.items():

@@ -424,3 +424,64 @@ def test_skopeos_image_mounts_lazily_as_it_mounts_eagerly(
         assert os.getxattr(lazy / "etc", "user.k") == b"v\xff"
     snapshots = lazy_root / "snapshots"
     assert not snapshots.exists() or not any(snapshots.iterdir())
+
+
+# -- readahead ----------------------------------------------------------------------------
+
+
+def many_files() -> list[tuple[tarfile.TarInfo, bytes]]:
+    rnd = random.Random(11)
+    return [(info(f"f/{n:03}"), rnd.randbytes(2000 + n)) for n in range(300)]
+
+
+def test_files_read_in_blob_order_share_requests_and_others_do_not() -> None:
+    """300 small files: a tree walk in blob order costs a few requests (the readahead
+    window grows to 4 MiB); in reverse order, one request each; a single file, one
+    request of its own chunk only."""
+    blob, diff_id, annotations = chunked(many_files())
+    expected = dict((ti.name, data) for ti, data in many_files())
+    source = Blob(blob)
+    index = zstd_chunked.read_index(source, annotations, diff_id, "layer")
+    assert isinstance(index, TocIndex)
+    files = [e for e in index.toc.entries if e.has_data]
+    assert len(files) == 300
+
+    source.requests.clear()
+    reader = Reader(index, source)
+    for e in files:
+        assert reader.read(e.inode, e.size, 0, e.size) == expected[e.path]
+    print(f"\n300 files in blob order: {len(source.requests)} requests")
+    assert len(source.requests) <= 10
+
+    source.requests.clear()
+    reader = Reader(index, source)
+    for e in reversed(files):
+        assert reader.read(e.inode, e.size, 0, e.size) == expected[e.path]
+    assert len(source.requests) == 300
+
+    source.requests.clear()
+    one = files[150]
+    assert Reader(index, source).read(one.inode, one.size, 0, one.size) == expected[one.path]
+    ((first, last),) = source.requests
+    (chunk,) = index.chunks[one.inode]
+    assert (first, last) == (chunk.offset, chunk.end - 1)
+
+
+def test_a_tampered_chunk_read_ahead_is_dropped_not_served() -> None:
+    blob, diff_id, annotations = chunked(many_files())
+    expected = dict((ti.name, data) for ti, data in many_files())
+    source = Blob(blob)
+    index = zstd_chunked.read_index(source, annotations, diff_id, "layer")
+    assert isinstance(index, TocIndex)
+    files = [e for e in index.toc.entries if e.has_data]
+    (bad,) = index.chunks[files[20].inode]
+    forged = zstandard.ZstdCompressor().compress(b"X" * bad.size)
+    size = bad.end - bad.offset
+    source.data[bad.offset : bad.end] = forged.ljust(size, b"\0")[:size]
+    reader = Reader(index, source)
+    for e in files[:20]:  # sequential: the window reaches past file 20
+        assert reader.read(e.inode, e.size, 0, e.size) == expected[e.path]
+    with pytest.raises(DigestMismatch):
+        reader.read(files[20].inode, files[20].size, 0, files[20].size)
+    for e in files[21:40]:
+        assert reader.read(e.inode, e.size, 0, e.size) == expected[e.path]

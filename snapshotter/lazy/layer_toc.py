@@ -256,17 +256,40 @@ def toc_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-class Reader:
-    """Reads files of one layer through its TOC, chunk by verified chunk, keeping the last
-    few chunks (a 128 KiB read in a 4 MiB chunk would otherwise fetch it 32 times).  Safe
-    to share between threads (``lazy.layers.ContentReader``)."""
+READAHEAD_START = 128 * 1024  # the first readahead window, once reads go in blob order
+READAHEAD_MAX = 4 << 20  # the largest (compressed bytes, one request)
+SEQUENTIAL_GAP = 64 * 1024  # how far past the last fetch a read still counts as "next"
+KEEP_BYTES = 32 << 20  # decompressed chunks kept per reader
 
-    def __init__(self, index: TocIndex, source: RangeSource, keep: int = 16):
+
+class Reader:
+    """Reads files of one layer through its TOC, chunk by verified chunk.
+
+    Each chunk is its own compressed range, so reading file after file would cost a
+    request per file (a tree walk of a Debian image through zstd:chunked: 11,483 requests).
+    Reads that go on where the last fetch ended (in blob order, give or take the headers
+    between files) are taken as sequential: the next fetch then also takes the chunks that
+    follow, in one request, in a window that doubles from 128 KiB to 4 MiB; any other read
+    fetches its chunk alone and starts over.  Chunks fetched are kept, decompressed and
+    checked, up to ``keep_bytes`` (so a 128 KiB read in a 4 MiB chunk does not fetch it 32
+    times).  A chunk that fails its check is never kept; one read ahead that fails is only
+    dropped (its own read will fail, if it comes).  Safe to share between threads
+    (``lazy.layers.ContentReader``)."""
+
+    def __init__(self, index: TocIndex, source: RangeSource, keep_bytes: int = KEEP_BYTES):
         self.index = index
         self.source = source
-        self._keep = keep
+        self._keep_bytes = keep_bytes
+        self._kept = 0
         self._chunks: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._lock = threading.Lock()
+        self._order = sorted(
+            {(c.offset, c.inner_offset): c for cs in index.chunks.values() for c in cs}.values(),
+            key=lambda c: (c.offset, c.inner_offset),
+        )
+        self._starts = [(c.offset, c.inner_offset) for c in self._order]
+        self._fetched_to = -1  # where the last fetch ended in the blob
+        self._window = 0
         self.fetches = 0  # Range requests made, for tests and reports
 
     def read(self, inode: int, size: int, offset: int, length: int) -> bytes:
@@ -289,21 +312,53 @@ class Reader:
             if data is not None:
                 self._chunks.move_to_end(key)
                 return data
-        what = f"{self.index.format} layer"
-        packed = self.source.read_range(piece.offset, piece.end - 1)
+            group = self._group(piece)
+        first, last = group[0].offset, max(c.end for c in group)
+        packed = self.source.read_range(first, last - 1)
         self.fetches += 1
-        want = piece.inner_offset + piece.size
-        plain = _decompress(self.index.compression, packed, want, what, piece.offset)
-        data = plain[piece.inner_offset : want]
-        actual = toc_digest(data)
-        if actual != piece.digest:
-            raise DigestMismatch(
-                f"{what}: chunk at {piece.offset} has digest {actual}, its TOC says {piece.digest}"
-            )
+        found: dict[tuple[int, int], bytes] = {}
+        for chunk in group:
+            try:
+                found[(chunk.offset, chunk.inner_offset)] = self._verified(chunk, packed, first)
+            except DigestMismatch:
+                if chunk is group[0]:
+                    raise
         with self._lock:
-            self._chunks[key] = data
-            while len(self._chunks) > self._keep:
-                self._chunks.popitem(last=False)
+            for k, value in found.items():
+                if k not in self._chunks:
+                    self._chunks[k] = value
+                    self._kept += len(value)
+            while self._kept > self._keep_bytes and len(self._chunks) > 1:
+                self._kept -= len(self._chunks.popitem(last=False)[1])
+        return found[key]
+
+    def _group(self, piece: Chunk) -> list[Chunk]:
+        """The chunks one request fetches for ``piece``: it alone, or, for a read that
+        follows the last fetch, it and those after it within the readahead window (called
+        under the lock)."""
+        sequential = 0 <= piece.offset - self._fetched_to <= SEQUENTIAL_GAP
+        self._window = min(2 * self._window or READAHEAD_START, READAHEAD_MAX) if sequential else 0
+        at = bisect.bisect_left(self._starts, (piece.offset, piece.inner_offset))
+        group = [piece]
+        for chunk in self._order[at + 1 :]:
+            if chunk.end - piece.offset > self._window:
+                break
+            if (chunk.offset, chunk.inner_offset) not in self._chunks:
+                group.append(chunk)
+        self._fetched_to = max(c.end for c in group)
+        return group
+
+    def _verified(self, chunk: Chunk, packed: bytes, first: int) -> bytes:
+        what = f"{self.index.format} layer"
+        want = chunk.inner_offset + chunk.size
+        member = packed[chunk.offset - first : chunk.end - first]
+        plain = _decompress(self.index.compression, member, want, what, chunk.offset)
+        data = plain[chunk.inner_offset : want]
+        actual = toc_digest(data)
+        if actual != chunk.digest:
+            raise DigestMismatch(
+                f"{what}: chunk at {chunk.offset} has digest {actual}, its TOC says {chunk.digest}"
+            )
         return data
 
 
