@@ -8,22 +8,23 @@ Starts Debian's ``docker-registry`` on 127.0.0.1, pushes LAYOUT:TAG (the Debian 
 scripts/bench-image by default) as ``bench/published:1`` and ``bench/plain:1`` with
 skopeo, and puts tests/registry_fixtures.py's proxy in front of it, pacing every body
 through one shared link of ``--rate-mbit`` (and ``--latency-ms`` before each answer).
-Then, each from an empty store (another "host"):
+Then, each from an empty store (another "host"), with ``snapshotter mount`` for real:
 
   (a) lazy, published index   the seek indexes built and pushed beside bench/published
                               once, untimed ('index build' + 'index push')
   (b) lazy, no index          bench/plain: each indexable layer streamed once to build
                               its index
   (c) pull, then mount        'snapshotter pull', then 'snapshotter mount' (FUSE)
+  (d) lazy, zstd:chunked      the image converted by skopeo to zstd:chunked (what podman
+                              and containers/storage read lazily), pushed as
+                              bench/chunked:1: each layer read through its own TOC
 
 For each: the time until the first ``ls`` of the root answers, the time to read one file
 (``--file``, by default usr/lib/os-release, in the 81 MB layer), and the bytes the proxy
-sent (all of them: manifests, configs, indexes, blobs).
-
-Where ``snapshotter mount --lazy`` exists (lazy-view's work), (a) and (b) run it for
-real; otherwise they are measured at the library level: ``open_lazy_remote`` plus the
-merge of the layers' tocs is "first ls", then one ``read_file`` through the layer's
-caching source (the span cache on disk) is the read; the output says which.
+sent (all of them: manifests, configs, indexes, blobs), with ratios to (c).  ``--verify``
+then reads every file of each lazy view and checks it against the eager view of (c):
+names, kinds, modes, owners, sizes, mtimes, link targets, xattrs, link counts and the
+sha256 of every file's bytes (and says how long reading the whole view took).
 
 Needs docker-registry, skopeo and the test dependencies (tests/registry_fixtures.py).
 """
@@ -31,8 +32,10 @@ Needs docker-registry, skopeo and the test dependencies (tests/registry_fixtures
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -46,29 +49,22 @@ sys.path.insert(0, str(REPO))
 
 from registry_fixtures import FaultProxy, Registry, start_registry  # noqa: E402
 
-from snapshotter.lazy import read_file  # noqa: E402
-from snapshotter.lazy.remote import open_lazy_remote  # noqa: E402
-from snapshotter.progress import QuietProgress  # noqa: E402
-from snapshotter.sources.registry import RegistryOptions  # noqa: E402
-from snapshotter.store.store import Store  # noqa: E402
-from snapshotter.store.toc import TOC_NAME, Toc  # noqa: E402
-from snapshotter.view.merge import merge  # noqa: E402
-
 CLI = [sys.executable, "-m", "snapshotter.cli"]
 
 
 @dataclass
 class Result:
     case: str
-    how: str  # "mount" or "library"
     first_ls_s: float
     read_s: float
     fetched: int  # bytes the proxy sent for this case
     read_fetched: int  # of which for the read
     layers: list[str]
+    verified: str = ""  # "" (not asked), "same: N entries, read in Ts", or what differs
 
 
 def cli(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """The command's stdout (its stderr, for ``mount``: one line per layer)."""
     done = subprocess.run(
         [*CLI, "--root", str(root), *args],
         capture_output=True,
@@ -79,18 +75,7 @@ def cli(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
     )
     if done.returncode != 0:
         raise SystemExit(f"snapshotter {' '.join(args)}: {done.stderr.strip()}")
-    return done.stdout
-
-
-def lazy_mount_available(root: Path) -> bool:
-    done = subprocess.run(
-        [*CLI, "--root", str(root), "mount", "--help"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    return "--lazy" in done.stdout
+    return done.stderr if args[0] == "mount" else done.stdout
 
 
 def sent(proxy: FaultProxy) -> int:
@@ -98,66 +83,64 @@ def sent(proxy: FaultProxy) -> int:
         return sum(s.sent for s in proxy.seen)
 
 
-def library_case(
-    case: str, proxy: FaultProxy, root: Path, ref: str, path: str, options: RegistryOptions
-) -> Result:
-    store = Store(root)
-    store.ensure()
-    start = sent(proxy)
-    t0 = time.perf_counter()
-    image = open_lazy_remote(store, ref, options, QuietProgress())
-    tocs = [
-        layer.index.toc
-        if layer.index is not None
-        else Toc.read(store.snapshot_path(_digest(layer.diff_id)) / TOC_NAME)
-        for layer in image.layers
-    ]
-    tree = merge(tocs)
-    assert tree is not None
-    first_ls = time.perf_counter() - t0
-    before_read = sent(proxy)
-    t1 = time.perf_counter()
-    data = _read_top(store, image.layers, tocs, path)
-    read = time.perf_counter() - t1
-    assert data, path
-    return Result(
-        case,
-        "library",
-        first_ls,
-        read,
-        sent(proxy) - start,
-        sent(proxy) - before_read,
-        [layer.how for layer in image.layers],
+def view_of(root: Path) -> dict[str, tuple[object, ...]]:
+    """Every path of a mounted view: what lstat, readlink and the xattr calls say, and
+    the sha256 of each regular file's bytes (read through the view)."""
+    out: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in ["", *dirnames, *filenames]:
+            path = os.path.join(dirpath, name) if name else dirpath
+            st = os.lstat(path)
+            digest = ""
+            if stat.S_ISREG(st.st_mode):
+                h = hashlib.sha256()
+                with open(path, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+                digest = h.hexdigest()
+            keys = sorted(os.listxattr(path, follow_symlinks=False))
+            out[os.path.relpath(path, root)] = (
+                st.st_mode,
+                st.st_uid,
+                st.st_gid,
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_nlink,
+                st.st_rdev,
+                os.readlink(path) if stat.S_ISLNK(st.st_mode) else "",
+                tuple((k, os.getxattr(path, k, follow_symlinks=False)) for k in keys),
+                digest,
+            )
+    return out
+
+
+def compare(ours: dict[str, tuple[object, ...]], eager: dict[str, tuple[object, ...]]) -> str:
+    differ = [p for p in sorted(set(ours) | set(eager)) if ours.get(p) != eager.get(p)]
+    if not differ:
+        return f"same: {len(ours)} entries"
+    first = differ[0]
+    return (
+        f"DIFFERENT: {len(differ)} entries, first {first!r}: {ours.get(first)} / {eager.get(first)}"
     )
 
 
-def _digest(text: str):  # type: ignore[no-untyped-def]
-    from snapshotter.oci.digest import Digest
-
-    return Digest.parse(text)
-
-
-def _read_top(store: Store, layers, tocs, path: str) -> bytes:  # type: ignore[no-untyped-def]
-    for layer, toc in reversed(list(zip(layers, tocs, strict=True))):
-        entry = toc.find(path)
-        if entry is None:
-            continue
-        if layer.index is not None:
-            return read_file(layer.index, entry, layer.source.read_range)
-        snap = store.snapshot_path(_digest(layer.diff_id))
-        return (snap / "data" / entry.data_name).read_bytes()
-    raise SystemExit(f"{path}: in no layer")
-
-
 def mount_case(
-    case: str, proxy: FaultProxy, root: Path, args: list[str], path: str, pull: str | None
-) -> Result:
+    case: str,
+    proxy: FaultProxy,
+    root: Path,
+    args: list[str],
+    path: str,
+    pull: str | None,
+    eager: dict[str, tuple[object, ...]] | None = None,
+) -> tuple[Result, dict[str, tuple[object, ...]] | None]:
+    """The case's result; and, given the eager view to check against (or ``{}`` to read
+    this one as the eager view), this view as ``view_of`` sees it."""
     start = sent(proxy)
     mnt = Path(tempfile.mkdtemp(prefix="bench-lazy-mnt-"))
     t0 = time.perf_counter()
     if pull is not None:
         cli(root, "pull", "--quiet", pull)
-    cli(root, "mount", *args, str(mnt))
+    said = cli(root, "mount", *args, str(mnt))
     try:
         names = os.listdir(mnt)
         assert names
@@ -168,10 +151,20 @@ def mount_case(
             data = f.read()
         read = time.perf_counter() - t1
         assert data
+        hows = [line.partition(": ")[2] for line in said.splitlines() if line.startswith("layer")]
+        result = Result(case, first_ls, read, sent(proxy) - start, sent(proxy) - before_read, hows)
+        view = None
+        if eager is not None:
+            t2 = time.perf_counter()
+            view = view_of(mnt)
+            took = time.perf_counter() - t2
+            result.verified = (compare(view, eager) if eager else f"{len(view)} entries") + (
+                f", every file read in {took:.1f}s"
+            )
     finally:
         cli(root, "umount", str(mnt))
         mnt.rmdir()
-    return Result(case, "mount", first_ls, read, sent(proxy) - start, sent(proxy) - before_read, [])
+    return result, view
 
 
 def main() -> int:
@@ -183,7 +176,9 @@ def main() -> int:
     ap.add_argument("--file", default="usr/lib/os-release")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument(
-        "--library", action="store_true", help="library level even if mount --lazy exists"
+        "--verify",
+        action="store_true",
+        help="read every file of each view and check the lazy views against the eager one",
     )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -197,6 +192,13 @@ def main() -> int:
         registry = start_registry(work / "registry")
         for repo in ("bench/published:1", "bench/plain:1"):
             registry.push(f"oci:{args.layout}:{args.tag}", repo)
+        chunked = work / "chunked"
+        subprocess.run(
+            ["skopeo", "copy", "-q", "--dest-compress-format", "zstd:chunked"]
+            + [f"oci:{args.layout}:{args.tag}", f"oci:{chunked}:{args.tag}"],
+            check=True,
+        )
+        registry.push(f"oci:{chunked}:{args.tag}", "bench/chunked:1")
         proxy = FaultProxy(
             registry.host, rate=args.rate_mbit * 1e6 / 8, latency=args.latency_ms / 1000
         )
@@ -205,21 +207,27 @@ def main() -> int:
         builder = work / "builder"
         cli(builder, "index", "build", "--quiet", published)
         cli(builder, "index", "push", published)
-        options = RegistryOptions()
-        mount_lazy = not args.library and lazy_mount_available(builder)
         for run in range(args.runs):
-            for case, ref in (("a lazy, published index", published), ("b lazy, no index", plain)):
-                root = work / f"{case[0]}-{run}"
-                if mount_lazy:
-                    results.append(mount_case(case, proxy, root, ["--lazy", ref], args.file, None))
-                else:
-                    results.append(library_case(case, proxy, root, ref, args.file, options))
             root = work / f"c-{run}"
-            results.append(
-                mount_case(
-                    "c pull, then mount", proxy, root, [f"{host}/bench/plain:1"], args.file, plain
-                )
+            eager: dict[str, tuple[object, ...]] | None = {} if args.verify else None
+            result, eager = mount_case(
+                "c pull, then mount",
+                proxy,
+                root,
+                [f"{host}/bench/plain:1"],
+                args.file,
+                plain,
+                eager,
             )
+            results.append(result)
+            for case, ref in (
+                ("a lazy, published index", published),
+                ("b lazy, no index", plain),
+                ("d lazy, zstd:chunked", f"docker://{host}/bench/chunked:1"),
+            ):
+                root = work / f"{case[0]}-{run}"
+                result, _ = mount_case(case, proxy, root, ["--lazy", ref], args.file, None, eager)
+                results.append(result)
     finally:
         if proxy is not None:
             proxy.stop()
@@ -233,14 +241,22 @@ def main() -> int:
         f"{args.layout}:{args.tag} through a {args.rate_mbit:g} Mbit/s link"
         f"{f', {args.latency_ms:g} ms latency' if args.latency_ms else ''}; read {args.file}"
     )
-    print(f"{'case':26} {'level':8} {'first ls':>9} {'read':>8} {'fetched':>10} {'(read)':>10}")
-    for r in results:
+    print(f"{'case':26} {'first ls':>9} {'read':>8} {'fetched':>10} {'(read)':>10}   ratio to (c)")
+    base = {r.case[0] + str(k // 4): r for k, r in enumerate(results) if r.case.startswith("c")}
+    for k, r in enumerate(results):
+        c = base[f"c{k // 4}"]
+        ratio = ""
+        if r is not c:
+            ratio = f"   first ls {r.first_ls_s / c.first_ls_s:.2f}x"
+            ratio += f", bytes {r.fetched / c.fetched:.3f}x"
         print(
-            f"{r.case:26} {r.how:8} {r.first_ls_s:8.2f}s {r.read_s * 1000:6.0f}ms "
-            f"{r.fetched / 1e6:8.1f}MB {r.read_fetched / 1e6:8.2f}MB"
+            f"{r.case:26} {r.first_ls_s:8.2f}s {r.read_s * 1000:6.0f}ms "
+            f"{r.fetched / 1e6:8.1f}MB {r.read_fetched / 1e6:8.2f}MB{ratio}"
         )
         if r.layers:
             print(f"{'':26} layers: {'; '.join(r.layers)}")
+        if r.verified:
+            print(f"{'':26} {r.verified}")
     return 0
 
 
