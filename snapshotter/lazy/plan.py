@@ -122,18 +122,28 @@ def plan_layers(
     ready: list[_Ready] = []
     whole: list[LayerSource] = []
     store.ensure()
-    for layer in layers:
-        layer, blob = access.open(layer)
-        assert layer.digest is not None and layer.size is not None
-        what = f"layer {layer.index + 1}/{n} {layer.digest.short()}"
-        found = _plan_one(store, layer, blob, access, progress, what, min_layer_size)
-        if found.index is None:
-            _release(blob)
-            found.blob = None
-            if not found.how.startswith(IN_STORE):
-                whole.append(layer)
-        ready.append(found)
-    fetch_whole(store, whole, progress)
+    try:
+        for layer in layers:
+            layer, blob = access.open(layer)
+            assert layer.digest is not None and layer.size is not None
+            what = f"layer {layer.index + 1}/{n} {layer.digest.short()}"
+            try:
+                found = _plan_one(store, layer, blob, access, progress, what, min_layer_size)
+            except BaseException:
+                _release(blob)
+                raise
+            if found.index is None:
+                _release(blob)
+                found.blob = None
+                if found.how != IN_STORE:
+                    whole.append(layer)
+            ready.append(found)
+        fetch_whole(store, whole, progress)
+    except BaseException:
+        for r in ready:
+            if r.blob is not None:
+                _release(r.blob)
+        raise
     out = []
     for r in ready:
         layer = r.layer
