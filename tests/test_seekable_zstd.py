@@ -17,6 +17,7 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pyzstd
@@ -103,6 +104,21 @@ def _tar(size: int, seed: int = 3) -> bytes:
 @pytest.fixture(scope="module")
 def tar() -> bytes:
     return _tar(6 * MiB)
+
+
+def _pass(
+    blob: bytes, tar: bytes, *, digest: bytes | None = None, **kw: Any
+) -> SeekIndex | Unindexed:
+    """``build_index`` over ``blob``, a zstd layer of ``tar`` (its digest that of
+    ``digest`` when given: a wrong one), indexed whatever its size."""
+    return build_index(
+        io.BytesIO(blob).read,
+        Digest.of_bytes(blob if digest is None else digest),
+        Digest.of_bytes(tar),
+        ZSTD,
+        min_layer_size=0,
+        **kw,
+    )
 
 
 def _served(blob: bytes) -> Callable[[int, int], bytes]:
@@ -286,14 +302,7 @@ def test_lies_only_the_frames_reveal_fail_the_pass(tar: bytes) -> None:
         table = parse_seek_table(blob, len(blob))
         assert table is not None, what
         with pytest.raises(UnsafeArchive, match="seek table (says|names)") as caught:
-            build_index(
-                io.BytesIO(blob).read,
-                Digest.of_bytes(blob),
-                Digest.of_bytes(tar),
-                ZSTD,
-                min_layer_size=0,
-                frames=table,
-            )
+            _pass(blob, tar, frames=table)
         assert "\n" not in str(caught.value), what
 
 
@@ -304,24 +313,10 @@ def test_a_table_that_is_not_the_blobs_fails_the_pass(tar: bytes) -> None:
     table = parse_seek_table(other, len(other))
     assert table is not None
     with pytest.raises(DigestMismatch, match="not the one the blob ends with"):
-        build_index(
-            io.BytesIO(blob).read,
-            Digest.of_bytes(blob),
-            Digest.of_bytes(tar),
-            ZSTD,
-            min_layer_size=0,
-            frames=table,
-        )
+        _pass(blob, tar, frames=table)
     # the blob's digest is still checked first
     with pytest.raises(DigestMismatch, match="content hashes to"):
-        build_index(
-            io.BytesIO(blob).read,
-            Digest.of_bytes(other),
-            Digest.of_bytes(tar),
-            ZSTD,
-            min_layer_size=0,
-            frames=parse_seek_table(blob, len(blob)),
-        )
+        _pass(blob, tar, digest=other, frames=parse_seek_table(blob, len(blob)))
 
 
 # -- the pass -----------------------------------------------------------------------------
@@ -334,29 +329,14 @@ def test_a_seekable_layer_is_indexed_at_its_frames(tar: bytes, frame: int, tmp_p
     assert table is not None
     span = MiB
     assert not_worth_indexing(ZSTD, len(blob), 0, frames=table, span=span) == ""
-    index = build_index(
-        io.BytesIO(blob).read,
-        Digest.of_bytes(blob),
-        Digest.of_bytes(tar),
-        ZSTD,
-        min_layer_size=0,
-        span=span,
-        frames=table,
-    )
+    index = _pass(blob, tar, span=span, frames=table)
     assert isinstance(index, SeekIndex)
     starts = {f.start: f.out for f in table.frames}
     assert all(starts[c.start] == c.out for c in index.checkpoints)  # at the table's frames
     assert [c.start for c in index.checkpoints[1:]] == [f.start for f in table.restart_frames(span)]
     assert index.checkpoints[-1].end == len(blob)  # the last span holds the table
     # the same pass without the table: the same index
-    plain = build_index(
-        io.BytesIO(blob).read,
-        Digest.of_bytes(blob),
-        Digest.of_bytes(tar),
-        ZSTD,
-        min_layer_size=0,
-        span=span,
-    )
+    plain = _pass(blob, tar, span=span)
     assert plain == index
     # unpack (zstandard's decompressor) takes the trailing table frame as index does
     (tmp_path / "snap").mkdir()
@@ -391,15 +371,7 @@ def test_skippable_frames_the_table_lists_are_walked_too(tar: bytes) -> None:
         assert theirs.read() == tar
     table = read_seek_table(Source(blob))
     assert table is not None
-    index = build_index(
-        io.BytesIO(blob).read,
-        Digest.of_bytes(blob),
-        Digest.of_bytes(tar),
-        ZSTD,
-        min_layer_size=0,
-        span=1,
-        frames=table,
-    )
+    index = _pass(blob, tar, span=1, frames=table)
     assert isinstance(index, SeekIndex)
     assert [c.start for c in index.checkpoints] == [f.start for f in table.frames if f.out_size]
     entry = next(e for e in index.toc if e.kind is EntryKind.FILE and e.size > 500_000)
@@ -414,14 +386,7 @@ def test_a_single_frame_layer_is_known_before_any_pass(tar: bytes) -> None:
     assert table is not None and table.single_frame and len(source.calls) == 1
     reason = not_worth_indexing(ZSTD, len(blob), 0, frames=table)
     assert reason.startswith("single-frame zstd")
-    result = build_index(
-        io.BytesIO(blob).read,
-        Digest.of_bytes(blob),
-        Digest.of_bytes(tar),
-        ZSTD,
-        min_layer_size=0,
-        frames=table,
-    )
+    result = _pass(blob, tar, frames=table)
     assert isinstance(result, Unindexed) and result.reason == reason
     # frames, but none past the first span: no better
     few = _seekable(tar[: 3 * MiB], MiB)
