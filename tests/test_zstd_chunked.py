@@ -53,11 +53,14 @@ def chunked(
     footer: int = 64,
     prefix: str = NEW,
     edit: Any = None,
+    holes: bool = False,
 ) -> tuple[bytes, str, dict[str, str]]:
     """(blob, diff_id, annotations) of a zstd:chunked layer of these entries: every
     header and every chunk of content a zstd frame of its own, then the TOC, a tar-split
     stand-in and the footer as skippable frames.  ``edit(entries)`` may change the TOC
-    entries before they are written (hostile cases)."""
+    entries before they are written (hostile cases).  ``holes``: a chunk of zeros (but the
+    first) is a ``zeros`` chunk whose range is empty (its frame is in the tar stream all
+    the same: the TOC alone says where holes are)."""
     out = io.BytesIO()
     plain = hashlib.sha256()
     cctx = zstandard.ZstdCompressor()
@@ -112,6 +115,8 @@ def chunked(
                         "chunkDigest": sha(piece),
                     }
                 )
+                if holes and not piece.strip(b"\0"):
+                    entries[-1] |= {"chunkType": "zeros", "offset": out.tell()}
         entry["endOffset"] = out.tell()
         if len(data) % 512:
             frame(b"\0" * (-len(data) % 512))
@@ -271,6 +276,13 @@ def test_every_file_reads_back_chunk_by_verified_chunk(skopeo_layout: Path) -> N
     at = (3 << 20) + (8 << 20) + 1000
     assert reader.read(big.inode, big.size, at, 10) == contents(blob)["big"][at : at + 10]
     assert len(source.requests) - before == 1
+    # The 8 MiB hole (a zeros chunk) is read from nowhere.
+    (hole,) = [c for c in chunks if c.zeros]
+    before = len(source.requests)
+    assert Reader(index, source).read(big.inode, big.size, hole.chunk_offset, 1 << 20) == bytes(
+        1 << 20
+    )
+    assert len(source.requests) == before
 
 
 def test_without_the_position_annotation_one_tail_request_finds_the_footer(
@@ -485,3 +497,38 @@ def test_a_tampered_chunk_read_ahead_is_dropped_not_served() -> None:
         reader.read(files[20].inode, files[20].size, 0, files[20].size)
     for e in files[21:40]:
         assert reader.read(e.inode, e.size, 0, e.size) == expected[e.path]
+
+
+def test_holes_are_zeros_read_from_nowhere() -> None:
+    """A ``zeros`` chunk (containers/storage's holes) is not fetched, even where its
+    range is empty; its zeros are checked against its digest."""
+    blob, diff_id, annotations = chunked(members(), holes=True)
+    source = Blob(blob)
+    index = zstd_chunked.read_index(source, annotations, diff_id, "layer")
+    assert isinstance(index, TocIndex)
+    (big,) = [e for e in index.toc.entries if e.path == "var/big"]
+    holes = [c for c in index.chunks[big.inode] if c.zeros]
+    assert len(holes) == 2
+    source.requests.clear()
+    reader = Reader(index, source)
+    at = holes[0].chunk_offset
+    assert reader.read(big.inode, big.size, at, 2 * holes[0].size) == bytes(2 * holes[0].size)
+    assert source.requests == []
+    assert reader.read(big.inode, big.size, 0, big.size) == BIG
+
+    # a hole whose digest is not that of its zeros
+    def lie(entries: list[dict[str, Any]]) -> None:
+        hole = next(e for e in entries if e.get("chunkType") == "zeros")
+        hole["chunkDigest"] = sha(b"not zeros")
+
+    blob, diff_id, annotations = chunked(members(), holes=True, edit=lie)
+    index = zstd_chunked.read_index(Blob(blob), annotations, diff_id, "layer")
+    assert isinstance(index, TocIndex)
+    (big,) = [e for e in index.toc.entries if e.path == "var/big"]
+    with pytest.raises(DigestMismatch, match="a hole of"):
+        Reader(index, Blob(blob)).read(big.inode, big.size, 0, big.size)
+    with pytest.raises(UnsafeArchive, match="chunk of unknown type"):
+        blob, diff_id, annotations = chunked(
+            members(), edit=_set("chunkType", "sparkles", name="var/big", kind="chunk")
+        )
+        zstd_chunked.read_index(Blob(blob), annotations, diff_id, "layer")

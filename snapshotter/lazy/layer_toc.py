@@ -67,6 +67,9 @@ class Chunk:
     size: int
     inner_offset: int  # where the chunk starts in the decompressed range (eStargz packs)
     digest: str  # "sha256:..." of the chunk's bytes
+    # A hole (zstd:chunked's chunkType "zeros"): zeros, read from nowhere (writers may
+    # leave the zeros' frames in the blob, or not; the TOC alone says it is a hole).
+    zeros: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,14 +141,19 @@ def parse_toc(
         chunk_offset = fields.number(e, "chunkOffset")
         size = fields.number(e, "chunkSize") or file_size - chunk_offset
         digest = fields.text(e, "chunkDigest") or fields.text(e, "digest")
+        kind = fields.text(e, "chunkType")
+        if kind not in ("", "zeros"):
+            raise UnsafeArchive(f"{what}: {fmt} chunk of unknown type {kind!r}")
+        zeros = kind == "zeros"
         if (
             not digest.startswith("sha256:")
             or chunk_offset + size > file_size
             or size <= 0
-            or not offset < end <= toc_offset
+            or not (zeros or offset < end <= toc_offset)
         ):
             raise UnsafeArchive(f"{what}: {fmt} chunk of {e.get('name')!r} is not usable")
-        return Chunk(offset, end, chunk_offset, size, fields.number(e, "innerOffset"), digest)
+        inner = fields.number(e, "innerOffset")
+        return Chunk(offset, end, chunk_offset, size, inner, digest, zeros)
 
     file_chunks: dict[int, tuple[Chunk, ...]] = {}
     for info in headers:
@@ -283,8 +291,14 @@ class Reader:
         self._kept = 0
         self._chunks: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._lock = threading.Lock()
+        self._zero_digests: dict[int, str] = {}
         self._order = sorted(
-            {(c.offset, c.inner_offset): c for cs in index.chunks.values() for c in cs}.values(),
+            {
+                (c.offset, c.inner_offset): c
+                for cs in index.chunks.values()
+                for c in cs
+                if not c.zeros
+            }.values(),
             key=lambda c: (c.offset, c.inner_offset),
         )
         self._starts = [(c.offset, c.inner_offset) for c in self._order]
@@ -306,6 +320,8 @@ class Reader:
         return bytes(out)
 
     def _chunk(self, piece: Chunk) -> bytes:
+        if piece.zeros:
+            return self._zeros(piece)
         key = (piece.offset, piece.inner_offset)
         with self._lock:
             data = self._chunks.get(key)
@@ -331,6 +347,22 @@ class Reader:
             while self._kept > self._keep_bytes and len(self._chunks) > 1:
                 self._kept -= len(self._chunks.popitem(last=False)[1])
         return found[key]
+
+    def _zeros(self, piece: Chunk) -> bytes:
+        """A hole's zeros, checked against its digest once per size."""
+        data = bytes(piece.size)
+        with self._lock:
+            known = self._zero_digests.get(piece.size)
+        if known is None:
+            known = toc_digest(data)
+            with self._lock:
+                self._zero_digests[piece.size] = known
+        if known != piece.digest:
+            raise DigestMismatch(
+                f"{self.index.format} layer: a hole of {piece.size} bytes has digest {known}, "
+                f"its TOC says {piece.digest}"
+            )
+        return data
 
     def _group(self, piece: Chunk) -> list[Chunk]:
         """The chunks one request fetches for ``piece``: it alone, or, for a read that
