@@ -96,7 +96,8 @@ def parse_toc(
 
     Where chunks end: eStargz gives only where each member starts (a chunk's member ends
     where the next one, or the TOC, starts); zstd:chunked gives a file's ``endOffset``,
-    and a chunk ends where the file's next chunk starts."""
+    and a chunk ends at its own ``endOffset`` where it has one, else where the file's next
+    data chunk starts (a hole, ``zeros``, may have no range of its own)."""
     try:
         doc = json.loads(toc_json)
     except ValueError as exc:
@@ -165,10 +166,12 @@ def parse_toc(
             if fmt == ESTARGZ:
                 offset = fields.number(e, "offset")
                 end = starts[bisect.bisect_right(starts, offset)] if offset < toc_offset else 0
-            elif k + 1 < len(listed):
-                end = fields.number(listed[k + 1][0], "offset")
-            else:
-                end = ends[id(info)]
+            else:  # its own endOffset, else where the file's next data chunk starts
+                end = fields.number(e, "endOffset") if k else 0
+                following = (f for f, _ in listed[k + 1 :] if f.get("chunkType") != "zeros")
+                nxt = next(following, None)
+                if not end:
+                    end = fields.number(nxt, "offset") if nxt is not None else ends[id(info)]
             made.append(chunk(e, size, end))
         covered = 0
         for piece in made:
