@@ -516,6 +516,19 @@ def test_holes_are_zeros_read_from_nowhere() -> None:
     assert source.requests == []
     assert reader.read(big.inode, big.size, 0, big.size) == BIG
 
+    # Holes with no offset at all (omitted, as Go's omitempty leaves a 0): the chunk
+    # before them ends where the next data chunk starts.
+    def no_offsets(entries: list[dict[str, Any]]) -> None:
+        for e in entries:
+            if e.get("chunkType") == "zeros":
+                del e["offset"]
+
+    blob, diff_id, annotations = chunked(members(), holes=True, edit=no_offsets)
+    index = zstd_chunked.read_index(Blob(blob), annotations, diff_id, "layer")
+    assert isinstance(index, TocIndex)
+    (big,) = [e for e in index.toc.entries if e.path == "var/big"]
+    assert Reader(index, Blob(blob)).read(big.inode, big.size, 0, big.size) == BIG
+
     # a hole whose digest is not that of its zeros
     def lie(entries: list[dict[str, Any]]) -> None:
         hole = next(e for e in entries if e.get("chunkType") == "zeros")
