@@ -254,9 +254,9 @@ def test_skopeos_layers_give_the_toc_a_pull_makes(skopeo_layout: Path) -> None:
         index = zstd_chunked.read_index(source, desc["annotations"], diff_id, "layer")
         assert isinstance(index, TocIndex) and index.format == ZSTD_CHUNKED
         assert index.toc.entries == pulled_toc(blob, diff_id).entries
-        offset, length, _, _ = map(
-            int, zstd_chunked.annotation(desc["annotations"], "manifest-position").split(":")
-        )
+        position = zstd_chunked.annotation(desc["annotations"], "manifest-position")
+        assert position is not None
+        offset, length, _, _ = map(int, position.split(":"))
         # One closed request: the TOC's bytes, named by the descriptor.
         assert source.requests == [(offset, offset + length - 1)]
         assert index.toc_bytes == length
@@ -277,7 +277,7 @@ def test_every_file_reads_back_chunk_by_verified_chunk(skopeo_layout: Path) -> N
     assert reader.read(big.inode, big.size, at, 10) == contents(blob)["big"][at : at + 10]
     assert len(source.requests) - before == 1
     # The 8 MiB hole (a zeros chunk) is read from nowhere.
-    (hole,) = [c for c in chunks if c.zeros]
+    hole = next(c for c in chunks if c.zeros)
     before = len(source.requests)
     assert Reader(index, source).read(big.inode, big.size, hole.chunk_offset, 1 << 20) == bytes(
         1 << 20
