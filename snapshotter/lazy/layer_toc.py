@@ -201,13 +201,13 @@ class _Fields:
 
     def number(self, entry: Mapping[str, object], key: str) -> int:
         value = entry.get(key, 0)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        if type(value) is not int or value < 0:  # (a bool is not an int here)
             raise self.bad(key, value)
         return value
 
     def text(self, entry: Mapping[str, object], key: str) -> str:
         value = entry.get(key, "")
-        if not isinstance(value, str):
+        if type(value) is not str:
             raise self.bad(key, value)
         return value
 
