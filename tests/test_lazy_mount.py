@@ -553,3 +553,44 @@ def test_mount_lazy_as_of_a_layer_equals_mount_layer(world: Path, oracle_layout:
             with open("/proc/mounts") as f:
                 assert f"snapshotter:lazy:{source}@layer{n} {lazy} " in f.read()
             assert assert_same_view(lazy, eager) > 10
+
+
+# -- the merged tree, cached ------------------------------------------------------------------
+
+
+def test_a_lazy_views_merged_tree_is_cached_by_what_its_layers_are(
+    world: Path, spread: tuple[Path, LayerBuilder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first open merges and caches under merged/lazy-<key>; the next reads the cache
+    (merging is not even possible then) and gives the same tree; a view whose layer comes
+    from elsewhere (its snapshot instead of its index) is another key; a cache file that
+    does not read back is rebuilt."""
+    from snapshotter.view import tree as view_tree
+
+    layout, _ = spread
+    store = Store(fresh(world, "merge-cache"))
+    image = open_lazy_layout(store, f"oci:{layout}:1")
+    assert image.layers[0].index is not None
+    first = view_tree.open_lazy_tree(store, image)
+    cache = store.root / "merged" / ("lazy-" + view_tree.lazy_merge_key(image))
+    assert cache.is_file()
+    expected = sorted((path, node.inode) for path, node in first.tree.walk())
+
+    def no_merge(*_: object) -> None:
+        raise AssertionError("merged again")
+
+    with monkeypatch.context() as m:
+        m.setattr(view_tree, "merge", no_merge)
+        again = view_tree.open_lazy_tree(store, image)
+    assert sorted((path, node.inode) for path, node in again.tree.walk()) == expected
+    assert again.lazy and len(again.tree) == len(first.tree)
+
+    whole = dataclasses.replace(
+        image, layers=(dataclasses.replace(image.layers[0], index=None, source=None),)
+    )
+    assert view_tree.lazy_merge_key(whole) != view_tree.lazy_merge_key(image)
+
+    cache.write_bytes(cache.read_bytes()[:100])  # torn
+    rebuilt = view_tree.open_lazy_tree(store, image)
+    assert sorted((path, node.inode) for path, node in rebuilt.tree.walk()) == expected
+    assert view_tree.MergedTree.read(cache) is not None  # written whole again

@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 
 ESTARGZ = "eStargz"
 ZSTD_CHUNKED = "zstd:chunked"
+# The version of what ``parse_toc`` makes of a TOC: lazy views cache their merged tree by it
+# (``view.tree.lazy_merge_key``), so bump it whenever the toc a TOC gives changes.
+TOC_PARSER_VERSION = 1
 
 _TYPES = {
     "dir": tarfile.DIRTYPE,
