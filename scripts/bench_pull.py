@@ -515,9 +515,7 @@ def bench_parser(
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
     p.add_argument("--layout", type=Path, default=DEFAULT_BENCH_DIR / "layout", help=layout_help)
     p.add_argument("--tag", default="bench", help="tag (ref.name) in index.json (default: bench)")
-    p.add_argument(
-        "--runs", type=int, default=runs, help=f"timed runs per tool (default: {runs})"
-    )
+    p.add_argument("--runs", type=int, default=runs, help=f"timed runs per tool (default: {runs})")
     p.add_argument(
         "--snapshotter",
         default="snapshotter",

@@ -127,9 +127,7 @@ class VerifyingReader(ReaderBase):
         if chunk:
             self.count += len(chunk)
             if self.size is not None and self.count > self.size:
-                raise DigestMismatch(
-                    f"{self.what}: longer than descriptor size {self.size}"
-                )
+                raise DigestMismatch(f"{self.what}: longer than descriptor size {self.size}")
             self._hash.update(chunk)
         return chunk
 
@@ -140,8 +138,7 @@ class VerifyingReader(ReaderBase):
     def verify(self) -> None:
         if self.size is not None and self.count != self.size:
             raise DigestMismatch(
-                f"{self.what}: size {self.count} "
-                f"differs from descriptor {self.size}"
+                f"{self.what}: size {self.count} differs from descriptor {self.size}"
             )
         actual = Digest(self.expected.algorithm, self._hash.hexdigest())
         if actual != self.expected:
