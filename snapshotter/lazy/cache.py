@@ -51,16 +51,20 @@ def load_index(store: Store, layer_digest: str | Digest) -> SeekIndex | None:
     return index
 
 
-def save_index(store: Store, layer_digest: str | Digest, index: SeekIndex) -> None:
+def save_index(
+    store: Store, layer_digest: str | Digest, index: SeekIndex, serialized: bytes | None = None
+) -> None:
     """Write ``index`` as the cached seek index of ``layer_digest``, atomically (a reader
-    never sees part of it), replacing any file there."""
+    never sees part of it), replacing any file there.  ``serialized``: the bytes ``index``
+    was loaded from (a published index, as fetched), written as they are rather than
+    serialized again (which costs a zstd compression of the whole toc)."""
     if str(index.layer_digest) != str(layer_digest):
         raise ValueError(f"seek index of {index.layer_digest} saved as {layer_digest}")
     path = index_path(store, layer_digest)
     path.parent.mkdir(parents=True, exist_ok=True)
     with store.staging() as staging:
         temp = staging.path / "index"
-        _write_synced(temp, index.to_bytes())
+        _write_synced(temp, index.to_bytes() if serialized is None else serialized)
         os.rename(temp, path)
     _fsync_dir(path.parent)
 

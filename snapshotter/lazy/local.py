@@ -130,7 +130,7 @@ class _LayoutAccess:
         digest = layer.digest or (layer.diff_id if layer.compression == "none" else _hash(blob))
         return replace(layer, digest=digest, size=blob.size), blob
 
-    def published(self, layer: LayerSource) -> SeekIndex | None:
+    def published(self, layer: LayerSource) -> tuple[SeekIndex, bytes] | None:
         return None
 
     def view_source(

@@ -56,9 +56,10 @@ class LayerAccess(Protocol):
         its blob read by closed ranges (opened, not yet read)."""
         ...
 
-    def published(self, layer: LayerSource) -> SeekIndex | None:
-        """A seek index published for this layer beside the image, checked against it;
-        None where the source has none (or publishes none)."""
+    def published(self, layer: LayerSource) -> tuple[SeekIndex, bytes] | None:
+        """A seek index published for this layer beside the image, checked against it,
+        and the bytes it was loaded from; None where the source has none (or publishes
+        none)."""
         ...
 
     def view_source(
@@ -182,9 +183,10 @@ def _plan_one(
     index = cached_index(store, layer)
     if index is not None:
         return _Ready(layer, index, blob, "indexed (cache)")
-    index = access.published(layer)
-    if index is not None:
-        save_index(store, layer.digest, index)
+    published = access.published(layer)
+    if published is not None:
+        index, serialized = published
+        save_index(store, layer.digest, index, serialized)
         return _Ready(layer, index, blob, "indexed (referrer)")
     toc = carried_toc(layer, blob, what)
     if toc is not None:

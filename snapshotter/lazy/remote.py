@@ -126,13 +126,15 @@ class _RegistryAccess:
         self.progress = progress
         self.spans = spans
         self.manifest_digest = Digest.of_bytes(image.manifest_bytes)
-        self._published: dict[Digest, SeekIndex] | None = None if use_published else {}
+        self._published: dict[Digest, tuple[SeekIndex, bytes]] | None = (
+            None if use_published else {}
+        )
 
     def open(self, layer: LayerSource) -> tuple[LayerSource, RangeSource]:
         assert layer.digest is not None and layer.size is not None  # from a manifest
         return layer, RegistryBlob(self.client, self.ref, layer.digest, layer.size)
 
-    def published(self, layer: LayerSource) -> SeekIndex | None:
+    def published(self, layer: LayerSource) -> tuple[SeekIndex, bytes] | None:
         if self._published is None:
             self._published = _published(
                 self.client, self.ref, self.manifest_digest, self.image, self.progress
@@ -155,11 +157,12 @@ def _published(
     manifest_digest: Digest,
     image: ResolvedImage,
     progress: Progress,
-) -> dict[Digest, SeekIndex]:
+) -> dict[Digest, tuple[SeekIndex, bytes]]:
     """The seek indexes published for the image (by layer digest), each checked against
-    its layer; a lookup that fails, or an index that does not fit, is passed over."""
+    its layer, with the bytes it came as; a lookup that fails, or an index that does not
+    fit, is passed over."""
     wanted = {layer.digest: layer for layer in image.layers if layer.digest is not None}
-    found: dict[Digest, SeekIndex] = {}
+    found: dict[Digest, tuple[SeekIndex, bytes]] = {}
     try:
         referrers = client.referrers(ref, manifest_digest, ARTIFACT_TYPE)
     except SnapshotterError as exc:
@@ -187,7 +190,7 @@ def _published(
             except SnapshotterError as exc:
                 progress.note(f"{what}: passed over for layer {layer_digest} ({exc})")
                 continue
-            found[layer_digest] = index
+            found[layer_digest] = (index, data)
     return found
 
 
