@@ -321,13 +321,15 @@ class Reader:
             lo, hi = piece.chunk_offset, piece.chunk_offset + piece.size
             if hi <= offset or lo >= end:
                 continue
-            data = self._chunk(piece)
-            out += data[max(offset, lo) - lo : min(end, hi) - lo]
+            first, last = max(offset, lo) - lo, min(end, hi) - lo
+            if piece.zeros:  # (only the zeros asked for: a hole may be megabytes)
+                self._check_hole(piece)
+                out += bytes(last - first)
+                continue
+            out += self._chunk(piece)[first:last]
         return bytes(out)
 
     def _chunk(self, piece: Chunk) -> bytes:
-        if piece.zeros:
-            return self._zeros(piece)
         key = (piece.offset, piece.inner_offset)
         with self._lock:
             data = self._chunks.get(key)
@@ -354,13 +356,12 @@ class Reader:
                 self._kept -= len(self._chunks.popitem(last=False)[1])
         return found[key]
 
-    def _zeros(self, piece: Chunk) -> bytes:
-        """A hole's zeros, checked against its digest once per size."""
-        data = bytes(piece.size)
+    def _check_hole(self, piece: Chunk) -> None:
+        """A hole's digest must be that of its zeros (hashed once per size)."""
         with self._lock:
             known = self._zero_digests.get(piece.size)
         if known is None:
-            known = toc_digest(data)
+            known = toc_digest(bytes(piece.size))
             with self._lock:
                 self._zero_digests[piece.size] = known
         if known != piece.digest:
@@ -368,7 +369,6 @@ class Reader:
                 f"{self.index.format} layer: a hole of {piece.size} bytes has digest {known}, "
                 f"its TOC says {piece.digest}"
             )
-        return data
 
     def _group(self, piece: Chunk) -> list[Chunk]:
         """The chunks one request fetches for ``piece``: it alone, or, for a read that
@@ -390,7 +390,12 @@ class Reader:
         what = f"{self.index.format} layer"
         want = chunk.inner_offset + chunk.size
         member = packed[chunk.offset - first : chunk.end - first]
-        plain = _decompress(self.index.compression, member, want, what, chunk.offset)
+        try:
+            plain = decompress_at_most(self.index.compression, member, want)
+        except (zlib.error, zstandard.ZstdError) as exc:
+            raise DigestMismatch(
+                f"{what}: chunk at {chunk.offset} is not {self.index.compression} ({exc})"
+            ) from exc
         data = plain[chunk.inner_offset : want]
         actual = toc_digest(data)
         if actual != chunk.digest:
@@ -400,24 +405,19 @@ class Reader:
         return data
 
 
-def _decompress(compression: str, packed: bytes, want: int, what: str, at: int) -> bytes:
-    """At most ``want`` bytes (a hostile chunk may expand without bound) of a gzip member
-    or of zstd frames."""
-    try:
-        if compression == "gzip":
-            return zlib.decompressobj(31).decompress(packed, want)
-        reader = zstandard.ZstdDecompressor().stream_reader(
-            io.BytesIO(packed), read_across_frames=True
-        )
-        out = bytearray()
-        while len(out) < want:
-            piece = reader.read(want - len(out))
-            if not piece:
-                break
-            out += piece
-        return bytes(out)
-    except (zlib.error, zstandard.ZstdError) as exc:
-        raise DigestMismatch(f"{what}: chunk at {at} is not {compression} ({exc})") from exc
+def decompress_at_most(compression: str, packed: bytes, want: int) -> bytes:
+    """At most ``want`` bytes (hostile bytes may expand without bound) of a gzip member
+    or of zstd frames; raises ``zlib.error`` or ``zstandard.ZstdError``."""
+    if compression == "gzip":
+        return zlib.decompressobj(31).decompress(packed, want)
+    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(packed), read_across_frames=True)
+    out = bytearray()
+    while len(out) < want:
+        piece = reader.read(want - len(out))
+        if not piece:
+            break
+        out += piece
+    return bytes(out)
 
 
 __all__ = [
@@ -426,6 +426,7 @@ __all__ = [
     "Chunk",
     "Reader",
     "TocIndex",
+    "decompress_at_most",
     "parse_toc",
     "toc_digest",
 ]

@@ -107,6 +107,7 @@ class _Ready:
     index: SeekIndex | TocIndex | None
     blob: RangeSource | None
     how: str
+    fetch: bool = False  # to be fetched whole into the store (``_whole``)
 
 
 def plan_layers(
@@ -136,8 +137,8 @@ def plan_layers(
             if found.index is None:
                 _release(blob)
                 found.blob = None
-                if found.how != IN_STORE:
-                    whole.append(layer)
+            if found.fetch:
+                whole.append(layer)
             ready.append(found)
         fetch_whole(store, whole, progress)
     except BaseException:
@@ -195,7 +196,7 @@ def _plan_one(
         )
     reason = not_worth_indexing(layer.media_type, layer.size, min_layer_size)
     if reason:
-        return _Ready(layer, None, None, _whole(reason))
+        return _whole(layer, reason)
     # A first closed range read: it shows whether the source serves ranges at all (a
     # registry may answer 200), and for zstd it is the tail, where a seek table would be.
     table = None
@@ -206,12 +207,12 @@ def _plan_one(
         else:
             blob.read_range(0, 1)  # (for a registry, resolves and caches the CDN location)
     except RangeNotSupported:
-        return _Ready(layer, None, None, _whole("the registry ignores Range"))
+        return _whole(layer, "the registry ignores Range")
     if table is not None:
         seekable = f"; seek table of {len(table.frames)} frames"
         reason = not_worth_indexing(layer.media_type, layer.size, 0, frames=table)
         if reason:
-            return _Ready(layer, None, None, _whole(reason + " (its seek table says)"))
+            return _whole(layer, reason + " (its seek table says)")
     began = time.monotonic()
     progress.note(f"{what}: no seek index; building it (one pass over the blob)")
     # (min_layer_size: the layer was found worth it above)
@@ -219,15 +220,17 @@ def _plan_one(
         layer, progress.task(what, layer.size), what, min_layer_size=0, frames=table
     )
     if isinstance(built, Unindexed):
-        return _Ready(layer, None, None, _whole(built.reason))
+        return _whole(layer, built.reason)
     save_index(store, layer.digest, built)
     took = time.monotonic() - began
     size = human_size(layer.size)
     return _Ready(layer, built, blob, f"indexed (built: 1 pass, {size} in {took:.1f}s{seekable})")
 
 
-def _whole(reason: str) -> str:
-    return "fetched whole: " + reason.removesuffix(": fetched whole")
+def _whole(layer: LayerSource, reason: str) -> _Ready:
+    """The layer is to be fetched whole, for ``reason``."""
+    how = "fetched whole: " + reason.removesuffix(": fetched whole")
+    return _Ready(layer, None, None, how, fetch=True)
 
 
 def _release(blob: RangeSource) -> None:

@@ -27,7 +27,6 @@ A layer without the checksum annotation is not read through its TOC.  A chunk of
 
 from __future__ import annotations
 
-import io
 import struct
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING
 import zstandard
 
 from ..errors import DigestMismatch, UnsafeArchive
-from .layer_toc import ZSTD_CHUNKED, TocIndex, parse_toc
+from .layer_toc import ZSTD_CHUNKED, TocIndex, decompress_at_most, parse_toc
 from .layer_toc import toc_digest as sha256_of
 
 if TYPE_CHECKING:
@@ -153,20 +152,14 @@ def layer_index(
 def _inflate(packed: bytes, uncompressed: int, what: str) -> bytes:
     """The TOC JSON: exactly ``uncompressed`` bytes from the zstd frame (never more)."""
     try:
-        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(packed))
-        out = bytearray()
-        while len(out) <= uncompressed:
-            piece = reader.read(uncompressed + 1 - len(out))
-            if not piece:
-                break
-            out += piece
+        out = decompress_at_most("zstd", packed, uncompressed + 1)
     except zstandard.ZstdError as exc:
         raise UnsafeArchive(f"{what}: zstd:chunked TOC is not zstd ({exc})") from exc
     if len(out) != uncompressed:
         raise UnsafeArchive(
             f"{what}: zstd:chunked TOC is {len(out)} bytes, its position says {uncompressed}"
         )
-    return bytes(out)
+    return out
 
 
 __all__ = [
