@@ -29,10 +29,10 @@ from test_lazy_mount import assert_same_view, cli_mounted
 
 from snapshotter.errors import DigestMismatch, UnsafeArchive
 from snapshotter.lazy import zstd_chunked
-from snapshotter.lazy.layer_toc import ZSTD_CHUNKED, Reader, TocIndex
+from snapshotter.lazy.layer_toc import ZSTD_CHUNKED, Chunk, Reader, TocIndex
 from snapshotter.lazy.local import open_lazy_layout
 from snapshotter.store.store import Store
-from snapshotter.store.toc import Toc
+from snapshotter.store.toc import Toc, TocEntry
 
 NEW = "io.github.containers.zstd-chunked."
 OLD = "io.containers.zstd-chunked."
@@ -337,10 +337,7 @@ def test_a_tampered_chunk_is_refused_and_not_kept() -> None:
     assert isinstance(index, TocIndex)
     (big,) = [e for e in index.toc.entries if e.path == "var/big"]
     second = index.chunks[big.inode][1]
-    saved = bytes(source.data[second.offset : second.end])
-    # Another valid frame of other bytes, where the chunk's frame was.
-    forged = zstandard.ZstdCompressor().compress(b"X" * second.size)
-    source.data[second.offset : second.end] = forged.ljust(len(saved), b"\0")[: len(saved)]
+    saved = forge(source, second)
     reader = Reader(index, source)
     with pytest.raises(DigestMismatch):
         reader.read(big.inode, big.size, second.chunk_offset, 100)
@@ -446,16 +443,30 @@ def many_files() -> list[tuple[tarfile.TarInfo, bytes]]:
     return [(info(f"f/{n:03}"), rnd.randbytes(2000 + n)) for n in range(300)]
 
 
-def test_files_read_in_blob_order_share_requests_and_others_do_not() -> None:
-    """300 small files: a tree walk in blob order costs a few requests (the readahead
-    window grows to 4 MiB); in reverse order, one request each; a single file, one
-    request of its own chunk only."""
+def many_files_layer() -> tuple[Blob, TocIndex, list[TocEntry], dict[str, bytes]]:
+    """A layer of ``many_files``: its blob, index, files in blob order and contents."""
     blob, diff_id, annotations = chunked(many_files())
-    expected = dict((ti.name, data) for ti, data in many_files())
     source = Blob(blob)
     index = zstd_chunked.read_index(source, annotations, diff_id, "layer")
     assert isinstance(index, TocIndex)
     files = [e for e in index.toc.entries if e.has_data]
+    return source, index, files, {ti.name: data for ti, data in many_files()}
+
+
+def forge(source: Blob, chunk: Chunk) -> bytes:
+    """Put another valid zstd frame, of other bytes, where ``chunk``'s frame was; the
+    bytes it replaced."""
+    saved = bytes(source.data[chunk.offset : chunk.end])
+    forged = zstandard.ZstdCompressor().compress(b"X" * chunk.size)
+    source.data[chunk.offset : chunk.end] = forged.ljust(len(saved), b"\0")[: len(saved)]
+    return saved
+
+
+def test_files_read_in_blob_order_share_requests_and_others_do_not() -> None:
+    """300 small files: a tree walk in blob order costs a few requests (the readahead
+    window grows to 4 MiB); in reverse order, one request each; a single file, one
+    request of its own chunk only."""
+    source, index, files, expected = many_files_layer()
     assert len(files) == 300
 
     source.requests.clear()
@@ -480,16 +491,9 @@ def test_files_read_in_blob_order_share_requests_and_others_do_not() -> None:
 
 
 def test_a_tampered_chunk_read_ahead_is_dropped_not_served() -> None:
-    blob, diff_id, annotations = chunked(many_files())
-    expected = dict((ti.name, data) for ti, data in many_files())
-    source = Blob(blob)
-    index = zstd_chunked.read_index(source, annotations, diff_id, "layer")
-    assert isinstance(index, TocIndex)
-    files = [e for e in index.toc.entries if e.has_data]
+    source, index, files, expected = many_files_layer()
     (bad,) = index.chunks[files[20].inode]
-    forged = zstandard.ZstdCompressor().compress(b"X" * bad.size)
-    size = bad.end - bad.offset
-    source.data[bad.offset : bad.end] = forged.ljust(size, b"\0")[:size]
+    forge(source, bad)
     reader = Reader(index, source)
     for e in files[:20]:  # sequential: the window reaches past file 20
         assert reader.read(e.inode, e.size, 0, e.size) == expected[e.path]
